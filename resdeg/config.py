@@ -1,0 +1,191 @@
+"""One frozen config per run: a named protocol, plus validated `--set key=value` overrides.
+
+The hash of the fields that change results names the run's cache entry, so the same
+command finds its finished run and a changed setting starts a new one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+
+from .errors import ResdegError
+from .models import ARCHS, canonical_variant
+
+CONFIG_SCHEMA = 1
+DATASETS = ("cifar10", "cifar100", "imagefolder", "synthetic")
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+@dataclass(frozen=True)
+class Config:
+    # what is trained
+    protocol: str = "seed"
+    model: str = "resnet18"
+    variant: str = "FULL"
+    seed: int = 42
+    dataset: str = "cifar10"
+    # architecture (ImageNet-style nets; He et al.'s CIFAR nets bring their own stem)
+    stem: str = "imagenet"
+    width_mult: float = 1.0
+    conv_bias: bool = True
+    # input pipeline (all on the training device)
+    image_size: int = 224
+    mean: tuple = (0.5, 0.5, 0.5)
+    std: tuple = (0.5, 0.5, 0.5)
+    augment: bool = False
+    train_images: int = 0  # 0 = the whole training set
+    test_images: int = 0
+    clean_train_images: int = 5000  # fixed training subset scored in eval mode (H1)
+    # optimisation
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    nesterov: bool = False
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    # numerics and measurement
+    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    deterministic: bool = True
+    telemetry: bool = True
+    # execution only: not part of the hash (they do not change what is computed)
+    channels_last: bool = field(default=True, metadata={"hash": False})
+    compile: bool = field(default=False, metadata={"hash": False})
+
+    def to_dict(self) -> dict:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+
+    @property
+    def hash(self) -> str:
+        hashed = {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)
+                  if f.metadata.get("hash", True)}
+        blob = json.dumps({"schema": CONFIG_SCHEMA, **hashed}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.model}-{self.variant}-s{self.seed}-{self.hash}"
+
+
+def _jsonable(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+PROTOCOLS: dict[str, dict] = {
+    # The original note's code, faithfully (STUDY.md §2).
+    "seed": dict(),
+    # The CIFAR-native setup the field uses: cheap (32 px), augmented, momentum + wd, cosine.
+    "cifar": dict(stem="cifar", conv_bias=False, image_size=32, mean=CIFAR_MEAN, std=CIFAR_STD,
+                  augment=True, epochs=30, momentum=0.9, weight_decay=5e-4, nesterov=True,
+                  schedule="cosine", warmup_epochs=1.0, deterministic=False),
+    # A pipeline check for two CPU cores: narrow nets, a data subset, two epochs. Not evidence.
+    "smoke": dict(width_mult=0.25, image_size=64, augment=True,
+                  train_images=1024, test_images=512, clean_train_images=256, epochs=2,
+                  batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine"),
+}
+
+CHOICES = {
+    "stem": ("imagenet", "cifar"),
+    "schedule": ("constant", "cosine", "multistep"),
+    "precision": ("auto", "bf16", "fp32"),
+    "dataset": DATASETS,
+}
+# (lower bound, upper bound, lower bound inclusive)
+RANGES = {
+    "width_mult": (0.0, 16.0, False), "image_size": (8, 1024, True), "train_images": (0, None, True),
+    "test_images": (0, None, True), "clean_train_images": (0, None, True), "epochs": (1, 10_000, True),
+    "batch_size": (1, 65_536, True), "lr": (0.0, 100.0, False), "momentum": (0.0, 0.9999, True),
+    "weight_decay": (0.0, 1.0, True), "warmup_epochs": (0.0, 10_000.0, True),
+}
+# Chosen with their own flags, so a typo cannot hide in --set.
+FLAG_FIELDS = ("protocol", "model", "variant", "seed", "dataset")
+
+
+def parse_value(key: str, text: str):
+    """Turn the text of `--set key=text` into the field's type, or raise a one-line error."""
+    default = getattr(Config(), key)
+    try:
+        if isinstance(default, bool):
+            low = text.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+        if isinstance(default, tuple):
+            values = tuple(float(t) for t in text.split(","))
+            if len(values) != len(default):
+                raise ValueError
+            return values
+        return text.strip()
+    except ValueError:
+        kind = f"{len(default)} comma-separated numbers" if isinstance(default, tuple) \
+            else type(default).__name__
+        raise ResdegError(f"--set {key}={text!r}: expected {kind}") from None
+
+
+def validate(cfg: Config) -> Config:
+    """Check every field's choice and range; return the config with canonical names."""
+    if cfg.protocol not in PROTOCOLS:
+        raise ResdegError(f"unknown protocol {cfg.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    model = cfg.model.lower()
+    if model not in ARCHS:
+        raise ResdegError(f"unknown model {cfg.model!r}; choose one of {', '.join(ARCHS)}")
+    cfg = dataclasses.replace(cfg, model=model, variant=canonical_variant(cfg.variant))
+    for key, allowed in CHOICES.items():
+        if getattr(cfg, key) not in allowed:
+            raise ResdegError(f"{key}={getattr(cfg, key)!r} is not one of {', '.join(allowed)}")
+    for key, (lo, hi, inclusive) in RANGES.items():
+        v = getattr(cfg, key)
+        if (v < lo if inclusive else v <= lo) or (hi is not None and v > hi):
+            bound = f"{'>=' if inclusive else '>'} {lo}" + (f" and <= {hi}" if hi is not None else "")
+            raise ResdegError(f"{key}={v} is out of range: must be {bound}")
+    if any(s <= 0 for s in cfg.std):
+        raise ResdegError(f"std={cfg.std} must be positive")
+    if cfg.seed < 0:
+        raise ResdegError(f"seed={cfg.seed} must be >= 0")
+    return cfg
+
+
+def make_config(protocol: str = "seed", overrides: dict | None = None, **flags) -> Config:
+    """The protocol's config with flag values (model, variant, ...) and `--set` overrides."""
+    if protocol not in PROTOCOLS:
+        raise ResdegError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    values = {**PROTOCOLS[protocol], "protocol": protocol}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    valid = {f.name for f in fields(Config)}
+    for key, value in (overrides or {}).items():
+        if key not in valid or key in FLAG_FIELDS:
+            hint = f"use --{key}" if key in FLAG_FIELDS else f"valid keys: {', '.join(sorted(valid - set(FLAG_FIELDS)))}"
+            raise ResdegError(f"--set: unknown key {key!r} ({hint})")
+        values[key] = parse_value(key, value) if isinstance(value, str) else value
+    return validate(Config(**values))
+
+
+def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """`("lr=0.05", "epochs=3")` -> `{"lr": "0.05", "epochs": "3"}`; types are checked later."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ResdegError(f"--set {item!r}: expected key=value")
+        out[key.strip()] = value
+    return out
+
+
+def config_from_dict(d: dict) -> Config:
+    """Rebuild a config stored in run.json (tuples come back from JSON lists)."""
+    valid = {f.name: f for f in fields(Config)}
+    unknown = set(d) - set(valid)
+    if unknown:
+        raise ValueError(f"unknown config keys {sorted(unknown)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    return validate(Config(**values))

@@ -1,0 +1,292 @@
+"""Training one run: epochs of SGD on device-resident data, telemetry, a checkpoint per epoch.
+
+Resume is exact on CPU: each epoch's shuffle and augmentation come from a generator seeded
+by (seed, epoch), and the checkpoint holds model, optimiser, history and RNG states, so a
+killed run restarts its unfinished epoch and reaches the numbers it would have had.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import __version__
+from .atomic import atomic_torch_save
+from .data import Dataset, fixed_subset, preprocess
+from .errors import ResdegError
+from .models import model_from_config
+from .store import (CHECKPOINT_FILE, RUN_SCHEMA, RUN_SCHEMA_VERSION, TELEMETRY_ARRAYS, WEIGHTS_FILE,
+                    write_run, write_telemetry)
+from .telemetry import StageTelemetry
+
+EVAL_BATCH = 500
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ResdegError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+    if name not in ("cpu", "cuda"):
+        raise ResdegError(f"--device {name!r}: choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+def resolve_precision(cfg, device: torch.device) -> str:
+    if cfg.precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return cfg.precision
+
+
+def lr_at(cfg, step: int, steps_per_epoch: int) -> float:
+    """Learning rate of a global step: linear warm-up, then constant, cosine or step decay."""
+    total = cfg.epochs * steps_per_epoch
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    t = (step - warm) / max(1, total - warm)
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+    if cfg.schedule == "multistep":  # He et al.: /10 at 50% and 75% of training
+        return cfg.lr * 0.1 ** ((t >= 0.5) + (t >= 0.75))
+    return cfg.lr
+
+
+def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
+
+
+def environment(device: torch.device, precision: str) -> dict:
+    import torchvision
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, text=True,
+                                capture_output=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    return {"resdeg": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "numpy": np.__version__, "platform": platform.platform(),
+            "device_type": device.type, "device": name, "cpu_threads": torch.get_num_threads(),
+            "precision": precision, "git_commit": commit}
+
+
+@torch.no_grad()
+def evaluate(model, x_u8, y, cfg, precision: str, channels_last: bool) -> tuple[float, float]:
+    """Accuracy and mean loss in eval mode; one host sync at the end."""
+    model.eval()
+    correct = torch.zeros((), device=y.device)
+    loss_sum = torch.zeros((), device=y.device)
+    for i in range(0, len(y), EVAL_BATCH):
+        xb, yb = x_u8[i:i + EVAL_BATCH], y[i:i + EVAL_BATCH]
+        with torch.autocast(y.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = model(preprocess(xb, cfg, channels_last=channels_last))
+        loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum")
+        correct += (logits.argmax(1) == yb).sum()
+    acc, loss = (torch.stack([correct, loss_sum]) / max(1, len(y))).tolist()
+    return acc, loss
+
+
+def _finite(v: float):
+    return v if math.isfinite(v) else None
+
+
+class Trainer:
+    """Trains one config into one run folder, resuming from its checkpoint if there is one."""
+
+    def __init__(self, cfg, data: Dataset, folder: Path, device: torch.device, progress: bool = True):
+        self.cfg, self.data, self.folder, self.device, self.progress = cfg, data, Path(folder), device, progress
+        self.precision = resolve_precision(cfg, device)
+        if self.precision == "bf16" and device.type == "cpu":
+            raise ResdegError("--precision bf16 needs a CUDA device; use fp32 on the CPU")
+        self.channels_last = cfg.channels_last and device.type == "cuda"
+        if device.type == "cpu":
+            # Without BatchNorm, activations and gradients drift into subnormal floats, which
+            # x86 CPUs handle in microcode: flushing them to zero made smoke runs 3-7x faster.
+            torch.set_flush_denormal(True)
+        torch.backends.cudnn.deterministic = cfg.deterministic
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+
+        # Fixed subsets: the same images for every run and seed of a protocol.
+        tr = fixed_subset(len(data.train_y), cfg.train_images, salt=1)
+        te = fixed_subset(len(data.test_y), cfg.test_images, salt=2)
+        cl = tr[fixed_subset(len(tr), cfg.clean_train_images, salt=3)]
+        to = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        self.train_x, self.train_y = to(data.train_x[tr]), to(data.train_y[tr])
+        self.test_x, self.test_y = to(data.test_x[te]), to(data.test_y[te])
+        self.clean_x, self.clean_y = to(data.train_x[cl]), to(data.train_y[cl])
+        self.steps_per_epoch = math.ceil(len(self.train_y) / cfg.batch_size)
+
+        torch.manual_seed(cfg.seed)  # PyTorch default initialisation, seeded
+        self.model = model_from_config(cfg, data.num_classes).to(device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        extra = {"fused": True} if device.type == "cuda" else {}
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay, nesterov=cfg.nesterov and cfg.momentum > 0,
+                                   **extra)
+        self.telemetry = StageTelemetry(self.model, self.steps_per_epoch, device) if cfg.telemetry else None
+        self.loss_buf = torch.zeros(self.steps_per_epoch, device=device)
+        self.history: list[dict] = []
+        self.steps: dict[str, list[np.ndarray]] = {k: [] for k in TELEMETRY_ARRAYS}
+        self.diverged_at: int | None = None
+        self.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.env = environment(device, self.precision)
+
+    # -- checkpoint -------------------------------------------------------------------------
+    def _checkpoint_state(self) -> dict:
+        return {"config_hash": self.cfg.hash, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
+                "history": self.history, "steps": self.steps, "created": self.created,
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+    def resume(self) -> bool:
+        path = self.folder / CHECKPOINT_FILE
+        if not path.exists():
+            return False
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+            if state["config_hash"] != self.cfg.hash:
+                raise ValueError("checkpoint belongs to another config")
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["opt"])
+        except Exception as e:
+            raise ResdegError(f"{path}: unusable checkpoint ({e}); rerun with --force to start over") from None
+        self.history, self.steps, self.created = state["history"], state["steps"], state["created"]
+        losses = np.concatenate(self.steps["loss"]) if self.steps["loss"] else np.zeros(0)
+        bad = np.flatnonzero(~np.isfinite(losses))
+        self.diverged_at = int(np.concatenate(self.steps["step"])[bad[0]]) if len(bad) else None
+        torch.set_rng_state(state["rng_cpu"])
+        if state["rng_cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        return True
+
+    # -- one epoch --------------------------------------------------------------------------
+    def train_epoch(self, epoch: int, bar: tqdm | None) -> tuple[float, float, float]:
+        cfg, model = self.cfg, self.model
+        model.train()
+        gen = epoch_generator(cfg.seed, epoch, self.device)
+        perm = torch.randperm(len(self.train_y), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
+        perm = perm.to(self.device)
+        correct = torch.zeros((), device=self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        lr = cfg.lr
+        for i in range(self.steps_per_epoch):
+            idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            x = preprocess(self.train_x[idx], cfg, generator=gen, channels_last=self.channels_last)
+            y = self.train_y[idx]
+            lr = lr_at(cfg, epoch * self.steps_per_epoch + i, self.steps_per_epoch)
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.telemetry:
+                self.telemetry.after_backward()
+            self.opt.step()
+            # Running statistics stay on the device: no .item() in the step.
+            self.loss_buf[i] = loss.detach()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            if bar is not None:
+                bar.update(1)
+        acc, mean_loss = (torch.stack([correct, loss_sum]) / len(self.train_y)).tolist()
+        return acc, mean_loss, lr
+
+    def _collect_steps(self, epoch: int) -> None:
+        n = self.steps_per_epoch
+        arrays = {"loss": self.loss_buf[:n].to("cpu", copy=True).numpy(),
+                  "step": np.arange(epoch * n, (epoch + 1) * n, dtype=np.int64),
+                  "epoch": np.full(n, epoch + 1, dtype=np.int32)}
+        if self.telemetry:
+            arrays.update(self.telemetry.take_epoch())
+        for k, v in arrays.items():
+            self.steps[k].append(v)
+        bad = np.flatnonzero(~np.isfinite(arrays["loss"]))
+        if len(bad):
+            self.diverged_at = int(arrays["step"][bad[0]])
+
+    # -- the run ----------------------------------------------------------------------------
+    def document(self, status: str, telemetry_entry: dict | None) -> dict:
+        last = self.history[-1] if self.history else {}
+        tests = [e["test_acc"] for e in self.history if e["test_acc"] is not None]
+        n_params = sum(p.numel() for p in self.model.parameters())
+        return {
+            "schema": RUN_SCHEMA, "schema_version": RUN_SCHEMA_VERSION,
+            "config": self.cfg.to_dict(), "config_hash": self.cfg.hash,
+            "environment": self.env,
+            "data": {**self.data.describe(), "train_used": len(self.train_y), "test_used": len(self.test_y),
+                     "clean_train_used": len(self.clean_y)},
+            "status": status, "epochs_done": len(self.history), "epochs": self.history,
+            "diverged_at_step": self.diverged_at,
+            "summary": {"train_acc": last.get("train_acc"), "clean_train_acc": last.get("clean_train_acc"),
+                        "test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),
+                        "best_test_acc": max(tests) if tests else None, "parameters": n_params,
+                        "steps_per_epoch": self.steps_per_epoch,
+                        "wall_s": round(sum(e["wall_s"] for e in self.history), 3)},
+            "telemetry": telemetry_entry,
+            "created": self.created, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    def save(self, status: str) -> dict:
+        tel = None
+        if self.telemetry and self.history:
+            stages = [name for name, _ in self.model.stages()]
+            tel = write_telemetry(self.folder, stages, {k: np.concatenate(v) for k, v in self.steps.items()})
+        doc = self.document(status, tel)
+        write_run(self.folder, doc)
+        return doc
+
+    def run(self, deadline: float | None = None) -> dict:
+        """Train the remaining epochs. Stops early (status partial, resumable) when the next
+        epoch would end after `deadline` (a time.time() value)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.resume()
+        if self.diverged_at is not None:  # killed between its checkpoint and its last write
+            return self._finish("diverged")
+        doc = self.save("partial")
+        cfg, epoch_s = self.cfg, None
+        for epoch in range(len(self.history), cfg.epochs):
+            if deadline is not None and epoch_s is not None and time.time() + epoch_s > deadline:
+                break
+            t0 = time.perf_counter()
+            bar = tqdm(total=self.steps_per_epoch, desc=f"{cfg.model} {cfg.variant} s{cfg.seed} "
+                       f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False, disable=None if self.progress else True)
+            train_acc, train_loss, lr = self.train_epoch(epoch, bar)
+            bar.close()
+            self._collect_steps(epoch)
+            clean_acc, _ = evaluate(self.model, self.clean_x, self.clean_y, cfg, self.precision, self.channels_last)
+            test_acc, test_loss = evaluate(self.model, self.test_x, self.test_y, cfg, self.precision,
+                                           self.channels_last)
+            epoch_s = time.perf_counter() - t0
+            self.history.append({"epoch": epoch + 1, "train_loss": _finite(train_loss), "train_acc": train_acc,
+                                 "clean_train_acc": clean_acc, "test_loss": _finite(test_loss),
+                                 "test_acc": test_acc, "lr": lr, "wall_s": round(epoch_s, 3),
+                                 "steps": self.steps_per_epoch})
+            # Checkpoint first: run.json and telemetry are always rebuilt from it on resume.
+            atomic_torch_save(self._checkpoint_state(), self.folder / CHECKPOINT_FILE)
+            if self.diverged_at is not None:
+                return self._finish("diverged")
+            doc = self.save("partial" if epoch + 1 < cfg.epochs else "done")
+        if len(self.history) == cfg.epochs:
+            return self._finish("done")
+        return doc
+
+    def _finish(self, status: str) -> dict:
+        doc = self.save(status)
+        if status == "done":
+            atomic_torch_save(self.model.state_dict(), self.folder / WEIGHTS_FILE)
+        (self.folder / CHECKPOINT_FILE).unlink(missing_ok=True)
+        if self.telemetry:
+            self.telemetry.remove()
+        return doc

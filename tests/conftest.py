@@ -1,0 +1,41 @@
+"""Shared fixtures: every test makes its own small data; nothing reads ../shared/data."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+# Small and fast: the smoke protocol cut further (still every code path).
+TINY = ["--set", "train_images=256", "--set", "test_images=128", "--set", "clean_train_images=64",
+        "--set", "batch_size=64"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    # Decoded-data caches go to a per-session temp folder, never the user's ~/.cache.
+    monkeypatch.setenv("RESDEG_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def cli(*args, expect: int | None = 0):
+    """Run `resdeg ARGS` in-process; check the exit code when `expect` is given."""
+    from resdeg.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    if expect is not None:
+        assert result.exit_code == expect, (result.exit_code, result.output)
+    return result
+
+
+def cli_subprocess(*args, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "resdeg.cli", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def status_json(results: Path) -> list[dict]:
+    return json.loads(cli("status", "--results", results, "--json").stdout)

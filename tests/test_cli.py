@@ -1,0 +1,181 @@
+"""The CLI end to end, and every bad input: one line, non-zero exit, no traceback, nothing written."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import TINY, cli, status_json
+from resdeg.store import read_telemetry
+
+SMOKE = ["--protocol", "smoke", "--dataset", "synthetic", "--device", "cpu", "--quiet"]
+
+
+def test_run_all_smoke_synthetic_end_to_end(tmp_path):
+    res = cli("run-all", "--protocol", "smoke", "--dataset", "synthetic", "--results", tmp_path)
+    rows = status_json(tmp_path)
+    assert len(rows) == 8
+    assert {(r["model"], r["variant"]) for r in rows} == {
+        (m, v) for m in ("resnet18", "resnet50") for v in ("FULL", "Nres", "Nbn", "Nboth")}
+    for r in rows:
+        assert r["status"] == "done" and r["epochs_done"] == 2 and r["protocol"] == "smoke"
+        assert 0 <= r["train_acc"] <= 1 and 0 <= r["test_acc"] <= 1
+        tel = read_telemetry(r["path"])
+        doc = json.loads((tmp_path / os.path.relpath(r["path"], tmp_path) / "run.json").read_text())
+        assert tel["act_grad_mean_abs"].shape == (2 * doc["summary"]["steps_per_epoch"], 5)
+        assert np.isfinite(tel["act_grad_mean_abs"]).all()
+        # the per-step losses average (batch-weighted) to the epoch's running train loss
+        sizes = np.diff(np.minimum(np.arange(0, 1024 + 64, 64), 1024))
+        for e in (1, 2):
+            mean = np.average(tel["loss"][tel["epoch"] == e], weights=sizes)
+            assert mean == pytest.approx(doc["epochs"][e - 1]["train_loss"], rel=1e-4)
+    full = next(r for r in rows if r["model"] == "resnet18" and r["variant"] == "FULL")
+    assert full["test_acc"] > 0.5  # the synthetic classes are learnable
+    # a second run-all trains nothing
+    again = cli("run-all", "--protocol", "smoke", "--dataset", "synthetic", "--results", tmp_path, "--dry-run")
+    assert "0 to train, 8 cached" in again.stdout
+    table = cli("status", "--results", tmp_path).stdout
+    assert table.count("done") == 8
+
+
+def test_dry_run_trains_nothing(tmp_path):
+    out = cli("run-all", *SMOKE, "--results", tmp_path, "--dry-run", "--variants", "full,nres", "--seeds", "1,2")
+    assert out.stdout.count("new") == 8 and "8 to train" in out.stdout
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_set_changes_the_config_hash(tmp_path):
+    a = cli("run", *SMOKE, "--results", tmp_path, "--dry-run").stdout
+    b = cli("run", *SMOKE, "--results", tmp_path, "--dry-run", "--set", "lr=0.01").stdout
+    assert a.split()[1] != b.split()[1]
+
+
+def _assert_one_line_error(result, *fragments):
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    for f in fragments:
+        assert f in err, err
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--model", "resnet19"], "unknown model 'resnet19'"),
+    (["--variant", "Nfoo"], "unknown variant 'Nfoo'"),
+    (["--protocol", "imagenet"], "unknown protocol 'imagenet'"),
+    (["--set", "learning_rate=0.1"], "unknown key 'learning_rate'"),
+    (["--set", "model=resnet50"], "use --model"),
+    (["--set", "epochs=three"], "expected int"),
+    (["--set", "lr=-1"], "lr=-1.0 is out of range"),
+    (["--set", "batch_size=0"], "batch_size=0 is out of range"),
+    (["--set", "schedule=linear"], "schedule='linear' is not one of"),
+    (["--set", "mean=0.5,0.5"], "expected 3 comma-separated numbers"),
+    (["--set", "augment=maybe"], "expected bool"),
+    (["--set", "nokey"], "expected key=value"),
+    (["--dataset", "mnist"], "dataset='mnist' is not one of"),
+    (["--precision", "bf16"], "needs a CUDA device"),
+])
+def test_bad_input_gives_one_line_error(tmp_path, args, fragment):
+    base = ["run", "--protocol", "smoke", "--dataset", "synthetic", "--device", "cpu", "--quiet"]
+    if "--protocol" in args:
+        base = ["run", "--dataset", "synthetic", "--device", "cpu"]
+    _assert_one_line_error(cli(*base, *args, "--results", tmp_path / "r", expect=None), fragment)
+    assert not (tmp_path / "r").exists() or not list((tmp_path / "r").rglob("*.json"))
+
+
+def test_bad_seeds_list(tmp_path):
+    _assert_one_line_error(cli("run-all", *SMOKE, "--seeds", "1,x", "--results", tmp_path, expect=None),
+                           "--seeds")
+
+
+def test_missing_and_malformed_data_folder(tmp_path):
+    r = cli("run", *SMOKE[:2], "--dataset", "imagefolder", "--data-dir", tmp_path / "nope", "--device", "cpu",
+            "--results", tmp_path / "r", expect=None)
+    _assert_one_line_error(r, "train")
+    bad = tmp_path / "bad"
+    (bad / "train" / "cat").mkdir(parents=True)
+    (bad / "train" / "cat" / "1.jpg").write_bytes(b"not a jpeg")
+    r = cli("run", *SMOKE[:2], "--dataset", "imagefolder", "--data-dir", bad, "--device", "cpu",
+            "--results", tmp_path / "r", expect=None)
+    _assert_one_line_error(r, "class folders")
+    assert not list((tmp_path / "r").rglob("run.json"))
+
+
+def test_undecodable_image_is_reported(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (10, 200, 30)).save(root / split / c / "0.png")
+    (root / "train" / "a" / "1.jpg").write_bytes(b"broken")
+    r = cli("run", *SMOKE[:2], "--dataset", "imagefolder", "--data-dir", root, "--device", "cpu",
+            "--results", tmp_path / "r", expect=None)
+    _assert_one_line_error(r, "cannot decode", "1.jpg")
+
+
+def test_missing_cifar_without_network(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(*a, **k):
+        raise RuntimeError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    r = cli("run", "--protocol", "smoke", "--dataset", "cifar10", "--device", "cpu", "--results", tmp_path / "r",
+            expect=None)
+    _assert_one_line_error(r, "could not load cifar10", "--data-dir")
+
+
+def test_unwritable_results_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = cli("run", *SMOKE, "--results", blocker / "sub", expect=None)
+    _assert_one_line_error(r, "not writable")
+
+
+def _one_run(tmp_path):
+    cli("run", *SMOKE, *TINY, "--set", "epochs=1", "--results", tmp_path)
+    (folder,) = {p.parent for p in tmp_path.glob("*/*/*/run.json")}
+    return folder
+
+
+@pytest.mark.parametrize("damage", ["truncate", "edit_config", "edit_accuracy", "schema", "telemetry"])
+def test_corrupt_entry_is_reported_and_only_redone_with_force(tmp_path, damage):
+    folder = _one_run(tmp_path)
+    run_json = folder / "run.json"
+    text = run_json.read_text()
+    if damage == "truncate":
+        run_json.write_text(text[: len(text) // 2])
+    elif damage == "telemetry":
+        (folder / "telemetry.npz").write_bytes(b"garbage")
+    else:
+        doc = json.loads(text)
+        if damage == "edit_config":
+            doc["config"]["lr"] = 0.5
+        elif damage == "edit_accuracy":
+            doc["epochs"][0]["test_acc"] = 1.7
+        else:
+            doc["schema_version"] = 99
+        run_json.write_text(json.dumps(doc))
+    damaged = run_json.read_bytes()
+    (row,) = status_json(tmp_path)
+    assert row["status"] == "corrupt" and row["problem"]
+    assert row["model"] == "resnet18" and row["variant"] == "FULL"
+    r = cli("run", *SMOKE, *TINY, "--set", "epochs=1", "--results", tmp_path, expect=None)
+    _assert_one_line_error(r, "corrupt", "--force")
+    assert run_json.read_bytes() == damaged  # reported, not used, not touched
+    cli("run", *SMOKE, *TINY, "--set", "epochs=1", "--results", tmp_path, "--force")
+    (row,) = status_json(tmp_path)
+    assert row["status"] == "done"
+
+
+def test_no_temp_files_left_behind(tmp_path):
+    folder = _one_run(tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == ["model.pt", "run.json", "telemetry.npz"]
+
+
+def test_help_explains_every_command():
+    out = cli("--help").stdout
+    for command in ("run", "run-all", "status"):
+        assert command in out
+    assert "--set" in cli("run-all", "--help").stdout
