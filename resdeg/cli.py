@@ -95,7 +95,7 @@ def _configs(protocol, dataset, overrides, precision, models, variants, seeds):
             for m in models for v in variants for s in seeds]
 
 
-def _train(configs, results, data_dir, device, dry_run, force, time_limit, quiet):
+def _train(configs, results, data_dir, device, dry_run, force, time_limit, quiet, probe_settings=None):
     from . import runner
     from .store import ensure_writable
 
@@ -111,13 +111,29 @@ def _train(configs, results, data_dir, device, dry_run, force, time_limit, quiet
 
     dev = resolve_device(device)
     ensure_writable(results)
+    if probe_settings is not None:
+        from .probes.probe import check_probe_images
+
+        check_probe_images(configs, probe_settings)  # before hours of training, not after
     deadline = time.time() + 60 * time_limit if time_limit else None
     for p in planned:
-        if not p.todo:
-            click.echo(f"{p.state:<9} {p.cfg.run_name} (cached{': ' + p.problem if p.problem else ''})", err=True)
+        if p.state in ("done", "diverged"):
+            click.echo(f"{p.state:<9} {p.cfg.run_name} (cached)", err=True)
     runner.execute(planned, dev, data_dir=data_dir, force=force, deadline=deadline, progress=not quiet,
                    log=lambda m: click.echo(m, err=True))
+    failures = []
+    if probe_settings is not None:
+        from .probes.probe import probe_folders
+        from .store import entry
+
+        finished = [p.folder for p in planned if entry(p.folder).status in ("done", "diverged")]
+        failures = probe_folders(finished, probe_settings, dev, data_dir, progress=not quiet, deadline=deadline,
+                                 log=lambda m: click.echo(m, err=True))
     runner.check_corrupt(planned)
+    if failures:
+        from .probes.probe import raise_failures
+
+        raise_failures(failures)
 
 
 @main.command()
@@ -141,15 +157,49 @@ def run(protocol, dataset, data_dir, results, overrides, device, precision, dry_
 @click.option("--variants", callback=_csv, default=",".join(VARIANTS), show_default=True,
               help="Comma-separated variants.")
 @click.option("--seeds", callback=_csv, default=None, help="Comma-separated seeds [default: 42].")
+@click.option("--probe-images", type=int, default=500, show_default=True,
+              help="Probe every finished run with the first N test images (see `resdeg probe`).")
+@click.option("--no-probe", is_flag=True, help="Train only; probe later with `resdeg probe`.")
+@click.option("--no-report", is_flag=True, help="Do not render the report at the end (see `resdeg report`).")
+@click.option("--docs", default="docs", show_default=True, type=click.Path(file_okay=False), envvar="RESDEG_DOCS",
+              help="Where the report's pages go (or $RESDEG_DOCS).")
 def run_all(protocol, dataset, data_dir, results, overrides, device, precision, dry_run, force, time_limit,
-            quiet, models, variants, seeds):
-    """Train the grid models x variants x seeds (cached and resumable)."""
+            quiet, models, variants, seeds, probe_images, no_probe, no_report, docs):
+    """Train the grid models x variants x seeds (cached and resumable), then probe every finished
+    run (cached too: a run with a probe for these settings is not probed again)."""
     try:
         seed_list = [int(s) for s in seeds] if seeds else [None]
     except ValueError:
         raise ResdegError(f"--seeds {','.join(seeds)!r}: expected comma-separated integers") from None
     cfgs = _configs(protocol, dataset, overrides, precision, models, variants, seed_list)
-    _train(cfgs, results, data_dir, device, dry_run, force, time_limit, quiet)
+    from .probes.store import ProbeSettings
+
+    settings = None if no_probe else ProbeSettings(probe_images=probe_images)
+    _train(cfgs, results, data_dir, device, dry_run, force, time_limit, quiet, probe_settings=settings)
+    if not (dry_run or no_report):
+        _report(results, docs, cfgs[0].protocol, cfgs[0].dataset)
+
+
+def _report(results, docs, protocol, dataset):
+    from .report import build_report
+
+    build_report(results, docs, protocol, dataset, log=lambda m: click.echo(m, err=True))
+
+
+@main.command()
+@click.option("--results", default="results", show_default=True, type=click.Path(file_okay=False),
+              help="Result store folder (read only).")
+@click.option("--docs", default="docs", show_default=True, type=click.Path(file_okay=False), envvar="RESDEG_DOCS",
+              help="MkDocs docs folder (or $RESDEG_DOCS): docs/en, docs/zh and docs/downloads are regenerated whole.")
+@click.option("--protocol", default=None,
+              help="Report this protocol's runs [default: the most serious present: seed, cifar, smoke].")
+@click.option("--dataset", default=None, help="Report runs on this data set [default: the one with most runs].")
+def report(results, docs, protocol, dataset):
+    """Render the report from cached results alone (no training): figures with English and
+    Chinese labels, the data behind them (CSV/JSON), and bilingual pages with computed verdicts.
+    Then build the site with `mkdocs build --strict` (output in site/).
+    """
+    _report(results, docs, protocol, dataset)
 
 
 @main.command()
@@ -159,7 +209,8 @@ def status(results, as_json):
     """Every run in the result store: done / diverged / partial / corrupt."""
     from .store import scan
 
-    rows = [e.row() for e in scan(results)]
+    entries = scan(results)
+    rows = [e.row() for e in entries]
     if as_json:
         click.echo(json.dumps(rows, indent=1))
         return
@@ -167,16 +218,113 @@ def status(results, as_json):
         click.echo(f"no runs in {results}/")
         return
     pct = lambda v: "" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    header = ("protocol", "dataset", "model", "variant", "seed", "status", "epochs", "train%", "test%")
+    header = ("protocol", "dataset", "model", "variant", "seed", "status", "epochs", "train%", "test%", "probed")
     table = [header] + [(r["protocol"], r["dataset"], r["model"] or "?", r["variant"] or "?", str(r["seed"]),
                          r["status"], f"{r['epochs_done']}/{r['epochs']}" if r["epochs"] else "",
-                         pct(r["clean_train_acc"]), pct(r["test_acc"])) for r in rows]
+                         pct(r["clean_train_acc"]), pct(r["test_acc"]), "yes" if r["probed"] else "no")
+                        for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
     for r in rows:
         if r["problem"]:
             click.echo(f"corrupt: {r['path']}: {r['problem']}", err=True)
+    for e in entries:
+        if e.probe_state[1]:
+            click.echo(f"corrupt probe: {e.path}: {e.probe_state[1]}", err=True)
+
+
+@main.command()
+@click.option("--results", default="results", show_default=True, type=click.Path(file_okay=False),
+              help="Result store folder.")
+@click.option("--run", "run_folder", type=click.Path(file_okay=False), default=None,
+              help="Probe this one run folder (an error if it is missing or unfinished).")
+@click.option("--protocol", default=None, help="Only runs of this protocol [default: all].")
+@click.option("--dataset", default=None, help="Only runs on this data set [default: all].")
+@click.option("--models", callback=_csv, default=None, help="Only these models, comma-separated [default: all].")
+@click.option("--variants", callback=_csv, default=None, help="Only these variants, comma-separated [default: all].")
+@click.option("--seeds", callback=_csv, default=None, help="Only these seeds, comma-separated [default: all].")
+@click.option("--probe-images", type=int, default=500, show_default=True,
+              help="The first N test images of each run's protocol (its own preprocessing).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Where the runs' data set is (as for `resdeg run`); it must be the data they were trained on.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="Where to compute features and criteria.")
+@click.option("--force", is_flag=True,
+              help="Probe again even if a probe for these settings exists (also a corrupt one).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def probe(results, run_folder, protocol, dataset, models, variants, seeds, probe_images, data_dir, device, force,
+          quiet):
+    """Probe every finished run that has no probe for these settings yet: how separable each
+    stage's features are (Fisher ratios per image and per channel map, LDA, linear probe, kNN,
+    NC1, silhouette, coding-rate reduction, CKA), and the mean/std of each stage's activations
+    and gradients at initialisation and after training. Results go into the run's folder as
+    probe-<settings hash>.json; a diverged run is recorded as skipped, with its reason.
+    """
+    from pathlib import Path
+
+    from .probes.probe import describe, finished_runs, probe_folders, probe_run, raise_failures
+    from .probes.store import ProbeSettings
+    from .train import resolve_device
+
+    settings = ProbeSettings(probe_images=probe_images)
+    dev = resolve_device(device)
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    if run_folder:
+        doc, state = probe_run(Path(run_folder), settings, dev, data_dir, force, progress=not quiet)
+        log(describe(doc, state))
+        return
+    folders, failures = finished_runs(results, protocol, dataset, models, variants, seeds, log=log)
+    if not folders and not failures:
+        log(f"no finished runs to probe in {results}/")
+    failures += probe_folders(folders, settings, dev, data_dir, force, progress=not quiet, log=log)
+    raise_failures(failures)
+
+
+@main.command()
+@click.option("--model", default="resnet18", show_default=True, help=f"One of {', '.join(ARCHS)}.")
+@click.option("--variant", default="FULL", show_default=True, help=f"One of {', '.join(VARIANTS)}.")
+@click.option("--protocol", default="seed", show_default=True, help=f"One of {', '.join(PROTOCOLS)}.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--batch-size", type=int, default=None,
+              help="[default: the protocol's; 8 with --quick on a CPU]")
+@click.option("--steps", type=int, default=None, help="Timed steps per repeat [default: 10 CPU / 50 GPU; --quick 3 / 10].")
+@click.option("--warmup", type=int, default=None, help="Untimed steps first [default: 2 / 10; --quick 1 / 3].")
+@click.option("--repeats", type=int, default=None, help="Timed repeats, the median counts [default: 3; --quick 1].")
+@click.option("--projection-steps", type=int, default=None,
+              help="Timed steps of each study model for the projection [default: 5 / 30; --quick 2 / 10].")
+@click.option("--workers", type=int, default=None, help="DataLoader workers of the reference loop [default: 2].")
+@click.option("--dataset", default="synthetic", show_default=True,
+              help="Images to train on: synthetic, or cifar10 / cifar100 / imagefolder (with --data-dir).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="As for `resdeg run`.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override protocol fields, e.g. --set deterministic=false.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the engine's stages (not the reference).")
+@click.option("--quick", is_flag=True, help="Few small steps: a CPU run in under two minutes.")
+@click.option("--projection/--no-projection", default=True, show_default=True,
+              help="Also time every study model to project the seed and cifar studies' wall time.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="JSON file [default: benchmarks/<device>-<model>-<protocol>-<time>.json].")
+def bench(model, variant, protocol, device, batch_size, steps, warmup, repeats, projection_steps, workers, dataset,
+          data_dir, overrides, compile_, quick, projection, out):
+    """Time training steps of (a) resdeg's engine with telemetry, (b) without it, and (c) a
+    reference loop written like the original study (CPU transforms in a DataLoader, fp32,
+    an .item() hook every step), on the same model and images. Prints images/s, a/c, a/b,
+    model FLOP utilisation on a GPU and the projected wall time of the seed and cifar studies;
+    writes the figures as JSON.
+    """
+    from .bench import Settings, default_output, format_report, run_benchmark, write_bench
+    from .train import resolve_device
+
+    dev = resolve_device(device)
+    settings = Settings.make(quick, dev, batch_size=batch_size, steps=steps, warmup=warmup, repeats=repeats,
+                             projection_steps=projection_steps, workers=workers)
+    doc = run_benchmark(model, variant, protocol, dev, settings, STUDY_MODELS, dataset=dataset, data_dir=data_dir,
+                        overrides=parse_overrides(overrides), compile=compile_, projection=projection,
+                        log=lambda m: click.echo(m, err=True))
+    click.echo(format_report(doc))
+    path = write_bench(doc, out or default_output(doc))
+    click.echo(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -91,8 +92,10 @@ def validate_run_doc(doc) -> dict:
         _check(isinstance(e, dict) and set(EPOCH_FIELDS) <= set(e), f"epoch entry {i} lacks fields")
         _check(e["epoch"] == i + 1, f"epoch entry {i} is numbered {e['epoch']}")
         for k in EPOCH_FIELDS:
-            # a diverged epoch may have no finite loss
-            _check(_is_num(e[k], allow_none=doc["status"] == "diverged"), f"epoch {i + 1}: {k} is not a number")
+            # a non-finite loss is stored as null: in training only by a diverged run; an
+            # evaluation loss can overflow (e.g. BatchNorm running stats) while training goes on
+            may_be_null = k == "test_loss" or (k == "train_loss" and doc["status"] == "diverged")
+            _check(_is_num(e[k], allow_none=may_be_null), f"epoch {i + 1}: {k} is not a number")
         for k in ("train_acc", "clean_train_acc", "test_acc"):
             _check(e[k] is None or 0.0 <= e[k] <= 1.0, f"epoch {i + 1}: {k}={e[k]} outside [0, 1]")
     if doc["status"] == "done":
@@ -107,9 +110,9 @@ def read_run(folder: str | Path) -> dict:
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
-        raise CorruptRun(f"{path} is missing") from None
+        raise CorruptRun(f"{RUN_FILE} is missing") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CorruptRun(f"{path} is not valid JSON ({e})") from None
+        raise CorruptRun(f"{RUN_FILE} is not valid JSON ({e})") from None
     validate_run_doc(doc)
     tel = doc.get("telemetry")
     if tel:
@@ -163,6 +166,18 @@ class RunEntry:
     def status(self) -> str:
         return "corrupt" if self.problem else self.doc["status"]
 
+    @cached_property
+    def probe_state(self) -> tuple[bool, str | None]:
+        """(a valid probe for the default settings exists, the problem of a damaged probe file)."""
+        if self.doc is None:
+            return False, None
+        from .probes.store import read_probe  # probes build on the store, not the other way
+
+        try:
+            return read_probe(self.path, run_doc=self.doc) is not None, None
+        except CorruptRun as e:
+            return False, str(e)
+
     def row(self) -> dict:
         """One object of `resdeg status --json`."""
         if self.doc is None:
@@ -170,14 +185,14 @@ class RunEntry:
             return {"model": model, "variant": variant, "seed": seed, "protocol": self.path.parent.parent.name,
                     "dataset": self.path.parent.name, "status": "corrupt", "problem": self.problem,
                     "epochs_done": None, "epochs": None, "train_acc": None, "clean_train_acc": None,
-                    "test_acc": None, "config_hash": None, "path": str(self.path)}
+                    "test_acc": None, "config_hash": None, "probed": False, "path": str(self.path)}
         cfg, last = self.doc["config"], (self.doc["epochs"] or [{}])[-1]
         return {"model": cfg["model"], "variant": cfg["variant"], "seed": cfg["seed"],
                 "protocol": cfg["protocol"], "dataset": cfg["dataset"], "status": self.status,
                 "problem": self.problem, "epochs_done": self.doc["epochs_done"], "epochs": cfg["epochs"],
                 "train_acc": last.get("train_acc"), "clean_train_acc": last.get("clean_train_acc"),
                 "test_acc": last.get("test_acc"), "config_hash": self.doc["config_hash"],
-                "path": str(self.path)}
+                "probed": self.probe_state[0], "path": str(self.path)}
 
 
 def _parse_name(name: str):

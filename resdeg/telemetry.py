@@ -48,9 +48,9 @@ class StageTelemetry:
         grads = [p.grad for p in params]
         l1 = torch.stack(torch._foreach_norm(grads, 1)).float()
         l2sq = torch.stack(torch._foreach_norm(grads, 2)).float().square()
-        zeros = torch.zeros(len(self.stage_names), device=l1.device)
-        self.param_mean_abs[self.index] = zeros.index_add(0, stage_of, l1) / numel
-        self.param_l2[self.index] = zeros.index_add(0, stage_of, l2sq).sqrt()
+        # In place into this step's rows (reused across epochs, hence the zero_): no allocation.
+        self.param_mean_abs[self.index].zero_().index_add_(0, stage_of, l1).div_(numel)
+        self.param_l2[self.index].zero_().index_add_(0, stage_of, l2sq).sqrt_()
         self.index += 1
 
     def take_epoch(self) -> dict[str, np.ndarray]:

@@ -6,8 +6,12 @@ killed run restarts its unfinished epoch and reaches the numbers it would have h
 """
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import math
+import os
 import platform
+import shutil
 import subprocess
 import time
 from datetime import datetime, timezone
@@ -20,7 +24,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .atomic import atomic_torch_save
-from .data import Dataset, fixed_subset, preprocess
+from .data import Dataset, fixed_subset, preprocess, test_subset
 from .errors import ResdegError
 from .models import model_from_config
 from .store import (CHECKPOINT_FILE, RUN_SCHEMA, RUN_SCHEMA_VERSION, TELEMETRY_ARRAYS, WEIGHTS_FILE,
@@ -64,6 +68,16 @@ def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Genera
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
 def environment(device: torch.device, precision: str) -> dict:
     import torchvision
 
@@ -72,7 +86,7 @@ def environment(device: torch.device, precision: str) -> dict:
                                 capture_output=True, timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return {"resdeg": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "numpy": np.__version__, "platform": platform.platform(),
             "device_type": device.type, "device": name, "cpu_threads": torch.get_num_threads(),
@@ -93,6 +107,28 @@ def evaluate(model, x_u8, y, cfg, precision: str, channels_last: bool) -> tuple[
         correct += (logits.argmax(1) == yb).sum()
     acc, loss = (torch.stack([correct, loss_sum]) / max(1, len(y))).tolist()
     return acc, loss
+
+
+def compile_stages(model) -> None:
+    """torch.compile every stage's forward in place, with static shapes.
+
+    Only the forwards are compiled: each stage module's __call__ stays eager, so the telemetry's
+    forward hooks (which put a gradient hook on the stage output) run between compiled graphs
+    exactly as without compile, and parameter names (checkpoints) do not change. All stages share
+    one code object (Sequential.forward), so each gets its own recompile budget where torch can.
+    """
+    device = next(model.parameters()).device
+    # Inductor builds C++ kernels on a CPU and Triton kernels on a GPU: say so in one line up
+    # front rather than in a traceback at the first step.
+    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++")):
+        raise ResdegError("--set compile=true on a CPU needs a C++ compiler (g++); install one or drop compile")
+    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        raise ResdegError("--set compile=true on a GPU needs the triton package; install it or drop compile")
+    options = {"dynamic": False}
+    if "isolate_recompiles" in inspect.signature(torch.compile).parameters:
+        options["isolate_recompiles"] = True
+    for _, stage in model.stages():
+        stage.forward = torch.compile(stage.forward, **options)
 
 
 def _finite(v: float):
@@ -117,7 +153,7 @@ class Trainer:
 
         # Fixed subsets: the same images for every run and seed of a protocol.
         tr = fixed_subset(len(data.train_y), cfg.train_images, salt=1)
-        te = fixed_subset(len(data.test_y), cfg.test_images, salt=2)
+        te = test_subset(data, cfg)
         cl = tr[fixed_subset(len(tr), cfg.clean_train_images, salt=3)]
         to = lambda t: t.to(device, non_blocking=True)  # noqa: E731
         self.train_x, self.train_y = to(data.train_x[tr]), to(data.train_y[tr])
@@ -129,6 +165,8 @@ class Trainer:
         self.model = model_from_config(cfg, data.num_classes).to(device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.compile:
+            compile_stages(self.model)
         extra = {"fused": True} if device.type == "cuda" else {}
         self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay, nesterov=cfg.nesterov and cfg.momentum > 0,
@@ -170,9 +208,27 @@ class Trainer:
         return True
 
     # -- one epoch --------------------------------------------------------------------------
+    def train_step(self, x_u8: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
+                   lr: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One SGD step on a uint8 batch already on the device; returns (loss, logits), detached.
+        Nothing here waits for the device: statistics stay in device tensors."""
+        x = preprocess(x_u8, self.cfg, generator=generator, channels_last=self.channels_last)
+        if lr is not None and lr != self.opt.param_groups[0]["lr"]:
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            logits = self.model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.telemetry:
+            self.telemetry.after_backward()
+        self.opt.step()
+        return loss.detach(), logits.detach()
+
     def train_epoch(self, epoch: int, bar: tqdm | None) -> tuple[float, float, float]:
-        cfg, model = self.cfg, self.model
-        model.train()
+        cfg = self.cfg
+        self.model.train()
         gen = epoch_generator(cfg.seed, epoch, self.device)
         perm = torch.randperm(len(self.train_y), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
         perm = perm.to(self.device)
@@ -181,29 +237,19 @@ class Trainer:
         lr = cfg.lr
         for i in range(self.steps_per_epoch):
             idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            x = preprocess(self.train_x[idx], cfg, generator=gen, channels_last=self.channels_last)
             y = self.train_y[idx]
             lr = lr_at(cfg, epoch * self.steps_per_epoch + i, self.steps_per_epoch)
-            for group in self.opt.param_groups:
-                group["lr"] = lr
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.telemetry:
-                self.telemetry.after_backward()
-            self.opt.step()
-            # Running statistics stay on the device: no .item() in the step.
-            self.loss_buf[i] = loss.detach()
-            loss_sum += loss.detach() * len(y)
+            loss, logits = self.train_step(self.train_x[idx], y, generator=gen, lr=lr)
+            self.loss_buf[i] = loss
+            loss_sum += loss * len(y)
             correct += (logits.argmax(1) == y).sum()
             if bar is not None:
                 bar.update(1)
-        acc, mean_loss = (torch.stack([correct, loss_sum]) / len(self.train_y)).tolist()
+        acc, mean_loss = (torch.stack([correct, loss_sum]) / len(self.train_y)).tolist()  # the epoch's sync
         return acc, mean_loss, lr
 
-    def _collect_steps(self, epoch: int) -> None:
+    def collect_steps(self, epoch: int) -> None:
+        """Copy this epoch's per-step device buffers to the host (one transfer per epoch)."""
         n = self.steps_per_epoch
         arrays = {"loss": self.loss_buf[:n].to("cpu", copy=True).numpy(),
                   "step": np.arange(epoch * n, (epoch + 1) * n, dtype=np.int64),
@@ -264,7 +310,7 @@ class Trainer:
                        f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False, disable=None if self.progress else True)
             train_acc, train_loss, lr = self.train_epoch(epoch, bar)
             bar.close()
-            self._collect_steps(epoch)
+            self.collect_steps(epoch)
             clean_acc, _ = evaluate(self.model, self.clean_x, self.clean_y, cfg, self.precision, self.channels_last)
             test_acc, test_loss = evaluate(self.model, self.test_x, self.test_y, cfg, self.precision,
                                            self.channels_last)

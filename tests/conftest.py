@@ -19,6 +19,8 @@ TINY = ["--set", "train_images=256", "--set", "test_images=128", "--set", "clean
 def _isolated_cache(tmp_path_factory, monkeypatch):
     # Decoded-data caches go to a per-session temp folder, never the user's ~/.cache.
     monkeypatch.setenv("RESDEG_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    # `run-all` ends by rendering the report: into a temp folder, never the repository's docs/.
+    monkeypatch.setenv("RESDEG_DOCS", str(tmp_path_factory.getbasetemp() / "docs"))
 
 
 def cli(*args, expect: int | None = 0):
@@ -39,3 +41,13 @@ def cli_subprocess(*args, **kw) -> subprocess.Popen:
 
 def status_json(results: Path) -> list[dict]:
     return json.loads(cli("status", "--results", results, "--json").stdout)
+
+
+def assert_one_line_error(result, *fragments):
+    """A user mistake: non-zero exit, no traceback, one line on stderr holding every fragment."""
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    for f in fragments:
+        assert f in err, err

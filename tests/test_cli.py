@@ -1,6 +1,7 @@
 """The CLI end to end, and every bad input: one line, non-zero exit, no traceback, nothing written."""
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,12 @@ SMOKE = ["--protocol", "smoke", "--dataset", "synthetic", "--device", "cpu", "--
 
 
 def test_run_all_smoke_synthetic_end_to_end(tmp_path):
-    res = cli("run-all", "--protocol", "smoke", "--dataset", "synthetic", "--results", tmp_path)
+    # the whole chain: train, probe (100 images keep the suite fast), render the report
+    docs = tmp_path / "docs"
+    cli("run-all", "--protocol", "smoke", "--dataset", "synthetic", "--results", tmp_path / "r",
+        "--probe-images", "100", "--docs", docs)
+    assert (docs / "en").is_dir() and (docs / "zh").is_dir()
+    tmp_path = tmp_path / "r"
     rows = status_json(tmp_path)
     assert len(rows) == 8
     assert {(r["model"], r["variant"]) for r in rows} == {
@@ -29,6 +35,7 @@ def test_run_all_smoke_synthetic_end_to_end(tmp_path):
         for e in (1, 2):
             mean = np.average(tel["loss"][tel["epoch"] == e], weights=sizes)
             assert mean == pytest.approx(doc["epochs"][e - 1]["train_loss"], rel=1e-4)
+        assert len(list(Path(r["path"]).glob("probe-*.json"))) == 1
     full = next(r for r in rows if r["model"] == "resnet18" and r["variant"] == "FULL")
     assert full["test_acc"] > 0.5  # the synthetic classes are learnable
     # a second run-all trains nothing
@@ -179,3 +186,17 @@ def test_help_explains_every_command():
     for command in ("run", "run-all", "status"):
         assert command in out
     assert "--set" in cli("run-all", "--help").stdout
+
+
+def test_divergence_is_a_result_and_the_grid_goes_on(tmp_path):
+    # lr 100 without BatchNorm overflows within the first steps
+    cli("run-all", *SMOKE, *TINY, "--set", "epochs=2", "--set", "lr=100", "--models", "resnet18",
+        "--variants", "Nbn,FULL", "--results", tmp_path, "--no-probe")
+    rows = {r["variant"]: r for r in status_json(tmp_path)}
+    assert rows["Nbn"]["status"] == "diverged" and rows["Nbn"]["epochs_done"] == 1
+    assert rows["FULL"]["status"] in ("done", "diverged")  # trained after the divergence
+    doc = json.loads((tmp_path / os.path.relpath(rows["Nbn"]["path"], tmp_path) / "run.json").read_text())
+    tel = read_telemetry(rows["Nbn"]["path"])
+    first_bad = int(np.flatnonzero(~np.isfinite(tel["loss"]))[0])
+    assert doc["diverged_at_step"] == first_bad
+    assert np.isfinite(tel["loss"][:first_bad]).all()

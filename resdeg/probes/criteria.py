@@ -13,6 +13,8 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ..errors import ResdegError
+
 __all__ = [
     "CRITERIA",
     "Criterion",
@@ -34,8 +36,9 @@ _BLOCK = 1 << 22  # float64 elements per temporary block (32 MiB): bounds the ex
 _RTOL = 1e-10  # eigenvalues below _RTOL * the largest are numerical zeros (rank cut, pinv)
 
 
-class ProbeInputError(ValueError):
-    """Features or labels that a criterion cannot score; the message is one line."""
+class ProbeInputError(ResdegError, ValueError):
+    """Features or labels that a criterion cannot score; the message is one line (a ResdegError,
+    so the CLI prints it as a one-line error)."""
 
 
 class _Batch:

@@ -1,0 +1,297 @@
+"""Probing finished runs: every stage's features scored by every criterion, plus signal
+propagation at initialisation and after training; one cached probe file per run and settings.
+
+A diverged run, or one whose weights are not finite, gets a probe file with status "skipped"
+and the reason: that is a result, not an error. A missing or unfinished run, or more probe
+images than the run's test set, is a user mistake (a ResdegError), and nothing is written.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from ..config import config_from_dict
+from ..data import Dataset, load_dataset
+from ..errors import ResdegError
+from ..models import model_from_config
+from ..store import RUN_FILE, WEIGHTS_FILE, CorruptRun, read_run
+from . import criteria
+from .features import initial_model, prepare_cpu, probe_images, signal_propagation, stage_features
+from .store import (PROBE_SCHEMA, PROBE_SCHEMA_VERSION, SIGNAL_KEYS, SIGNAL_PHASES, ProbeSettings, read_probe,
+                    write_probe)
+
+
+def criterion_kwargs(settings: ProbeSettings) -> dict[str, dict]:
+    """The settings that parametrise a criterion, as its keyword arguments."""
+    return {"lda_score": {"n_components": settings.lda_components},
+            "linear_probe_acc": {"test_fraction": settings.linear_probe_test_fraction},
+            "knn_acc": {"k": settings.knn_k},
+            "coding_rate_reduction": {"eps2": settings.coding_rate_eps2}}
+
+
+# Criteria whose work after the shared Gram matrices is small n x n algebra (eigh, Cholesky,
+# L-BFGS steps). On a CPU those run on one thread: with two, every small LAPACK call waits on an
+# OpenMP barrier, and on a busy machine a 500 x 500 eigh went from 0.06 s to 2-5 s.
+SMALL_ALGEBRA = {"lda_score", "linear_probe_acc", "knn_acc", "nc1", "silhouette", "coding_rate_reduction",
+                 "cka_labels"}
+
+
+@contextmanager
+def _threads(n: int | None):
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def score_stage(features: torch.Tensor, labels: torch.Tensor, settings: ProbeSettings,
+                timings: dict[str, float] | None = None):
+    """Every criterion of the settings on one stage: (values, errors), a value None exactly when
+    the criterion is undefined there, and then its one-line reason in errors. With `timings`,
+    adds each criterion's seconds to it (the shared Gram matrices count to the first that needs them)."""
+    values, errors = {}, {}
+    try:
+        # Criteria accept one shared validated batch in place of the features (as all_criteria
+        # does), so the n x n Gram matrices are computed once per stage, not once per criterion.
+        batch = criteria._Batch(features, labels)
+    except criteria.ProbeInputError as e:
+        return {name: None for name in settings.criteria}, {name: str(e) for name in settings.criteria}
+    kwargs = criterion_kwargs(settings)
+    cpu = features.device.type == "cpu"
+    for name in settings.criteria:
+        start = time.perf_counter()
+        try:
+            if cpu and name in SMALL_ALGEBRA:
+                batch.centred_gram  # the shared Gram matrices (the large products): on every thread
+            with _threads(1 if cpu and name in SMALL_ALGEBRA else None):
+                value = criteria.CRITERIA[name].fn(batch, labels, **kwargs.get(name, {}))
+            if not math.isfinite(value):
+                raise criteria.ProbeInputError(f"the value is not finite ({value})")
+            values[name] = value
+        except (criteria.ProbeInputError, torch.linalg.LinAlgError) as e:
+            values[name] = None
+            errors[name] = str(e).splitlines()[0]
+        if timings is not None:  # each criterion returns a Python float: the device has synced
+            timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+    return values, errors
+
+
+def _environment(device: torch.device) -> dict:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    return {"device": f"{device.type} ({name})" if name else device.type, "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
+
+
+def _document(run_doc: dict, settings: ProbeSettings, device: torch.device, started: float, *,
+              status: str = "done", reason: str | None = None, images: int = 0, classes_present: int = 0,
+              shapes: dict | None = None, values: dict | None = None, errors: dict | None = None,
+              signal: dict | None = None) -> dict:
+    cfg = run_doc["config"]
+    shapes = shapes or {}
+    return {
+        "schema": PROBE_SCHEMA, "schema_version": PROBE_SCHEMA_VERSION,
+        "run": {"config_hash": run_doc["config_hash"], "model": cfg["model"], "variant": cfg["variant"],
+                "seed": cfg["seed"], "protocol": cfg["protocol"], "dataset": cfg["dataset"]},
+        "settings": settings.to_dict(), "settings_hash": settings.hash,
+        "status": status, "reason": reason, "images": images, "classes_present": classes_present,
+        "stages": list(shapes), "stage_shapes": shapes,
+        "criteria": values or {name: {} for name in settings.criteria},
+        "criterion_errors": errors or {},
+        "signal": signal or {phase: {key: {} for key in SIGNAL_KEYS} for phase in SIGNAL_PHASES},
+        "environment": _environment(device), "wall_s": round(time.perf_counter() - started, 3),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _load_weights(folder: Path) -> dict:
+    path = folder / WEIGHTS_FILE
+    if not path.exists():
+        raise ResdegError(f"{folder}: no {WEIGHTS_FILE} (weights are not kept in git); "
+                          f"retrain this run with `resdeg run ... --force` to probe it")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+            raise TypeError("not a state_dict of tensors")
+        return state
+    except Exception as e:  # any unreadable file: the message, on one line
+        first = (str(e).splitlines() or [""])[0][:120]
+        raise ResdegError(f"{path}: unreadable weights ({type(e).__name__}: {first}); retrain with --force") from None
+
+
+def probe_run(folder: str | Path, settings: ProbeSettings, device: torch.device, data_dir=None,
+              force: bool = False, datasets: dict[str, Dataset] | None = None,
+              progress: bool = True) -> tuple[dict, str]:
+    """Probe one run folder; return (probe document, "cached" | "probed" | "skipped")."""
+    folder, started = Path(folder), time.perf_counter()
+    if not (folder / RUN_FILE).exists():
+        raise ResdegError(f"{folder} is not a run folder (no {RUN_FILE})")
+    run_doc = read_run(folder)  # CorruptRun: a one-line error
+    cfg = config_from_dict(run_doc["config"])
+    if run_doc["status"] == "partial":
+        raise ResdegError(f"{folder.name} is not finished ({run_doc['epochs_done']}/{cfg.epochs} epochs); "
+                          f"finish it with `resdeg run` first")
+    if not force:
+        try:
+            cached = read_probe(folder, settings, run_doc)
+        except CorruptRun as e:
+            raise ResdegError(f"{folder.name}: corrupt probe ({e}); redo it with --force") from None
+        if cached is not None:
+            return cached, "cached"
+
+    def skipped(reason: str) -> tuple[dict, str]:
+        doc = _document(run_doc, settings, device, started, status="skipped", reason=reason)
+        _write(folder, doc)
+        return doc, "skipped"
+
+    if run_doc["status"] == "diverged":
+        return skipped(f"run diverged at step {run_doc.get('diverged_at_step')}")
+    state = _load_weights(folder)
+    if not all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point()):
+        return skipped("non-finite weights")
+
+    datasets = {} if datasets is None else datasets
+    if cfg.dataset not in datasets:
+        datasets[cfg.dataset] = load_dataset(cfg.dataset, data_dir)
+    data = datasets[cfg.dataset]
+    if data.fingerprint != run_doc["data"].get("fingerprint"):
+        raise ResdegError(f"{folder.name}: the {cfg.dataset} data at hand (fingerprint {data.fingerprint[:12]}) "
+                          f"is not the data this run was trained on; point --data-dir at that data")
+    x_u8, y = probe_images(data, cfg, settings.probe_images)
+    classes_present = len(torch.unique(y))
+    if classes_present < 2:
+        raise ResdegError(f"the first {len(y)} probe images hold a single class; the criteria need at least 2 "
+                          f"(raise --probe-images)")
+
+    if device.type == "cpu":
+        prepare_cpu()
+    model = model_from_state(cfg, data.num_classes, state).to(device)
+    labels = y.to(device)
+    shapes, errors = {}, {}
+    values: dict[str, dict] = {name: {} for name in settings.criteria}
+    stages = tqdm(stage_features(model, x_u8, cfg, device), total=len(model.stages()), unit="stage", leave=False,
+                  desc=f"probe {cfg.model} {cfg.variant} s{cfg.seed}", disable=None if progress else True)
+    for stage, feats in stages:
+        shapes[stage] = list(feats.shape[1:])
+        stage_values, stage_errors = score_stage(feats, labels, settings)
+        del feats
+        for name, v in stage_values.items():
+            values[name][stage] = v
+        for name, reason in stage_errors.items():
+            errors.setdefault(name, {})[stage] = reason
+    signal = {"init": signal_propagation(initial_model(cfg, data.num_classes), x_u8, y, cfg, device),
+              "trained": signal_propagation(model, x_u8, y, cfg, device)}
+    doc = _document(run_doc, settings, device, started, images=len(y), classes_present=classes_present,
+                    shapes=shapes, values=values, errors=errors, signal=signal)
+    _write(folder, doc)
+    return doc, "probed"
+
+
+def _write(folder: Path, doc: dict) -> None:
+    try:
+        write_probe(folder, doc)
+    except OSError as e:
+        raise ResdegError(f"cannot write the probe into {folder} ({e.strerror or e})") from None
+
+
+def model_from_state(cfg, num_classes: int, state: dict):
+    model = model_from_config(cfg, num_classes)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ResdegError(f"stored weights do not fit {cfg.model} {cfg.variant} "
+                          f"({str(e).splitlines()[0][:120]}); retrain with --force") from None
+    return model
+
+
+def describe(doc: dict, state: str) -> str:
+    """One log line for a probed, cached or skipped run."""
+    r = doc["run"]
+    head = f"{r['model']:>9} {r['variant']:<5} seed {r['seed']}: "
+    if doc["status"] == "skipped":
+        return head + ("cached: " if state == "cached" else "") + f"skipped ({doc['reason']})"
+    undefined = sum(len(v) for v in doc["criterion_errors"].values())
+    note = f"; {undefined} criterion values undefined (see criterion_errors)" if undefined else ""
+    return head + (f"{state:<7} {doc['images']} images, {len(doc['stages'])} stages, {len(doc['criteria'])} "
+                   f"criteria  {doc['wall_s']:.1f}s{note}")
+
+
+def probe_folders(folders: list[Path], settings: ProbeSettings, device: torch.device, data_dir=None,
+                  force: bool = False, progress: bool = True, deadline: float | None = None,
+                  log: Callable[[str], None] = print) -> list[str]:
+    """Probe each finished (done or diverged) run folder; one run's problem never stops the rest.
+    Returns the problems, one line each."""
+    failures, datasets = [], {}
+    bar = tqdm(total=len(folders), desc="probes", unit="run", disable=None if progress and folders else True)
+    for folder in folders:
+        if deadline is not None and time.time() >= deadline:
+            log(f"time limit reached: {folder.name} and later runs not probed")
+            break
+        try:
+            doc, state = probe_run(folder, settings, device, data_dir, force, datasets, progress)
+            log(describe(doc, state))
+        except ResdegError as e:
+            failures.append(f"{folder.name}: {e}")
+            log(f"not probed: {failures[-1]}")
+        bar.update(1)
+    bar.close()
+    return failures
+
+
+def raise_failures(failures: list[str]) -> None:
+    if failures:
+        many = len(failures) > 1
+        raise ResdegError(f"{len(failures)} run{'s' if many else ''} not probed"
+                          f"{' (first: ' if many else ' ('}{failures[0]})")
+
+
+def check_probe_images(configs, settings: ProbeSettings) -> None:
+    """Fail before any training when a protocol's test subset is smaller than the probe images."""
+    for cfg in configs:
+        if 0 < cfg.test_images < settings.probe_images:
+            raise ResdegError(f"--probe-images {settings.probe_images} exceeds test_images={cfg.test_images} of "
+                              f"these runs; use --probe-images {cfg.test_images} or fewer, or --no-probe")
+
+
+def finished_runs(results: str | Path, protocol=None, dataset=None, models=None, variants=None, seeds=None,
+                  log: Callable[[str], None] = print) -> tuple[list[Path], list[str]]:
+    """The done or diverged run folders under results/ that pass the filters, and the corrupt
+    ones (as problems); unfinished runs are mentioned, not probed."""
+    from ..models import canonical_variant
+    from ..store import scan
+
+    if not Path(results).is_dir():
+        raise ResdegError(f"no result store at {results}/ (train first, or pass --results)")
+    try:
+        seeds = None if seeds is None else {int(s) for s in seeds}
+    except ValueError:
+        raise ResdegError(f"--seeds {','.join(seeds)!r}: expected comma-separated integers") from None
+    variants = None if variants is None else {canonical_variant(v) for v in variants}
+    models = None if models is None else {m.lower() for m in models}
+    folders, problems = [], []
+    for run in scan(results):
+        row = run.row()
+        if not ((protocol is None or row["protocol"] == protocol) and (dataset is None or row["dataset"] == dataset)
+                and (models is None or row["model"] in models) and (variants is None or row["variant"] in variants)
+                and (seeds is None or row["seed"] in seeds)):
+            continue
+        if run.problem:
+            problems.append(f"{run.path.name}: corrupt run ({run.problem})")
+            log(f"not probed: {problems[-1]}")
+        elif run.status == "partial":
+            log(f"not probed: {run.path.name} is unfinished ({row['epochs_done']}/{row['epochs']} epochs)")
+        else:
+            folders.append(run.path)
+    return folders, problems

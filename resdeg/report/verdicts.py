@@ -1,0 +1,343 @@
+"""The verdict rules of STUDY.md §4, versioned, as pure functions of per-seed numbers.
+
+Every comparison pairs two models (a variant pair at one depth, or one variant at two depths).
+The one with the lower test accuracy is the *degraded* one, its partner the *healthy* one;
+with several seeds a difference counts only when its 95% t interval excludes zero, with one
+seed the point values decide and the verdict says so.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+RULES_VERSION = 1
+VANISH, EXPLODE = 1e-3, 1e3  # median g(first stage) / g(last stage) thresholds
+
+RULES = {
+    "H1": {
+        "en": "Overfitting explains a degradation when the degraded model's clean train accuracy is at least "
+              "the healthy model's and its train-test gap (clean train minus test accuracy) is larger. "
+              "If it is worse on the training set as well, overfitting does not explain it.",
+        "zh": "若退化模型的干净训练准确率不低于健康模型,且其训练-测试差距(干净训练准确率减测试准确率)更大,"
+              "则过拟合可以解释这次退化;若它在训练集上也更差,过拟合就解释不了。",
+    },
+    "H2": {
+        "en": "A model shows vanishing gradients when the median over training steps of "
+              "g(first stage) / g(last stage) is below 1e-3, exploding ones when it is above 1e3 or the loss "
+              "became non-finite (g = mean |dL/d stage output|). H2 explains a degradation when the degraded "
+              "model shows a symptom and the healthy one does not.",
+        "zh": "g 为阶段输出梯度的平均绝对值 mean|dL/d(阶段输出)|。若训练全程 g(第一阶段)/g(最后阶段) 的中位数"
+              "小于 1e-3,判为梯度消失;大于 1e3 或损失出现非有限值,判为梯度爆炸。"
+              "当退化模型出现此现象而健康模型没有时,H2 可以解释这次退化。",
+    },
+    "H3": {
+        "en": "A model loses information when its separability falls from the shallowest to the deepest stage "
+              "for more than half of the criteria (k of m; nc1 falls when it rises). H3 explains a degradation "
+              "when the degraded model loses information and the healthy one does not.",
+        "zh": "若超过一半的可分性判据(k/m;nc1 越大越不可分)从最浅阶段到最深阶段下降,判该模型发生信息丢失。"
+              "当退化模型发生信息丢失而健康模型没有时,H3 可以解释这次退化。",
+    },
+    "seeds": {
+        "en": "With several seeds a difference counts only when its 95% t interval (Welch for two groups, "
+              "paired within a run) excludes zero; with one seed no interval exists, and the point values "
+              "decide (marked 'single seed').",
+        "zh": "有多个随机种子时,差异只有在其 95% t 区间(两组比较用 Welch 区间,同一次训练内部用配对区间)"
+              "不包含零时才算数;只有一个种子时无法给出区间,由点估计决定,并标注“单一种子”。",
+    },
+}
+
+# Two-sided 95% Student t quantiles; a fractional (Welch) df is floored to the next tabulated df,
+# which widens the interval (conservative).
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+         10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110,
+         18: 2.101, 19: 2.093, 20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060,
+         26: 2.056, 27: 2.052, 28: 2.048, 29: 2.045, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+
+
+def t975(df: float) -> float:
+    if df >= 1e6:
+        return 1.960
+    return _T975[max(k for k in _T975 if k <= max(1.0, math.floor(df)))]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean (or a difference of means) with its 95% interval; low/high are None for a single seed."""
+    value: float
+    low: float | None
+    high: float | None
+    n: tuple[int, ...]
+
+    @property
+    def has_interval(self) -> bool:
+        return self.low is not None
+
+    @property
+    def sign(self) -> int:
+        """+1 / -1 when the estimate is (significantly, given an interval) above / below zero, else 0."""
+        if not self.has_interval:
+            return int(np.sign(self.value))
+        return 1 if self.low > 0 else -1 if self.high < 0 else 0
+
+    def beyond(self, threshold: float, above: bool) -> bool | None:
+        """Whether the value lies above (below) the threshold; None when the interval straddles it."""
+        lo, hi = (self.low, self.high) if self.has_interval else (self.value, self.value)
+        if (lo > threshold) if above else (hi < threshold):
+            return True
+        if (hi <= threshold) if above else (lo >= threshold):
+            return False
+        return None
+
+    def as_dict(self) -> dict:
+        return {"value": self.value, "low": self.low, "high": self.high, "n": list(self.n)}
+
+
+def mean(x) -> Estimate:
+    """Mean with a one-sample t interval (a paired difference when x holds per-run differences)."""
+    x = np.asarray(x, dtype=float)
+    if len(x) < 2:
+        return Estimate(float(x[0]), None, None, (len(x),))
+    half = t975(len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+    m = float(x.mean())
+    return Estimate(m, m - half, m + half, (len(x),))
+
+
+def difference(a, b) -> Estimate:
+    """mean(a) - mean(b) with Welch's 95% interval (seeds of two models are independent runs)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    d = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2:
+        return Estimate(d, None, None, (len(a), len(b)))
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return Estimate(d, d, d, (len(a), len(b)))
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = t975(df) * se
+    return Estimate(d, d - half, d + half, (len(a), len(b)))
+
+
+# -- per-run inputs -------------------------------------------------------------------------------
+
+@dataclass
+class Side:
+    """One model of a comparison: per-seed final numbers, gradient ratios and probe changes."""
+    label: str
+    test_acc: list[float]
+    clean_train_acc: list[float]
+    diverged: int = 0  # runs whose loss went non-finite
+    log_ratio: list[float] = field(default_factory=list)  # log10 median g(first)/g(last), finite runs
+    # criterion -> per-seed change from the shallowest to the deepest stage, oriented so that
+    # negative = less separable (nc1's sign flipped)
+    sep_change: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def gap(self) -> list[float]:
+        return [c - t for c, t in zip(self.clean_train_acc, self.test_acc)]
+
+
+@dataclass
+class Verdict:
+    hypothesis: str
+    subject: str  # e.g. "resnet50: Nres vs FULL"
+    degraded: str | None
+    healthy: str | None
+    outcome: str  # supported | not_supported | inconclusive
+    reason: str  # a key of REASONS
+    numbers: dict
+    single_seed: bool
+
+    def explain(self, lang: str) -> str:
+        fmt = {k: v[lang] if isinstance(v, dict) else v for k, v in self.numbers.get("_fmt", {}).items()}
+        return REASONS[self.reason][lang].format(d=self.degraded, h=self.healthy, **fmt)
+
+    def as_dict(self) -> dict:
+        return {"hypothesis": self.hypothesis, "subject": self.subject, "degraded": self.degraded,
+                "healthy": self.healthy, "outcome": self.outcome, "reason": self.reason,
+                "explanation": {lang: self.explain(lang) for lang in ("en", "zh")},
+                "numbers": {k: v for k, v in self.numbers.items() if k != "_fmt"}, "single_seed": self.single_seed}
+
+
+REASONS = {
+    "no_data": {"en": "Not enough results to decide.", "zh": "结果不足,无法判定。"},
+    "no_degradation": {"en": "Test accuracies do not differ ({dtest}); there is no degradation to explain.",
+                       "zh": "两者测试准确率没有可分辨的差异({dtest}),没有需要解释的退化。"},
+    "worse_on_train": {"en": "{d} is worse on the training set too (clean train {dtrain}): not overfitting.",
+                       "zh": "{d} 在训练集上同样更差(干净训练准确率 {dtrain}),不是过拟合。"},
+    "overfits": {"en": "{d} fits the training set at least as well ({dtrain}) but its gap is larger ({dgap}).",
+                 "zh": "{d} 在训练集上拟合得不差({dtrain}),但训练-测试差距更大({dgap})。"},
+    "gap_not_larger": {"en": "{d} fits the training set as well ({dtrain}) but its gap is not larger ({dgap}).",
+                       "zh": "{d} 在训练集上拟合得不差({dtrain}),但训练-测试差距并不更大({dgap})。"},
+    "symptom_only_degraded": {"en": "{d}: {sd}; {h}: {sh}.", "zh": "{d}:{sd};{h}:{sh}。"},
+    "symptom_both": {"en": "Both show it ({d}: {sd}; {h}: {sh}), so it does not explain the difference.",
+                     "zh": "两者都出现({d}:{sd};{h}:{sh}),因此不能解释二者的差异。"},
+    "no_symptom": {"en": "{d} shows no gradient symptom ({sd}).", "zh": "{d} 没有出现梯度异常({sd})。"},
+    "symptom_unclear": {"en": "The interval straddles a threshold ({d}: {sd}; {h}: {sh}).",
+                        "zh": "区间跨越了阈值({d}:{sd};{h}:{sh})。"},
+    "loss_only_degraded": {"en": "{d} loses information ({kd}); {h} does not ({kh}).",
+                           "zh": "{d} 出现信息丢失({kd});{h} 没有({kh})。"},
+    "loss_both": {"en": "Both lose information ({d}: {kd}; {h}: {kh}).",
+                  "zh": "两者都出现信息丢失({d}:{kd};{h}:{kh})。"},
+    "no_loss": {"en": "{d} does not lose information ({kd}).", "zh": "{d} 没有出现信息丢失({kd})。"},
+    "loss_unclear": {"en": "Too few criteria give a clear answer ({d}: {kd} fall; {h}: {kh} fall).",
+                     "zh": "给出明确结论的判据太少({d}:{kd} 下降;{h}:{kh} 下降)。"},
+}
+OUTCOME_TEXT = {"supported": {"en": "supported", "zh": "支持"},
+                "not_supported": {"en": "not supported", "zh": "不支持"},
+                "inconclusive": {"en": "inconclusive", "zh": "无法判定"}}
+
+
+def fmt_diff(e: Estimate, scale: float = 100.0, unit: str = " pp") -> str:
+    s = f"{e.value * scale:+.2f}{unit}"
+    return s + (f" [{e.low * scale:+.2f}, {e.high * scale:+.2f}]" if e.has_interval else "")
+
+
+# -- the rules --------------------------------------------------------------------------------------
+
+def _order(a: Side, b: Side):
+    """(degraded, healthy, test difference degraded - healthy) or None when test accuracy does not differ."""
+    d = difference(a.test_acc, b.test_acc)
+    if d.sign == 0:
+        return None, d
+    return ((a, b) if d.sign < 0 else (b, a)), (d if d.sign < 0 else difference(b.test_acc, a.test_acc))
+
+
+def _single(*sides: Side) -> bool:
+    return any(len(s.test_acc) < 2 for s in sides)
+
+
+def _verdict(h, subject, pair, outcome, reason, numbers, single):
+    d, hl = (pair[0].label, pair[1].label) if pair else (None, None)
+    return Verdict(h, subject, d, hl, outcome, reason, numbers, single)
+
+
+def h1(subject: str, a: Side, b: Side) -> Verdict:
+    """Overfitting (STUDY §4 H1)."""
+    single = _single(a, b)
+    if not (a.test_acc and b.test_acc and a.clean_train_acc and b.clean_train_acc):
+        return _verdict("H1", subject, None, "inconclusive", "no_data", {}, single)
+    pair, dtest = _order(a, b)
+    nums = {"test_diff": dtest.as_dict(), "_fmt": {"dtest": fmt_diff(dtest)}}
+    if pair is None:
+        return _verdict("H1", subject, None, "inconclusive", "no_degradation", nums, single)
+    worse, better = pair
+    dtrain = difference(worse.clean_train_acc, better.clean_train_acc)
+    dgap = difference(worse.gap, better.gap)
+    nums.update(clean_train_diff=dtrain.as_dict(), gap_diff=dgap.as_dict())
+    nums["_fmt"].update(dtrain=fmt_diff(dtrain), dgap=fmt_diff(dgap))
+    if dtrain.sign < 0:
+        return _verdict("H1", subject, pair, "not_supported", "worse_on_train", nums, single)
+    if dgap.sign > 0:
+        return _verdict("H1", subject, pair, "supported", "overfits", nums, single)
+    return _verdict("H1", subject, pair, "inconclusive", "gap_not_larger", nums, single)
+
+
+def gradient_symptom(side: Side) -> tuple[str, Estimate | None]:
+    """vanishing / exploding / none / unclear / no_data for one model over its seeds."""
+    if side.diverged:
+        return "exploding", None
+    if not side.log_ratio:
+        return "no_data", None
+    e = mean(side.log_ratio)
+    if e.beyond(math.log10(VANISH), above=False):
+        return "vanishing", e
+    if e.beyond(math.log10(EXPLODE), above=True):
+        return "exploding", e
+    inside = e.beyond(math.log10(VANISH), above=False) is False and e.beyond(math.log10(EXPLODE), above=True) is False
+    return ("none" if inside else "unclear"), e
+
+
+SYMPTOM_TEXT = {"vanishing": {"en": "vanishing", "zh": "梯度消失"}, "exploding": {"en": "exploding", "zh": "梯度爆炸"},
+                "none": {"en": "none", "zh": "无"}, "unclear": {"en": "unclear", "zh": "不确定"},
+                "no_data": {"en": "no data", "zh": "无数据"}}
+
+
+def _symptom_fmt(side: Side, symptom: str, e: Estimate | None) -> dict:
+    """The symptom in each language, with the ratio (10^mean log10 median) or the diverged count."""
+    name = SYMPTOM_TEXT[symptom]
+    if side.diverged:
+        return {"en": f"{name['en']}, {side.diverged} run(s) diverged", "zh": f"{name['zh']},{side.diverged} 次训练发散"}
+    if e is None:
+        return name
+    ratio = f"{10 ** e.value:.2e}"
+    if e.has_interval:
+        ratio += f" [{10 ** e.low:.2e}, {10 ** e.high:.2e}]"
+    return {"en": f"{name['en']}, ratio {ratio}", "zh": f"{name['zh']},比值 {ratio}"}
+
+
+def h2(subject: str, a: Side, b: Side) -> Verdict:
+    """Vanishing / exploding gradients (STUDY §4 H2)."""
+    single = _single(a, b)
+    if not (a.test_acc and b.test_acc):
+        return _verdict("H2", subject, None, "inconclusive", "no_data", {}, single)
+    pair, dtest = _order(a, b)
+    nums = {"test_diff": dtest.as_dict(), "_fmt": {"dtest": fmt_diff(dtest)}}
+    if pair is None:
+        return _verdict("H2", subject, None, "inconclusive", "no_degradation", nums, single)
+    worse, better = pair
+    (sw, ew), (sb, eb) = gradient_symptom(worse), gradient_symptom(better)
+    nums.update(degraded_symptom=sw, healthy_symptom=sb, degraded_log10_ratio=ew and ew.as_dict(),
+                healthy_log10_ratio=eb and eb.as_dict(), degraded_diverged=worse.diverged,
+                healthy_diverged=better.diverged)
+    nums["_fmt"].update(sd=_symptom_fmt(worse, sw, ew), sh=_symptom_fmt(better, sb, eb))
+    bad = ("vanishing", "exploding")
+    if sw == "no_data" or sb == "no_data":
+        return _verdict("H2", subject, pair, "inconclusive", "no_data", nums, single)
+    if sw == "none":
+        return _verdict("H2", subject, pair, "not_supported", "no_symptom", nums, single)
+    if sw in bad and sb == "none":
+        return _verdict("H2", subject, pair, "supported", "symptom_only_degraded", nums, single)
+    if sw in bad and sb in bad:
+        return _verdict("H2", subject, pair, "not_supported", "symptom_both", nums, single)
+    return _verdict("H2", subject, pair, "inconclusive", "symptom_unclear", nums, single)
+
+
+def information_loss(side: Side) -> dict:
+    """Per criterion whether separability falls (paired over seeds); the k-of-m count and the outcome."""
+    per = {}
+    for name, changes in side.sep_change.items():
+        if changes:
+            e = mean(changes)
+            per[name] = {"change": e.as_dict(), "falls": e.sign < 0, "rises": e.sign > 0}
+    m = len(per)
+    k = sum(v["falls"] for v in per.values())
+    # a clear "does not fall": a significant rise, or (one seed) a point value that does not fall
+    clear_no = sum(v["rises"] or (not v["falls"] and v["change"]["low"] is None) for v in per.values())
+    if m == 0:
+        outcome = "no_data"
+    elif k > m / 2:
+        outcome = "supported"
+    elif clear_no > m / 2:
+        outcome = "not_supported"
+    else:
+        outcome = "inconclusive"
+    return {"criteria": per, "k": k, "m": m, "outcome": outcome}
+
+
+def h3(subject: str, a: Side, b: Side) -> Verdict:
+    """Information loss (STUDY §4 H3)."""
+    single = _single(a, b)
+    if not (a.test_acc and b.test_acc):
+        return _verdict("H3", subject, None, "inconclusive", "no_data", {}, single)
+    pair, dtest = _order(a, b)
+    nums = {"test_diff": dtest.as_dict(), "_fmt": {"dtest": fmt_diff(dtest)}}
+    if pair is None:
+        return _verdict("H3", subject, None, "inconclusive", "no_degradation", nums, single)
+    worse, better = pair
+    lw, lb = information_loss(worse), information_loss(better)
+    nums.update(degraded=lw, healthy=lb)
+    nums["_fmt"].update(kd=f"{lw['k']}/{lw['m']}", kh=f"{lb['k']}/{lb['m']}")
+    if lw["outcome"] == "no_data" or lb["outcome"] == "no_data":
+        return _verdict("H3", subject, pair, "inconclusive", "no_data", nums, single)
+    if lw["outcome"] == "not_supported":
+        return _verdict("H3", subject, pair, "not_supported", "no_loss", nums, single)
+    if lw["outcome"] == "supported" and lb["outcome"] == "not_supported":
+        return _verdict("H3", subject, pair, "supported", "loss_only_degraded", nums, single)
+    if lw["outcome"] == "supported" and lb["outcome"] == "supported":
+        return _verdict("H3", subject, pair, "not_supported", "loss_both", nums, single)
+    return _verdict("H3", subject, pair, "inconclusive", "loss_unclear", nums, single)
+
+
+RULE_FUNCTIONS = {"H1": h1, "H2": h2, "H3": h3}

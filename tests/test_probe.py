@@ -1,0 +1,256 @@
+"""`resdeg probe` on real (tiny, CPU-trained) runs: every criterion at every stage, signal
+propagation, the cache, skipped runs, damaged probe files and every bad input."""
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from conftest import TINY, assert_one_line_error, cli, status_json
+from resdeg.probes.criteria import CRITERIA
+from resdeg.probes.store import (SIGNAL_KEYS, SIGNAL_PHASES, CorruptProbe, ProbeSettings, probe_entries,
+                                 probe_path, read_probe)
+
+SMOKE = ["--protocol", "smoke", "--dataset", "synthetic", "--device", "cpu", "--quiet"]
+STAGES = [f"stage{i}" for i in range(5)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny finished run scored on the whole synthetic test split (512 images), so that the
+    default 500 probe images fit; probed once with the default settings."""
+    results = tmp_path_factory.mktemp("probe") / "results"
+    cli("run", *SMOKE, *TINY, "--set", "epochs=1", "--set", "test_images=0", "--results", results)
+    (folder,) = {p.parent for p in results.glob("*/*/*/run.json")}
+    probe = cli("probe", "--results", results, "--device", "cpu", "--quiet")
+    return results, folder, probe
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path):
+    """A private copy of the trained run without its probe files (tests may damage it)."""
+    _, folder, _ = trained
+    results = tmp_path / "results"
+    copy = results / folder.relative_to(trained[0])
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("probe-*.json"))
+    return results, copy
+
+
+def _no_probe_written(folder):
+    return not list(folder.glob("probe-*")) and not list(folder.glob(".probe-*"))
+
+
+def test_probe_writes_every_criterion_for_every_stage(trained):
+    results, folder, out = trained
+    assert "probed" in out.stderr and "500 images" in out.stderr
+    doc = read_probe(folder)
+    assert doc is not None and doc["status"] == "done" and doc["reason"] is None
+    assert doc["images"] == 500 and doc["classes_present"] == 10
+    assert doc["stages"] == STAGES and doc["settings"] == ProbeSettings().to_dict()
+    assert probe_path(folder).name == f"probe-{doc['settings_hash']}.json"
+    assert doc["stage_shapes"]["stage0"] == [16, 16, 16] and doc["stage_shapes"]["stage4"] == [128, 2, 2]
+    assert list(doc["criteria"]) == list(CRITERIA) and doc["criterion_errors"] == {}
+    for name, per_stage in doc["criteria"].items():
+        assert list(per_stage) == STAGES
+        for v in per_stage.values():
+            assert isinstance(v, float) and math.isfinite(v), (name, per_stage)
+    for name in ("linear_probe_acc", "knn_acc", "cka_labels"):
+        assert all(0 <= v <= 1 for v in doc["criteria"][name].values())
+    # the synthetic classes are learnt: the last stage separates them far above chance
+    assert doc["criteria"]["knn_acc"]["stage4"] > 0.5
+    for phase in SIGNAL_PHASES:
+        for key in SIGNAL_KEYS:
+            values = doc["signal"][phase][key]
+            assert list(values) == STAGES and all(math.isfinite(v) for v in values.values()), (phase, key)
+        assert all(v > 0 for v in doc["signal"][phase]["act_std"].values())
+        assert all(v > 0 for v in doc["signal"][phase]["grad_mean_abs"].values())
+    # trained weights differ from the initial ones, so the signal does too
+    assert doc["signal"]["init"]["act_std"] != doc["signal"]["trained"]["act_std"]
+    assert doc["environment"]["device"].startswith("cpu") and doc["wall_s"] > 0
+    (row,) = status_json(results)
+    assert row["probed"] is True
+    assert "yes" in cli("status", "--results", results).stdout.splitlines()[1]
+
+
+def test_probing_does_not_touch_the_run(trained):
+    _, folder, _ = trained
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["model.pt", "run.json", "telemetry.npz", probe_path(folder).name])
+
+
+def test_cached_probe_is_reused_and_changed_settings_reprobe(trained, run_copy):
+    results, folder = run_copy
+    shutil.copy(probe_path(trained[1]), folder)
+    before = probe_path(folder).read_bytes()
+    again = cli("probe", "--results", results, "--device", "cpu", "--quiet")
+    assert "cached" in again.stderr
+    assert probe_path(folder).read_bytes() == before  # not rewritten (wall_s and created would change)
+    other = cli("probe", "--results", results, "--device", "cpu", "--quiet", "--probe-images", "60")
+    assert "probed" in other.stderr
+    small = read_probe(folder, ProbeSettings(probe_images=60))
+    assert small["images"] == 60 and small["settings_hash"] != ProbeSettings().hash
+    assert len(list(folder.glob("probe-*.json"))) == 2 and probe_path(folder).read_bytes() == before
+    (row,) = status_json(results)
+    assert row["probed"] is True
+    # --force redoes it, to the same numbers (CPU, deterministic)
+    cli("probe", "--run", folder, "--device", "cpu", "--quiet", "--force", "--probe-images", "60")
+    redone = read_probe(folder, ProbeSettings(probe_images=60))
+    assert redone["created"] >= small["created"] and redone["wall_s"] != small["wall_s"]
+    assert redone["criteria"] == small["criteria"] and redone["signal"] == small["signal"]
+
+
+def test_diverged_run_is_skipped_with_its_reason(run_copy):
+    results, folder = run_copy
+    doc = json.loads((folder / "run.json").read_text())
+    doc.update(status="diverged", diverged_at_step=3)
+    (folder / "run.json").write_text(json.dumps(doc))
+    (folder / "model.pt").unlink()  # a diverged run keeps no weights
+    out = cli("probe", "--results", results, "--device", "cpu", "--quiet")
+    assert "skipped (run diverged at step 3)" in out.stderr
+    probe = read_probe(folder)
+    assert probe["status"] == "skipped" and probe["reason"] == "run diverged at step 3"
+    assert probe["stages"] == [] and probe["images"] == 0
+    (row,) = status_json(results)
+    assert row["status"] == "diverged" and row["probed"] is True
+    assert "cached" in cli("probe", "--results", results, "--device", "cpu", "--quiet").stderr
+
+
+def test_non_finite_weights_are_skipped(run_copy):
+    _, folder = run_copy
+    state = torch.load(folder / "model.pt", weights_only=True)
+    state["stage1.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, folder / "model.pt")
+    out = cli("probe", "--run", folder, "--device", "cpu", "--quiet")
+    assert "skipped (non-finite weights)" in out.stderr
+    assert read_probe(folder)["reason"] == "non-finite weights"
+
+
+@pytest.mark.parametrize("damage,args,fragments", [
+    ("none", ["--probe-images", "513"], ["--probe-images 513 exceeds the 512 test images"]),
+    ("none", ["--probe-images", "1"], ["need at least 2 images"]),
+    ("partial", [], ["is not finished", "1/2 epochs"]),
+    ("no_weights", [], ["no model.pt", "--force"]),
+    ("bad_weights", [], ["unreadable weights"]),
+    ("missing", [], ["is not a run folder"]),
+    ("corrupt_run", [], ["run.json is not valid JSON"]),
+])
+def test_bad_input_is_one_line_and_writes_nothing(run_copy, damage, args, fragments):
+    _, folder = run_copy
+    target = folder
+    if damage == "partial":
+        doc = json.loads((folder / "run.json").read_text())
+        doc["config"]["epochs"] = 2
+        from resdeg.config import config_from_dict
+        doc.update(status="partial", config_hash=config_from_dict(doc["config"]).hash)
+        (folder / "run.json").write_text(json.dumps(doc))
+    elif damage == "no_weights":
+        (folder / "model.pt").unlink()
+    elif damage == "bad_weights":
+        (folder / "model.pt").write_bytes(b"not a checkpoint")
+    elif damage == "missing":
+        target = folder.parent / "no-such-run"
+    elif damage == "corrupt_run":
+        (folder / "run.json").write_text("{")
+    result = cli("probe", "--run", target, "--device", "cpu", "--quiet", *args, expect=None)
+    assert_one_line_error(result, *fragments)
+    assert _no_probe_written(folder)
+
+
+def test_bulk_probe_reports_problems_and_goes_on(run_copy):
+    results, folder = run_copy
+    broken = folder.parent / (folder.name[:-12] + "0" * 12)
+    shutil.copytree(folder, broken)
+    (broken / "run.json").write_text("{")
+    r = cli("probe", "--results", results, "--device", "cpu", "--quiet", "--probe-images", "30", expect=None)
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.stderr.strip().splitlines()[-1].startswith("resdeg: error: 1 run not probed")
+    assert read_probe(folder, ProbeSettings(probe_images=30))["status"] == "done"  # the good run was probed
+    assert _no_probe_written(broken)
+    filtered = cli("probe", "--results", results, "--device", "cpu", "--quiet", "--probe-images", "30",
+                   "--variants", "nres")
+    assert "no finished runs to probe" in filtered.stderr
+
+
+def test_fewer_than_two_classes_and_undefined_criteria(tmp_path):
+    """An image folder whose test split lists class a first: the first 3 probe images hold one
+    class (a user mistake); with 4, class b has one image, too few for the linear probe's split."""
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    for split in ("train", "test"):
+        for c, colour in (("a", (200, 30, 30)), ("b", (30, 30, 200))):
+            (root / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (8, 8), tuple(v + 10 * i for v in colour)).save(root / split / c / f"{i}.png")
+    results = tmp_path / "results"
+    cli("run", "--protocol", "smoke", "--dataset", "imagefolder", "--data-dir", root, "--device", "cpu", "--quiet",
+        *TINY, "--set", "epochs=1", "--results", results)
+    (folder,) = {p.parent for p in results.glob("*/*/*/run.json")}
+    probe = ["probe", "--run", folder, "--data-dir", root, "--device", "cpu", "--quiet"]
+    assert_one_line_error(cli(*probe, "--probe-images", "3", expect=None), "single class", "--probe-images")
+    assert _no_probe_written(folder)
+    out = cli(*probe, "--probe-images", "4")
+    assert "undefined" in out.stderr
+    doc = read_probe(folder, ProbeSettings(probe_images=4))
+    assert doc["classes_present"] == 2
+    assert doc["criteria"]["linear_probe_acc"] == {s: None for s in STAGES}
+    assert all("single sample" in doc["criterion_errors"]["linear_probe_acc"][s] for s in STAGES)
+    assert all(v is not None for v in doc["criteria"]["fisher_trace_ratio"].values())
+    # another image folder is not the data this run was trained on
+    (root / "test" / "b" / "2.png").unlink()
+    assert_one_line_error(cli(*probe, "--probe-images", "5", "--force", expect=None), "not the data")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "schema_version", "settings", "null_without_reason",
+                                    "other_run", "missing_stage"])
+def test_damaged_probe_file_is_reported_not_used(trained, run_copy, damage):
+    results, folder = run_copy
+    path = probe_path(folder)
+    text = probe_path(trained[1]).read_text()
+    doc = json.loads(text)
+    if damage == "truncate":
+        path.write_text(text[: len(text) // 2])
+    else:
+        if damage == "schema_version":
+            doc["schema_version"] = 99
+        elif damage == "settings":
+            doc["settings"]["knn_k"] = 5  # the hash no longer matches
+        elif damage == "null_without_reason":
+            doc["criteria"]["nc1"]["stage2"] = None
+        elif damage == "other_run":
+            doc["run"]["config_hash"] = "0" * 12
+        else:
+            del doc["signal"]["init"]["act_mean"]["stage3"]
+        path.write_text(json.dumps(doc))
+    with pytest.raises(CorruptProbe):
+        read_probe(folder)
+    (entry,) = probe_entries(results)
+    assert entry.probe is None and entry.problem
+    status = cli("status", "--results", results)
+    assert "corrupt probe" in status.stderr
+    (row,) = status_json(results)
+    assert row["probed"] is False
+    assert_one_line_error(cli("probe", "--run", folder, "--device", "cpu", "--quiet", expect=None),
+                          "corrupt probe", "--force")
+    if damage == "truncate":  # --force redoes a damaged probe (with few images: it is the same path)
+        few = ProbeSettings(probe_images=30)
+        probe_path(folder, few).write_text(text[:100])
+        cli("probe", "--run", folder, "--device", "cpu", "--quiet", "--force", "--probe-images", "30")
+        assert read_probe(folder, few)["status"] == "done"
+
+
+def test_run_all_trains_then_probes(tmp_path):
+    grid = ["run-all", *SMOKE, *TINY, "--set", "epochs=1", "--models", "resnet18", "--variants", "FULL",
+            "--results", tmp_path]
+    # TINY keeps 128 test images: the default 500 probe images fail before any training
+    assert_one_line_error(cli(*grid, expect=None), "--probe-images 500 exceeds test_images=128", "--no-probe")
+    assert not list(tmp_path.rglob("run.json"))
+    cli(*grid, "--no-probe")
+    (folder,) = {p.parent for p in tmp_path.glob("*/*/*/run.json")}
+    assert _no_probe_written(folder)
+    out = cli(*grid, "--probe-images", "40")
+    assert "cached" in out.stderr and "probed" in out.stderr
+    assert read_probe(folder, ProbeSettings(probe_images=40))["status"] == "done"
+    again = cli(*grid, "--probe-images", "40").stderr.splitlines()
+    assert any("seed 42: cached" in line and "40 images" in line for line in again), again
