@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import click
 
@@ -97,7 +96,6 @@ def _configs(protocol, dataset, overrides, precision, models, variants, seeds):
 
 def _train(configs, results, data_dir, device, dry_run, force, time_limit, quiet, probe_settings=None):
     from . import runner
-    from .store import ensure_writable
 
     planned = runner.plan(configs, results, force=force)
     if dry_run:
@@ -107,33 +105,8 @@ def _train(configs, results, data_dir, device, dry_run, force, time_limit, quiet
         todo = sum(p.todo for p in planned)
         click.echo(f"{todo} to train, {len(planned) - todo} cached or skipped")
         return
-    from .train import resolve_device
-
-    dev = resolve_device(device)
-    ensure_writable(results)
-    if probe_settings is not None:
-        from .probes.probe import check_probe_images
-
-        check_probe_images(configs, probe_settings)  # before hours of training, not after
-    deadline = time.time() + 60 * time_limit if time_limit else None
-    for p in planned:
-        if p.state in ("done", "diverged"):
-            click.echo(f"{p.state:<9} {p.cfg.run_name} (cached)", err=True)
-    runner.execute(planned, dev, data_dir=data_dir, force=force, deadline=deadline, progress=not quiet,
-                   log=lambda m: click.echo(m, err=True))
-    failures = []
-    if probe_settings is not None:
-        from .probes.probe import probe_folders
-        from .store import entry
-
-        finished = [p.folder for p in planned if entry(p.folder).status in ("done", "diverged")]
-        failures = probe_folders(finished, probe_settings, dev, data_dir, progress=not quiet, deadline=deadline,
-                                 log=lambda m: click.echo(m, err=True))
-    runner.check_corrupt(planned)
-    if failures:
-        from .probes.probe import raise_failures
-
-        raise_failures(failures)
+    runner.train_and_probe(planned, device, results, data_dir=data_dir, force=force, time_limit=time_limit,
+                           probe_settings=probe_settings, progress=not quiet, log=lambda m: click.echo(m, err=True))
 
 
 @main.command()

@@ -70,6 +70,39 @@ def execute(planned: list[PlannedRun], device, data_dir=None, force: bool = Fals
     return docs
 
 
+def train_and_probe(planned: list[PlannedRun], device_name: str, results: str | Path, data_dir=None,
+                    force: bool = False, time_limit: float | None = None, probe_settings=None,
+                    progress: bool = True, log=print) -> None:
+    """The grid's pipeline: check the inputs, train what is missing, probe what finished; then
+    report corrupt entries and probe failures as one error (after the rest has been done)."""
+    from .store import ensure_writable
+    from .train import resolve_device
+
+    device = resolve_device(device_name)
+    ensure_writable(results)
+    if probe_settings is not None:
+        from .probes.probe import check_probe_images
+
+        check_probe_images([p.cfg for p in planned], probe_settings)  # before hours of training, not after
+    deadline = time.time() + 60 * time_limit if time_limit else None
+    for p in planned:
+        if p.state in ("done", "diverged"):
+            log(f"{p.state:<9} {p.cfg.run_name} (cached)")
+    execute(planned, device, data_dir=data_dir, force=force, deadline=deadline, progress=progress, log=log)
+    failures = []
+    if probe_settings is not None:
+        from .probes.probe import probe_folders
+
+        finished = [p.folder for p in planned if entry(p.folder).status in ("done", "diverged")]
+        failures = probe_folders(finished, probe_settings, device, data_dir, progress=progress, deadline=deadline,
+                                 log=log)
+    check_corrupt(planned)
+    if failures:
+        from .probes.probe import raise_failures
+
+        raise_failures(failures)
+
+
 def _pct(v):
     return "  n/a" if v is None else f"{100 * v:5.1f}%"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY, cli, status_json
+from conftest import TINY, assert_one_line_error, cli, status_json
 from resdeg.store import read_telemetry
 
 SMOKE = ["--protocol", "smoke", "--dataset", "synthetic", "--device", "cpu", "--quiet"]
@@ -57,15 +57,6 @@ def test_set_changes_the_config_hash(tmp_path):
     assert a.split()[1] != b.split()[1]
 
 
-def _assert_one_line_error(result, *fragments):
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output
-    err = result.stderr.strip()
-    assert len(err.splitlines()) == 1, err
-    for f in fragments:
-        assert f in err, err
-
-
 @pytest.mark.parametrize("args,fragment", [
     (["--model", "resnet19"], "unknown model 'resnet19'"),
     (["--variant", "Nfoo"], "unknown variant 'Nfoo'"),
@@ -86,25 +77,25 @@ def test_bad_input_gives_one_line_error(tmp_path, args, fragment):
     base = ["run", "--protocol", "smoke", "--dataset", "synthetic", "--device", "cpu", "--quiet"]
     if "--protocol" in args:
         base = ["run", "--dataset", "synthetic", "--device", "cpu"]
-    _assert_one_line_error(cli(*base, *args, "--results", tmp_path / "r", expect=None), fragment)
+    assert_one_line_error(cli(*base, *args, "--results", tmp_path / "r", expect=None), fragment)
     assert not (tmp_path / "r").exists() or not list((tmp_path / "r").rglob("*.json"))
 
 
 def test_bad_seeds_list(tmp_path):
-    _assert_one_line_error(cli("run-all", *SMOKE, "--seeds", "1,x", "--results", tmp_path, expect=None),
+    assert_one_line_error(cli("run-all", *SMOKE, "--seeds", "1,x", "--results", tmp_path, expect=None),
                            "--seeds")
 
 
 def test_missing_and_malformed_data_folder(tmp_path):
     r = cli("run", *SMOKE[:2], "--dataset", "imagefolder", "--data-dir", tmp_path / "nope", "--device", "cpu",
             "--results", tmp_path / "r", expect=None)
-    _assert_one_line_error(r, "train")
+    assert_one_line_error(r, "train")
     bad = tmp_path / "bad"
     (bad / "train" / "cat").mkdir(parents=True)
     (bad / "train" / "cat" / "1.jpg").write_bytes(b"not a jpeg")
     r = cli("run", *SMOKE[:2], "--dataset", "imagefolder", "--data-dir", bad, "--device", "cpu",
             "--results", tmp_path / "r", expect=None)
-    _assert_one_line_error(r, "class folders")
+    assert_one_line_error(r, "class folders")
     assert not list((tmp_path / "r").rglob("run.json"))
 
 
@@ -119,7 +110,7 @@ def test_undecodable_image_is_reported(tmp_path):
     (root / "train" / "a" / "1.jpg").write_bytes(b"broken")
     r = cli("run", *SMOKE[:2], "--dataset", "imagefolder", "--data-dir", root, "--device", "cpu",
             "--results", tmp_path / "r", expect=None)
-    _assert_one_line_error(r, "cannot decode", "1.jpg")
+    assert_one_line_error(r, "cannot decode", "1.jpg")
 
 
 def test_missing_cifar_without_network(tmp_path, monkeypatch):
@@ -130,14 +121,14 @@ def test_missing_cifar_without_network(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
     r = cli("run", "--protocol", "smoke", "--dataset", "cifar10", "--device", "cpu", "--results", tmp_path / "r",
             expect=None)
-    _assert_one_line_error(r, "could not load cifar10", "--data-dir")
+    assert_one_line_error(r, "could not load cifar10", "--data-dir")
 
 
 def test_unwritable_results_folder(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     r = cli("run", *SMOKE, "--results", blocker / "sub", expect=None)
-    _assert_one_line_error(r, "not writable")
+    assert_one_line_error(r, "not writable")
 
 
 def _one_run(tmp_path):
@@ -169,7 +160,7 @@ def test_corrupt_entry_is_reported_and_only_redone_with_force(tmp_path, damage):
     assert row["status"] == "corrupt" and row["problem"]
     assert row["model"] == "resnet18" and row["variant"] == "FULL"
     r = cli("run", *SMOKE, *TINY, "--set", "epochs=1", "--results", tmp_path, expect=None)
-    _assert_one_line_error(r, "corrupt", "--force")
+    assert_one_line_error(r, "corrupt", "--force")
     assert run_json.read_bytes() == damaged  # reported, not used, not touched
     cli("run", *SMOKE, *TINY, "--set", "epochs=1", "--results", tmp_path, "--force")
     (row,) = status_json(tmp_path)

@@ -242,6 +242,22 @@ def h2_profile(study: Study, lang: str, path: Path) -> None:
 
 # -- H3 ----------------------------------------------------------------------------------------------
 
+def _stage_lines(ax, study: Study, model: str, t: dict, values_of) -> None:
+    """One line per variant over the stages: the mean over probed seeds of `values_of(run)`
+    (a stage -> value map), with a ±std band when there are several seeds."""
+    for v in study.variants:
+        runs = [r for r in study.cell(model, v) if r.probe]
+        if not runs:
+            continue
+        stages = runs[0].probe["stages"]
+        vals = np.array([[values_of(r).get(s) for s in stages] for r in runs], dtype=float)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN stage is drawn as a gap
+            mean, std = np.nanmean(vals, 0), np.nan_to_num(np.nanstd(vals, 0))
+        _line(ax, np.arange(len(stages)), mean, std, v, _legend_label(study, model, v, t), len(runs))
+        ax.set_xticks(range(len(stages)), stages)
+
+
 def h3_separability(study: Study, lang: str, path: Path, model: str) -> None:
     """Every separability criterion by stage for the probed variants of one depth (mean ± std over seeds)."""
     crits = A.criteria_present(study)
@@ -254,17 +270,7 @@ def h3_separability(study: Study, lang: str, path: Path, model: str) -> None:
                 ax.set_visible(False)
                 continue
             crit = crits[i]
-            for v in study.variants:
-                runs = [r for r in study.cell(model, v) if r.probe]
-                if not runs:
-                    continue
-                stages = runs[0].probe["stages"]
-                vals = np.array([[A.probe_values(r, crit).get(s) for s in stages] for r in runs], dtype=float)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    mean, std = np.nanmean(vals, 0), np.nan_to_num(np.nanstd(vals, 0))
-                _line(ax, np.arange(len(stages)), mean, std, v, _legend_label(study, model, v, t), len(runs))
-                ax.set_xticks(range(len(stages)), stages)
+            _stage_lines(ax, study, model, t, lambda r: A.probe_values(r, crit))
             title = CRITERION_NAMES[lang].get(crit, crit)
             if not CRITERIA[crit].higher_is_better:
                 title += " " + t["lower_better"]
@@ -283,17 +289,7 @@ def signal_std(study: Study, lang: str, path: Path) -> None:
         for row, model in enumerate(study.models):
             for col, phase in enumerate(("init", "trained")):
                 ax = axes[row, col]
-                for v in study.variants:
-                    runs = [r for r in study.cell(model, v) if r.probe]
-                    if not runs:
-                        continue
-                    stages = runs[0].probe["stages"]
-                    vals = np.array([[A.signal_values(r, phase).get(s) for s in stages] for r in runs], dtype=float)
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", RuntimeWarning)
-                        mean, std = np.nanmean(vals, 0), np.nan_to_num(np.nanstd(vals, 0))
-                    _line(ax, np.arange(len(stages)), mean, std, v, _legend_label(study, model, v, t), len(runs))
-                    ax.set_xticks(range(len(stages)), stages)
+                _stage_lines(ax, study, model, t, lambda r: A.signal_values(r, phase))
                 ax.set_yscale("log")
                 ax.set_title(f"{model}: {t[phase]}")
                 ax.set_xlabel(t["stage"])

@@ -213,15 +213,25 @@ def _verdict(h, subject, pair, outcome, reason, numbers, single):
     return Verdict(h, subject, d, hl, outcome, reason, numbers, single)
 
 
-def h1(subject: str, a: Side, b: Side) -> Verdict:
-    """Overfitting (STUDY §4 H1)."""
+def _degradation(h: str, subject: str, a: Side, b: Side, needs_train: bool = False):
+    """The shared first steps of every rule: enough data? which model degraded?
+    Returns (early verdict, None, None, single) or (None, (degraded, healthy), numbers, single)."""
     single = _single(a, b)
-    if not (a.test_acc and b.test_acc and a.clean_train_acc and b.clean_train_acc):
-        return _verdict("H1", subject, None, "inconclusive", "no_data", {}, single)
+    have = a.test_acc and b.test_acc and (not needs_train or (a.clean_train_acc and b.clean_train_acc))
+    if not have:
+        return _verdict(h, subject, None, "inconclusive", "no_data", {}, single), None, None, single
     pair, dtest = _order(a, b)
     nums = {"test_diff": dtest.as_dict(), "_fmt": {"dtest": fmt_diff(dtest)}}
     if pair is None:
-        return _verdict("H1", subject, None, "inconclusive", "no_degradation", nums, single)
+        return _verdict(h, subject, None, "inconclusive", "no_degradation", nums, single), None, None, single
+    return None, pair, nums, single
+
+
+def h1(subject: str, a: Side, b: Side) -> Verdict:
+    """Overfitting (STUDY §4 H1)."""
+    early, pair, nums, single = _degradation("H1", subject, a, b, needs_train=True)
+    if early:
+        return early
     worse, better = pair
     dtrain = difference(worse.clean_train_acc, better.clean_train_acc)
     dgap = difference(worse.gap, better.gap)
@@ -269,13 +279,9 @@ def _symptom_fmt(side: Side, symptom: str, e: Estimate | None) -> dict:
 
 def h2(subject: str, a: Side, b: Side) -> Verdict:
     """Vanishing / exploding gradients (STUDY §4 H2)."""
-    single = _single(a, b)
-    if not (a.test_acc and b.test_acc):
-        return _verdict("H2", subject, None, "inconclusive", "no_data", {}, single)
-    pair, dtest = _order(a, b)
-    nums = {"test_diff": dtest.as_dict(), "_fmt": {"dtest": fmt_diff(dtest)}}
-    if pair is None:
-        return _verdict("H2", subject, None, "inconclusive", "no_degradation", nums, single)
+    early, pair, nums, single = _degradation("H2", subject, a, b)
+    if early:
+        return early
     worse, better = pair
     (sw, ew), (sb, eb) = gradient_symptom(worse), gradient_symptom(better)
     nums.update(degraded_symptom=sw, healthy_symptom=sb, degraded_log10_ratio=ew and ew.as_dict(),
@@ -318,13 +324,9 @@ def information_loss(side: Side) -> dict:
 
 def h3(subject: str, a: Side, b: Side) -> Verdict:
     """Information loss (STUDY §4 H3)."""
-    single = _single(a, b)
-    if not (a.test_acc and b.test_acc):
-        return _verdict("H3", subject, None, "inconclusive", "no_data", {}, single)
-    pair, dtest = _order(a, b)
-    nums = {"test_diff": dtest.as_dict(), "_fmt": {"dtest": fmt_diff(dtest)}}
-    if pair is None:
-        return _verdict("H3", subject, None, "inconclusive", "no_degradation", nums, single)
+    early, pair, nums, single = _degradation("H3", subject, a, b)
+    if early:
+        return early
     worse, better = pair
     lw, lb = information_loss(worse), information_loss(better)
     nums.update(degraded=lw, healthy=lb)
