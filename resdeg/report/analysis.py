@@ -141,54 +141,42 @@ def epoch_curves(study: Study, model: str, variant: str, key: str) -> dict:
 
 def h1_rows(study: Study) -> list[dict]:
     rows = []
-    for model in study.models:
-        for variant in study.variants:
-            runs = study.cell(model, variant)
-            if not runs:
-                continue
-            row = {"model": model, "variant": variant, "seeds": [r.seed for r in runs],
-                   "diverged": sum(r.status == "diverged" for r in runs)}
-            for key in ("train_acc", "clean_train_acc", "test_acc"):
-                row[key] = mean_std([r.final.get(key) for r in runs])
-            row["gap"] = mean_std([r.final["clean_train_acc"] - r.final["test_acc"] for r in runs
-                                   if r.final.get("clean_train_acc") is not None and r.final.get("test_acc") is not None])
-            rows.append(row)
+    for model, variant, runs in study.cells():
+        row = {"model": model, "variant": variant, "seeds": [r.seed for r in runs],
+               "diverged": sum(r.status == "diverged" for r in runs)}
+        for key in ("train_acc", "clean_train_acc", "test_acc"):
+            row[key] = mean_std([r.final.get(key) for r in runs])
+        row["gap"] = mean_std([r.final["clean_train_acc"] - r.final["test_acc"] for r in runs
+                               if r.final.get("clean_train_acc") is not None and r.final.get("test_acc") is not None])
+        rows.append(row)
     return rows
 
 
 def h2_rows(study: Study) -> list[dict]:
     rows = []
-    for model in study.models:
-        for variant in study.variants:
-            runs = study.cell(model, variant)
-            if not runs:
-                continue
-            s = side(study, model, variant)
-            symptom, est = V.gradient_symptom(s)
-            first = [stage_medians(r) for r in runs]
-            stages = runs[0].stages
-            rows.append({"model": model, "variant": variant, "seeds": [r.seed for r in runs],
-                         "diverged": s.diverged,
-                         "diverged_at": [r.doc.get("diverged_at_step") for r in runs if r.status == "diverged"],
-                         "first": mean_std([m.get(stages[0]) for m in first]) if stages else (None, None, 0),
-                         "last": mean_std([m.get(stages[-1]) for m in first]) if stages else (None, None, 0),
-                         "ratio": est, "symptom": symptom,
-                         "no_telemetry": [r.rel for r in runs if r.telemetry is None]})
+    for model, variant, runs in study.cells():
+        s = side(study, model, variant)
+        symptom, est = V.gradient_symptom(s)
+        first = [stage_medians(r) for r in runs]
+        stages = runs[0].stages
+        rows.append({"model": model, "variant": variant, "seeds": [r.seed for r in runs],
+                     "diverged": s.diverged,
+                     "diverged_at": [r.doc.get("diverged_at_step") for r in runs if r.status == "diverged"],
+                     "first": mean_std([m.get(stages[0]) for m in first]) if stages else (None, None, 0),
+                     "last": mean_std([m.get(stages[-1]) for m in first]) if stages else (None, None, 0),
+                     "ratio": est, "symptom": symptom,
+                     "no_telemetry": [r.rel for r in runs if r.telemetry is None]})
     return rows
 
 
 def h3_rows(study: Study) -> list[dict]:
     """Per model with probes: k of m criteria whose separability falls, and the outcome."""
     rows = []
-    for model in study.models:
-        for variant in study.variants:
-            runs = study.cell(model, variant)
-            if not runs:
-                continue
-            probed = [r for r in runs if r.probe]
-            loss = V.information_loss(side(study, model, variant))
-            rows.append({"model": model, "variant": variant, "seeds": [r.seed for r in probed],
-                         "missing": [(r.rel, r.probe_note) for r in runs if not r.probe], **loss})
+    for model, variant, runs in study.cells():
+        probed = [r for r in runs if r.probe]
+        loss = V.information_loss(side(study, model, variant))
+        rows.append({"model": model, "variant": variant, "seeds": [r.seed for r in probed],
+                     "missing": [(r.rel, r.probe_note) for r in runs if not r.probe], **loss})
     return rows
 
 

@@ -81,6 +81,14 @@ class Study:
     def cell(self, model: str, variant: str) -> list[Run]:
         return sorted((r for r in self.runs if r.model == model and r.variant == variant), key=lambda r: r.seed)
 
+    def cells(self):
+        """(model, variant, runs) for every model x variant that has runs, in table order."""
+        for model in self.models:
+            for variant in self.variants:
+                runs = self.cell(model, variant)
+                if runs:
+                    yield model, variant, runs
+
     @property
     def seeds(self) -> list[int]:
         return sorted({r.seed for r in self.runs})
