@@ -107,8 +107,8 @@ def bench_data(name: str, data_dir, n_train: int, n_test: int) -> Dataset:
     full = load_dataset(name, data_dir)
     if n_train > len(full.train_y):
         raise ResdegError(f"the benchmark needs {n_train} training images; {name} has {len(full.train_y)}")
-    tr = fixed_subset(len(full.train_y), n_train, salt=11)
-    te = fixed_subset(len(full.test_y), n_test, salt=12)
+    tr = fixed_subset(full.train_y, n_train, salt=11)
+    te = fixed_subset(full.test_y, n_test, salt=12)
     return dataclasses.replace(full, train_x=full.train_x[tr], train_y=full.train_y[tr],
                                test_x=full.test_x[te], test_y=full.test_y[te])
 

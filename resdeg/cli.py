@@ -57,7 +57,8 @@ def train_options(f):
         click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
                      help="Where to train."),
         click.option("--precision", default=None, type=click.Choice(["auto", "bf16", "fp32"]),
-                     help="auto = bf16 autocast on CUDA, fp32 on CPU."),
+                     help="[default: the protocol's: fp32 for seed/native; auto for the others = bf16 autocast on "
+                          "CUDA and on CPUs with native bf16, else fp32]."),
         click.option("--dry-run", is_flag=True, help="Print the planned runs and which are cached; train nothing."),
         click.option("--force", is_flag=True, help="Redo runs even if cached (also corrupt ones)."),
         click.option("--time-limit", type=float, default=None, metavar="MINUTES",
@@ -86,11 +87,14 @@ def main():
     """
 
 
-def _configs(protocol, dataset, overrides, precision, models, variants, seeds):
+def _configs(protocol, dataset, overrides, precision, models, variants, seeds, device="auto"):
+    from .train import resolve_device
+
     over = parse_overrides(overrides)
     if precision:
         over["precision"] = precision
-    return [make_config(protocol, over, model=m, variant=v, seed=s, dataset=dataset)
+    device_type = resolve_device(device).type
+    return [make_config(protocol, over, device_type=device_type, model=m, variant=v, seed=s, dataset=dataset)
             for m in models for v in variants for s in seeds]
 
 
@@ -118,18 +122,19 @@ def _train(configs, results, data_dir, device, dry_run, force, time_limit, quiet
 def run(protocol, dataset, data_dir, results, overrides, device, precision, dry_run, force, time_limit, quiet,
         model, variant, seed):
     """Train one model/variant/seed (cached: a finished run is not redone)."""
-    cfgs = _configs(protocol, dataset, overrides, precision, [model], [variant], [seed])
+    cfgs = _configs(protocol, dataset, overrides, precision, [model], [variant], [seed], device)
     _train(cfgs, results, data_dir, device, dry_run, force, time_limit, quiet)
 
 
 @main.command("run-all")
 @common_options
 @train_options
-@click.option("--models", callback=_csv, default=",".join(STUDY_MODELS), show_default=True,
-              help="Comma-separated models.")
-@click.option("--variants", callback=_csv, default=",".join(VARIANTS), show_default=True,
-              help="Comma-separated variants.")
-@click.option("--seeds", callback=_csv, default=None, help="Comma-separated seeds [default: 42].")
+@click.option("--models", callback=_csv, default=None,
+              help="Comma-separated models [default: the protocol's study, e.g. resnet18,resnet50; "
+                   "depth: resnet20,resnet32,resnet44,resnet56].")
+@click.option("--variants", callback=_csv, default=None,
+              help="Comma-separated variants [default: the protocol's study: FULL,Nres,Nbn,Nboth; depth: FULL,Nres].")
+@click.option("--seeds", callback=_csv, default=None, help="Comma-separated seeds [default: the study's, 42].")
 @click.option("--probe-images", type=int, default=500, show_default=True,
               help="Probe every finished run with the first N test images (see `resdeg probe`).")
 @click.option("--no-probe", is_flag=True, help="Train only; probe later with `resdeg probe`.")
@@ -140,11 +145,16 @@ def run_all(protocol, dataset, data_dir, results, overrides, device, precision, 
             quiet, models, variants, seeds, probe_images, no_probe, no_report, docs):
     """Train the grid models x variants x seeds (cached and resumable), then probe every finished
     run (cached too: a run with a probe for these settings is not probed again)."""
+    from .study import STUDIES
+
     try:
         seed_list = [int(s) for s in seeds] if seeds else [None]
     except ValueError:
         raise ResdegError(f"--seeds {','.join(seeds)!r}: expected comma-separated integers") from None
-    cfgs = _configs(protocol, dataset, overrides, precision, models, variants, seed_list)
+    study = STUDIES.get(protocol)
+    models = models or (study.models if study else STUDY_MODELS)
+    variants = variants or (study.variants if study else tuple(VARIANTS))
+    cfgs = _configs(protocol, dataset, overrides, precision, models, variants, seed_list, device)
     from .probes.store import ProbeSettings
 
     settings = None if no_probe else ProbeSettings(probe_images=probe_images)

@@ -194,16 +194,42 @@ def synthetic_dataset(n_train: int = 2048, n_test: int = 512, num_classes: int =
                    f"synthetic ({n_train} train / {n_test} test, generated)")
 
 
-def fixed_subset(n_total: int, n: int, salt: int) -> torch.Tensor:
-    """The same n indices for every run and seed (a seeded permutation, not the run's seed)."""
+def fixed_subset(labels: torch.Tensor, n: int, salt: int) -> torch.Tensor:
+    """The same n indices for every run and seed of a data set, class-balanced.
+
+    A folder copy lists its images class by class, so "the first n" would be one class. Each
+    class is shuffled by a generator seeded with `salt` (never the run's seed), then classes
+    take turns: every class gets n // C images and the first n % C classes one more (fewer
+    only where a class runs out). Sorted, so the images keep the data set's order.
+    """
+    n_total = len(labels)
     if n <= 0 or n >= n_total:
         return torch.arange(n_total)
-    return torch.randperm(n_total, generator=torch.Generator().manual_seed(salt))[:n].sort().values
+    g = torch.Generator().manual_seed(salt)
+    per_class = [idx[torch.randperm(len(idx), generator=g)]
+                 for idx in (torch.nonzero(labels == c).flatten() for c in torch.unique(labels))]
+    # rank of each image inside its class's shuffled list; take the n of lowest rank, class order
+    # breaking ties, so that every class contributes as evenly as its size allows
+    order = torch.cat(per_class)
+    rank = torch.cat([torch.arange(len(idx)) for idx in per_class])
+    klass = torch.cat([torch.full((len(idx),), k) for k, idx in enumerate(per_class)])
+    pick = torch.from_numpy(np.lexsort((klass.numpy(), rank.numpy()))[:n])
+    return order[pick].sort().values
 
 
 def test_subset(data: Dataset, cfg) -> torch.Tensor:
-    """Indices of the protocol's test images: the ones every run is scored on and probed with."""
-    return fixed_subset(len(data.test_y), cfg.test_images, salt=2)
+    """Indices of the protocol's test images: the ones every run is scored on."""
+    return fixed_subset(data.test_y, cfg.test_images, salt=2)
+
+
+PROBE_SALT = 4
+
+
+def probe_subset(data: Dataset, cfg, n: int) -> torch.Tensor:
+    """Indices of the n probe images: a class-balanced, seeded subset of the run's test images,
+    the same for every run of a protocol on a data set."""
+    te = test_subset(data, cfg)
+    return te[fixed_subset(data.test_y[te], n, salt=PROBE_SALT)]
 
 
 def preprocess(x: torch.Tensor, cfg, generator: torch.Generator | None = None,

@@ -79,13 +79,17 @@ def validate_run_doc(doc) -> dict:
                      ("status", str), ("epochs_done", int), ("epochs", list), ("summary", dict)):
         _check(isinstance(doc.get(key), typ), f"field {key!r} missing or not {typ.__name__}")
     _check(doc["status"] in STATUSES, f"status {doc['status']!r} is not one of {STATUSES}")
-    from .config import config_from_dict
+    from .config import CONFIG_SCHEMA, config_from_dict
 
     try:
         cfg = config_from_dict(doc["config"])
     except (ValueError, TypeError, ResdegError) as e:
         raise CorruptRun(f"config does not validate: {e}") from None
-    _check(cfg.hash == doc["config_hash"], "config_hash does not match the stored config (edited by hand?)")
+    schema = doc.get("config_schema", 1)  # runs written before the field existed are schema 1
+    _check(isinstance(schema, int) and 1 <= schema <= CONFIG_SCHEMA,
+           f"config_schema {schema!r} is not one this resdeg knows (1..{CONFIG_SCHEMA})")
+    _check(cfg.hash_for(schema) == doc["config_hash"],
+           "config_hash does not match the stored config (edited by hand?)")
     _check(doc["epochs_done"] == len(doc["epochs"]), "epochs_done disagrees with the epoch list")
     _check(doc["epochs_done"] <= cfg.epochs, "more epochs recorded than configured")
     for i, e in enumerate(doc["epochs"]):

@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from ..data import Dataset, preprocess, test_subset
+from ..data import Dataset, preprocess, probe_subset, test_subset
 from ..errors import ResdegError
 from ..models import ResNet, model_from_config
 from .store import SIGNAL_KEYS
@@ -43,12 +43,12 @@ def prepare_cpu(reuse_memory: bool = True) -> None:
 
 
 def probe_images(data: Dataset, cfg, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first n images (uint8) and labels of the protocol's test subset, the run's test images."""
-    idx = test_subset(data, cfg)
-    if n > len(idx):
-        raise ResdegError(f"--probe-images {n} exceeds the {len(idx)} test images of protocol "
-                          f"{cfg.protocol!r} on {cfg.dataset}; use --probe-images {len(idx)} or fewer")
-    idx = idx[:n]
+    """n probe images (uint8) and labels: a fixed, class-balanced subset of the run's test images."""
+    available = len(test_subset(data, cfg))
+    if n > available:
+        raise ResdegError(f"--probe-images {n} exceeds the {available} test images of protocol "
+                          f"{cfg.protocol!r} on {cfg.dataset}; use --probe-images {available} or fewer")
+    idx = probe_subset(data, cfg, n)
     return data.test_x[idx], data.test_y[idx]
 
 
