@@ -28,20 +28,7 @@ ARCHS: dict[str, tuple[str, tuple[int, ...]]] = {
     "resnet56": ("cifar_basic", (9, 9, 9)),
     "resnet110": ("cifar_basic", (18, 18, 18)),
 }
-VARIANTS: dict[str, dict[str, bool]] = {
-    "FULL": dict(residual=True, norm=True),
-    "Nres": dict(residual=False, norm=True),
-    "Nbn": dict(residual=True, norm=False),
-    "Nboth": dict(residual=False, norm=False),
-}
-
-
-def canonical_variant(name: str) -> str:
-    for v in VARIANTS:
-        if v.lower() == name.lower():
-            return v
-    from .errors import ResdegError
-    raise ResdegError(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}")
+from .study import VARIANTS, canonical_variant  # noqa: F401  (variants are declared in study.py)
 
 
 NormLayer = Callable[[int], nn.Module]
@@ -146,8 +133,11 @@ class ResNet(nn.Module):
 
 
 def build_model(arch: str, residual: bool = True, norm: bool = True, stem: str = "imagenet",
-                num_classes: int = 10, width_mult: float = 1.0, conv_bias: bool = True) -> ResNet:
+                num_classes: int = 10, width_mult: float = 1.0, conv_bias: bool = True,
+                init: str = "default") -> ResNet:
     """Build any architecture of ARCHS in any variant, with PyTorch's default initialisation."""
+    if init != "default":
+        raise ValueError(f"initialisation {init!r} is not implemented")
     kind, layers = ARCHS[arch]
     norm_layer = _norm_layer(norm)
     cifar_family = kind == "cifar_basic"
@@ -173,4 +163,4 @@ def build_model(arch: str, residual: bool = True, norm: bool = True, stem: str =
 
 def model_from_config(cfg, num_classes: int) -> ResNet:
     return build_model(cfg.model, stem=cfg.stem, num_classes=num_classes, width_mult=cfg.width_mult,
-                       conv_bias=cfg.conv_bias, **VARIANTS[cfg.variant])
+                       conv_bias=cfg.conv_bias, **VARIANTS[cfg.variant].model_kwargs())

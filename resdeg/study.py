@@ -1,10 +1,41 @@
-"""What the study is, declared once: each study's protocol and grid (models x variants x seeds).
+"""What the study is, declared once: the variants and their properties, and each study's
+protocol and grid (models x variants x seeds).
 
-Everything that needs a default grid (the CLI's run-all, the report) reads it from here.
+Everything downstream (model builder, CLI, report) reads these records; none re-derives a
+variant's properties from its name. Import-light on purpose: no torch here.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A way to build the same architecture: what it keeps of the residual net and how it starts."""
+    name: str
+    residual: bool  # the block adds its shortcut
+    norm: bool  # BatchNorm layers (else identities)
+    init: str = "default"  # default (PyTorch's) | fixup | skipinit
+
+    def model_kwargs(self) -> dict:
+        return {"residual": self.residual, "norm": self.norm, "init": self.init}
+
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("FULL", residual=True, norm=True),
+    Variant("Nres", residual=False, norm=True),
+    Variant("Nbn", residual=True, norm=False),
+    Variant("Nboth", residual=False, norm=False),
+)}
+
+
+def canonical_variant(name: str) -> str:
+    """The declared spelling of a variant name given in any case; a one-line error if unknown."""
+    for v in VARIANTS:
+        if v.lower() == name.strip().lower():
+            return v
+    from .errors import ResdegError
+    raise ResdegError(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}")
 
 
 @dataclass(frozen=True)

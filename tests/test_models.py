@@ -11,7 +11,7 @@ SMALL = dict(width_mult=0.125, num_classes=10)
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_every_model_and_variant_builds_and_trains_a_step(arch, variant):
     torch.manual_seed(0)
-    model = build_model(arch, stem="cifar", **VARIANTS[variant], **SMALL)
+    model = build_model(arch, stem="cifar", **VARIANTS[variant].model_kwargs(), **SMALL)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     before = [p.detach().clone() for p in model.parameters()]
@@ -22,7 +22,7 @@ def test_every_model_and_variant_builds_and_trains_a_step(arch, variant):
     changed = sum(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
     assert changed > 0
     has_bn = any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    assert has_bn == VARIANTS[variant]["norm"]
+    assert has_bn == VARIANTS[variant].norm
 
 
 def test_variant_names_are_case_insensitive():

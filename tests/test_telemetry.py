@@ -10,7 +10,7 @@ from resdeg.telemetry import StageTelemetry
 @pytest.mark.parametrize("variant", ["FULL", "Nres", "Nboth"])
 def test_recorded_telemetry_equals_direct_computation(variant):
     torch.manual_seed(0)
-    model = build_model("resnet18", stem="cifar", width_mult=0.125, **VARIANTS[variant])
+    model = build_model("resnet18", stem="cifar", width_mult=0.125, **VARIANTS[variant].model_kwargs())
     x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
     tel = StageTelemetry(model, capacity=2, device=torch.device("cpu"))
     for _ in range(2):  # two steps, to check rows advance
