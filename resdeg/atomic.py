@@ -1,6 +1,8 @@
 """Atomic writes: a temp file in the same folder, flushed, then renamed over the target.
 
-A crash leaves either the old file or the new one, never half of either.
+A crash leaves either the old file or the new one, never half of either. So does a full or
+read-only disk: a failed write removes its temp file, leaves the old file as it was, and raises
+an OSError that names the target path (the CLI turns ENOSPC, EROFS, EACCES into one line).
 """
 from __future__ import annotations
 
@@ -13,17 +15,51 @@ from pathlib import Path
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _naming(e, path) from e
+    try:
+        try:
+            view = memoryview(data).cast("B")
+            while view:  # os.write may write less than asked (a nearly full disk, a signal)
+                view = view[os.write(fd, view):]
+            os.fsync(fd)  # the data is on disk before the rename makes it visible
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass  # already renamed, or the file system refuses even that: nothing more to do
+        if isinstance(e, OSError):
+            raise _naming(e, path) from e
         raise
+    _fsync_dir(path.parent)
+
+
+def _naming(e: OSError, path: Path) -> OSError:
+    """The same error with the target as its file name (not a temp file's name, or none at all,
+    as os.write and os.fsync give), so that a message can say which file could not be written."""
+    if e.errno is None:
+        return e
+    return OSError(e.errno, e.strerror or os.strerror(e.errno), str(path))  # the errno's subclass
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist the rename itself (best effort: not every file system can sync a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_json(path: str | Path, obj) -> None:
@@ -42,5 +78,5 @@ def atomic_savez(path: str | Path, **arrays) -> None:
     import numpy as np
 
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    np.savez_compressed(buf, **arrays)  # deterministic: zip entries carry a fixed 1980 timestamp
     atomic_write_bytes(path, buf.getvalue())

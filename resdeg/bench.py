@@ -22,17 +22,19 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from .atomic import atomic_write_json
 from .config import make_config
 from .data import Dataset, fixed_subset, load_dataset, synthetic_dataset
 from .errors import ResdegError
-from .models import VARIANTS, model_from_config
+from .models import model_from_config
+from .records import CorruptRecord, Fields, Record, read_record, require, write_record
+from .study import default_grid
 from .reference import DEFAULT_WORKERS, ReferenceLoop, reference_loader
-from .train import Trainer, environment, epoch_generator, evaluate, resolve_precision
+from .train import Trainer, environment, epoch_generator, evaluate, numerics, resolve_precision
 
 BENCH_SCHEMA = "resdeg.bench"
 BENCH_SCHEMA_VERSION = 1
@@ -221,7 +223,7 @@ def run_benchmark(model: str, variant: str, protocol: str, device: torch.device,
     if settings.batch_size is not None:
         over["batch_size"] = settings.batch_size
     over["compile"] = compile
-    cfg = make_config(protocol, over, model=model, variant=variant, dataset=dataset)
+    cfg = make_config(protocol, over, device_type=device.type, model=model, variant=variant, dataset=dataset)
     bs = cfg.batch_size
     load = (os.getloadavg()[0],) if hasattr(os, "getloadavg") else ()
     started = time.perf_counter()
@@ -231,8 +233,9 @@ def run_benchmark(model: str, variant: str, protocol: str, device: torch.device,
     flops = train_flops_per_image(cfg, data.num_classes)
 
     log(f"timing {LOOPS['engine_telemetry']} and {LOOPS['engine_no_telemetry']}, interleaved ...")
-    engines = time_engines([dataclasses.replace(cfg, telemetry=True), dataclasses.replace(cfg, telemetry=False)],
-                           data, device, settings.steps, settings.warmup, settings.repeats)
+    with numerics(cfg, device):  # the engine's process-wide settings, as in a run
+        engines = time_engines([dataclasses.replace(cfg, telemetry=True), dataclasses.replace(cfg, telemetry=False)],
+                               data, device, settings.steps, settings.warmup, settings.repeats)
     results = dict(zip(("engine_telemetry", "engine_no_telemetry"), engines))
     log(f"timing {LOOPS['reference']} ...")
     results["reference"] = time_reference(dataclasses.replace(cfg, compile=False), data, device, settings.steps,
@@ -272,14 +275,15 @@ def _projection(cfg, measured: dict, device, settings: Settings, study_models, d
             over = {**(overrides or {}), "compile": compile}
             if settings.batch_size is not None:
                 over["batch_size"] = settings.batch_size
-            pcfg = make_config(protocol, over, model=m, variant="FULL", dataset=dataset)
+            pcfg = make_config(protocol, over, device_type=device.type, model=m, variant="FULL", dataset=dataset)
             if cfg.variant == "FULL" and pcfg == dataclasses.replace(cfg, telemetry=True):
                 rates[m] = {**measured, "batch_size": pcfg.batch_size}
                 continue
             log(f"projection: timing {m} FULL, protocol {protocol} ...")
             data = bench_data(dataset, data_dir, settings.projection_steps * pcfg.batch_size, pcfg.batch_size)
-            (rates[m],) = time_engines([pcfg], data, device, settings.projection_steps, max(1, settings.warmup), 1)
-        out[protocol] = project_study(protocol, rates, study_models, len(VARIANTS))
+            with numerics(pcfg, device):
+                (rates[m],) = time_engines([pcfg], data, device, settings.projection_steps, max(1, settings.warmup), 1)
+        out[protocol] = project_study(protocol, rates, study_models, len(default_grid(protocol)[1]))
     return out
 
 
@@ -320,33 +324,60 @@ def default_output(doc: dict) -> Path:
     return Path("benchmarks") / f"{doc['environment']['device_type']}-{s['model']}-{s['protocol']}-{stamp}.json"
 
 
+@dataclass(frozen=True)
+class LoopTiming(Fields):
+    """One timed loop: the median over repeats of a block of `steps` steps."""
+    images_per_s: float
+    step_ms: float
+    steps: int
+    batch_size: int
+    repeat_seconds: tuple[float, ...]
+    model_flops_utilisation: float | None
+    eval_images_per_s: float | None = None  # the engine with telemetry: forward-only rate too
+    workers: int | None = None  # the reference loop's DataLoader workers
+
+    def check(self) -> None:
+        require(self.images_per_s > 0, "images_per_s is not positive")
+
+
+@dataclass(frozen=True)
+class Ratios(Fields):
+    a_over_c: float
+    a_over_b: float
+    telemetry_overhead: float
+
+
+@dataclass(frozen=True)
+class BenchRecord(Record):
+    """benchmarks/*.json: the engine timed beside the reference loop in the same run."""
+    SCHEMA: ClassVar[str] = BENCH_SCHEMA
+    VERSION: ClassVar[int] = BENCH_SCHEMA_VERSION
+    created: str
+    environment: dict[str, Any]
+    setup: dict[str, Any]
+    train_flops_per_image: float
+    peak_bf16_flops: float | None
+    loops: dict[str, LoopTiming]
+    ratios: Ratios
+    wall_s: float
+    projection: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def check(self) -> None:
+        require(set(self.loops) == set(LOOPS), "loops missing")
+        require(isinstance(self.environment.get("device"), str), "environment.device missing")
+
+
 def write_bench(doc: dict, path: str | Path) -> Path:
-    validate_bench(doc)
-    atomic_write_json(path, doc)
+    try:
+        record = BenchRecord.from_dict(doc)
+    except CorruptRecord as e:
+        raise ResdegError(f"benchmark JSON: {e}") from None
+    write_record(path, record)
     return Path(path)
 
 
-def validate_bench(doc) -> dict:
-    """Check a benchmark document; raise ResdegError naming the first problem."""
-    def need(cond, what):
-        if not cond:
-            raise ResdegError(f"benchmark JSON: {what}")
-    need(isinstance(doc, dict), "not a JSON object")
-    need(doc.get("schema") == BENCH_SCHEMA and doc.get("schema_version") == BENCH_SCHEMA_VERSION,
-         f"schema {doc.get('schema')!r} v{doc.get('schema_version')!r}, expected {BENCH_SCHEMA!r} "
-         f"v{BENCH_SCHEMA_VERSION}")
-    need(isinstance(doc.get("loops"), dict) and set(doc["loops"]) == set(LOOPS), "loops missing")
-    for key, r in doc["loops"].items():
-        need(isinstance(r.get("images_per_s"), float) and r["images_per_s"] > 0, f"{key}: images_per_s not positive")
-    need(isinstance(doc.get("environment", {}).get("device"), str), "environment.device missing")
-    return doc
-
-
-def read_bench(path: str | Path) -> dict:
-    import json
-
+def read_bench(path: str | Path) -> BenchRecord:
     try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
+        return read_record(path, BenchRecord)
+    except CorruptRecord as e:
         raise ResdegError(f"{path}: unreadable benchmark JSON ({e})") from None
-    return validate_bench(doc)

@@ -1,6 +1,7 @@
 """The `resdeg` command line: a thin layer over config, runner and store."""
 from __future__ import annotations
 
+import errno
 import json
 import sys
 
@@ -13,24 +14,91 @@ from .models import ARCHS, VARIANTS
 STUDY_MODELS = ("resnet18", "resnet50")
 
 
+# OSErrors that are the machine's state, not a bug: one line naming the path and what to do
+_DISK_ERRORS = {
+    errno.ENOSPC: "no space left on device while writing {path}; free some space (or choose another folder) and "
+                  "run the same command again: files already written are intact, an unfinished run resumes",
+    errno.EDQUOT: "disk quota exceeded while writing {path}; free some space (or choose another folder) and "
+                  "run the same command again: files already written are intact, an unfinished run resumes",
+    errno.EROFS: "{path} is on a read-only file system; choose a writable folder (e.g. another --results)",
+    errno.EACCES: "permission denied: {path}; fix its permissions or choose another folder (e.g. another --results)",
+    errno.EPERM: "operation not permitted: {path}; fix its permissions or choose another folder",
+}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 class Group(click.Group):
-    """Turns a user mistake (ResdegError) into one line on stderr and exit code 1."""
+    """Turns a user mistake (ResdegError), a usage error, or a full / read-only / forbidden disk
+    (OSError ENOSPC, EDQUOT, EROFS, EACCES, EPERM) into one line on stderr and a non-zero exit
+    code (1; 2 for usage errors, as click has it). Any other exception is a bug: its traceback shows."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except ResdegError as e:
-            click.echo(f"resdeg: error: {e}", err=True)
-            sys.exit(1)
+            _fail(str(e), 1)
+        except click.UsageError as e:
+            sub = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            _fail(f"{e.format_message()} (see `{sub} --help`)", e.exit_code)
+        except OSError as e:
+            if e.errno not in _DISK_ERRORS:
+                raise
+            path = e.filename2 if e.filename2 is not None else e.filename
+            _fail(_DISK_ERRORS[e.errno].format(path=path if path is not None else "a file"), 1)
         except KeyboardInterrupt:
             click.echo("resdeg: interrupted; run the same command again to resume", err=True)
             sys.exit(130)
 
 
+def _fail(message: str, code: int):
+    click.echo(f"resdeg: error: {_one_line(message)}", err=True)
+    sys.exit(code)
+
+
 def _csv(ctx, param, value):
+    """A comma-separated option (--models, --variants, --seeds) -> its items, stripped of spaces.
+
+    An empty item ("a,,b", a trailing comma, or an empty value) is an error: it is most often a
+    value lost while editing the command, and an empty list must not quietly mean "the defaults".
+    A repeated item (also after normalising: "42,042", "full,FULL") is kept once, with a note on
+    stderr: the same run cannot be trained twice into one folder, and dropping the repeat cannot
+    change a result. Seeds must be integers in 0 .. 2**32 - 1 (what the trainer can seed) and
+    are returned as ints.
+    """
     if value is None:
         return None
-    return [v.strip() for v in value.split(",") if v.strip()]
+    opt = f"--{param.name}"
+    items = [v.strip() for v in value.split(",")]
+    if any(not v for v in items):
+        raise ResdegError(f"{opt} {value[:80]!r}: {'no items' if not value.strip() else 'an empty item'}; give "
+                          f"comma-separated values without empty ones, or leave {opt} out for the defaults")
+    if param.name == "seeds":
+        from .config import SEED_MAX
+
+        try:
+            items = [int(v) for v in items]
+        except ValueError:
+            raise ResdegError(f"--seeds {value[:80]!r}: expected comma-separated integers") from None
+        bad = next((s for s in items if not 0 <= s <= SEED_MAX), None)
+        if bad is not None:
+            raise ResdegError(f"--seeds: {str(bad)[:30]} is out of range: seeds must be between 0 and {SEED_MAX}")
+        key = lambda v: v  # noqa: E731
+    else:
+        key = str.lower  # models and variants are matched in any case
+    out, seen, repeated = [], set(), []
+    for v in items:
+        if key(v) in seen:
+            repeated.append(str(v))
+        else:
+            seen.add(key(v))
+            out.append(v)
+    if repeated:
+        click.echo(f"resdeg: note: {opt} lists {', '.join(dict.fromkeys(repeated))} more than once; "
+                   f"using each once", err=True)
+    return out
 
 
 def common_options(f):
@@ -87,7 +155,8 @@ def main():
     """
 
 
-def _configs(protocol, dataset, overrides, precision, models, variants, seeds, device="auto"):
+def _configs(protocol, dataset, overrides, precision, cells, seeds, device="auto"):
+    """One config per (model, variant) cell and seed."""
     from .train import resolve_device
 
     over = parse_overrides(overrides)
@@ -95,10 +164,11 @@ def _configs(protocol, dataset, overrides, precision, models, variants, seeds, d
         over["precision"] = precision
     device_type = resolve_device(device).type
     return [make_config(protocol, over, device_type=device_type, model=m, variant=v, seed=s, dataset=dataset)
-            for m in models for v in variants for s in seeds]
+            for m, v in cells for s in seeds]
 
 
-def _train(configs, results, data_dir, device, dry_run, force, time_limit, quiet, probe_settings=None):
+def _train(configs, results, data_dir, device, dry_run, force, time_limit, quiet, probe_settings=None,
+           executor=None):
     from . import runner
 
     planned = runner.plan(configs, results, force=force)
@@ -110,7 +180,8 @@ def _train(configs, results, data_dir, device, dry_run, force, time_limit, quiet
         click.echo(f"{todo} to train, {len(planned) - todo} cached or skipped")
         return
     runner.train_and_probe(planned, device, results, data_dir=data_dir, force=force, time_limit=time_limit,
-                           probe_settings=probe_settings, progress=not quiet, log=lambda m: click.echo(m, err=True))
+                           probe_settings=probe_settings, progress=not quiet, log=lambda m: click.echo(m, err=True),
+                           executor=executor)
 
 
 @main.command()
@@ -122,7 +193,7 @@ def _train(configs, results, data_dir, device, dry_run, force, time_limit, quiet
 def run(protocol, dataset, data_dir, results, overrides, device, precision, dry_run, force, time_limit, quiet,
         model, variant, seed):
     """Train one model/variant/seed (cached: a finished run is not redone)."""
-    cfgs = _configs(protocol, dataset, overrides, precision, [model], [variant], [seed], device)
+    cfgs = _configs(protocol, dataset, overrides, precision, [(model, variant)], [seed], device)
     _train(cfgs, results, data_dir, device, dry_run, force, time_limit, quiet)
 
 
@@ -130,10 +201,11 @@ def run(protocol, dataset, data_dir, results, overrides, device, precision, dry_
 @common_options
 @train_options
 @click.option("--models", callback=_csv, default=None,
-              help="Comma-separated models [default: the protocol's study, e.g. resnet18,resnet50; "
-                   "depth: resnet20,resnet32,resnet44,resnet56].")
+              help="Comma-separated models [default: every study declared for the protocol "
+                   "(resdeg/study.py): resnet18,resnet50; depth: resnet20,resnet32,resnet44,resnet56].")
 @click.option("--variants", callback=_csv, default=None,
-              help="Comma-separated variants [default: the protocol's study: FULL,Nres,Nbn,Nboth; depth: FULL,Nres].")
+              help="Comma-separated variants [default: the protocol's studies: FULL,Nres,Nbn,Nboth; "
+                   "depth: FULL,Nres,Nbn,Fixup,SkipInit,Nboth].")
 @click.option("--seeds", callback=_csv, default=None, help="Comma-separated seeds [default: the study's, 42].")
 @click.option("--probe-images", type=int, default=500, show_default=True,
               help="Probe every finished run with the first N test images (see `resdeg probe`).")
@@ -141,24 +213,80 @@ def run(protocol, dataset, data_dir, results, overrides, device, precision, dry_
 @click.option("--no-report", is_flag=True, help="Do not render the report at the end (see `resdeg report`).")
 @click.option("--docs", default="docs", show_default=True, type=click.Path(file_okay=False), envvar="RESDEG_DOCS",
               help="Where the report's pages go (or $RESDEG_DOCS).")
+@click.option("--jobs", type=int, default=1, show_default=True, metavar="N",
+              help="Train N runs at once, each in its own process (CPU threads split between them; "
+                   "on one GPU they share it).")
+@click.option("--launcher", default="local", show_default=True, metavar="local|slurm|submitit-local",
+              help="Where runs train: here; or each run as a Slurm job through submitit (the store must be on a "
+                   "file system the nodes share); submitit-local: the same jobs as processes of this machine.")
+@click.option("--partition", default=None, help="Slurm partition [default: the cluster's].")
+@click.option("--gpus-per-run", type=int, default=None, metavar="N",
+              help="GPUs per Slurm job [default: 0, CPU runs]. Runs are configured for the device they get.")
+@click.option("--time", "slurm_time", default=None, metavar="TIME",
+              help="Slurm time limit per run (MINUTES or D-H:MM:SS) [default: 4:00:00]; a run stops cleanly "
+                   "before it and resumes when submitted again.")
+@click.option("--slurm-extra", multiple=True, metavar="KEY=VALUE",
+              help="Any other sbatch option, repeatable: --slurm-extra account=abc --slurm-extra cpus-per-task=8.")
+@click.option("--wait", is_flag=True,
+              help="With --launcher slurm: wait for the jobs (progress from the store), then probe and report. "
+                   "Without it the job ids are printed and `resdeg status` follows them.")
 def run_all(protocol, dataset, data_dir, results, overrides, device, precision, dry_run, force, time_limit,
-            quiet, models, variants, seeds, probe_images, no_probe, no_report, docs):
+            quiet, models, variants, seeds, probe_images, no_probe, no_report, docs, jobs, launcher, partition,
+            gpus_per_run, slurm_time, slurm_extra, wait):
     """Train the grid models x variants x seeds (cached and resumable), then probe every finished
-    run (cached too: a run with a probe for these settings is not probed again)."""
-    from .study import STUDIES
+    run (cached too: a run with a probe for these settings is not probed again). A run being trained
+    by another process (this machine or another sharing the store) is skipped; see `resdeg status`."""
+    from .launch import check_launcher
+    from .study import default_cells, default_grid
+
+    cluster = check_launcher(launcher) != "local"
+    if cluster and jobs != 1:
+        raise ResdegError("--jobs is for the local launcher; with --launcher slurm every run is a job of its own")
+    if cluster and time_limit is not None:
+        raise ResdegError("--time-limit is for local runs; with --launcher slurm, --time limits each job "
+                          "(its run stops cleanly before it)")
+    given = [o for o, v in (("--partition", partition), ("--gpus-per-run", gpus_per_run), ("--time", slurm_time),
+                            ("--slurm-extra", slurm_extra), ("--wait", wait)) if v]
+    if given and not cluster:
+        raise ResdegError(f"{given[0]} goes with --launcher slurm")
 
     try:
         seed_list = [int(s) for s in seeds] if seeds else [None]
     except ValueError:
         raise ResdegError(f"--seeds {','.join(seeds)!r}: expected comma-separated integers") from None
-    study = STUDIES.get(protocol)
-    models = models or (study.models if study else STUDY_MODELS)
-    variants = variants or (study.variants if study else tuple(VARIANTS))
-    cfgs = _configs(protocol, dataset, overrides, precision, models, variants, seed_list, device)
+    if models or variants:  # the grid asked for, with the protocol's defaults for what is not given
+        grid_models, grid_variants = default_grid(protocol)
+        cells = [(m, v) for m in (models or grid_models) for v in (variants or grid_variants)]
+    else:
+        cells = default_cells(protocol)
+    if cluster:
+        from .launch import DEFAULT_TIME, SubmititLauncher, parse_extra, submit_grid
+
+        executor = SubmititLauncher(results, cluster="local" if launcher == "submitit-local" else "slurm",
+                                    partition=partition, gpus_per_run=gpus_per_run or 0,
+                                    time=slurm_time or DEFAULT_TIME, extra=parse_extra(slurm_extra))
+        over = parse_overrides(overrides) | ({"precision": precision} if precision else {})
+        # configured (precision resolved) for the device of the nodes: a GPU when --gpus-per-run > 0
+        cfgs = [make_config(protocol, over, device_type="cuda" if gpus_per_run else "cpu", model=m, variant=v, seed=s,
+                            dataset=dataset) for m, v in cells for s in seed_list]
+    else:
+        from .runner import ProcessPool
+
+        executor = ProcessPool(jobs) if jobs != 1 else None
+        cfgs = _configs(protocol, dataset, overrides, precision, cells, seed_list, device)
     from .probes.store import ProbeSettings
 
     settings = None if no_probe else ProbeSettings(probe_images=probe_images)
-    _train(cfgs, results, data_dir, device, dry_run, force, time_limit, quiet, probe_settings=settings)
+    if cluster and not (wait or dry_run):  # submit, print the job ids, return: `resdeg status` follows them
+        submit_grid(cfgs, results, executor, data_dir, force, out=click.echo, log=lambda m: click.echo(m, err=True))
+        return
+    _train(cfgs, results, data_dir, device, dry_run, force, time_limit, quiet, probe_settings=settings,
+           executor=executor)
+    if dry_run and cluster:
+        from .runner import plan
+
+        click.echo(f"sbatch parameters (one job per run{', as one array' if len(cfgs) > 1 else ''}):")
+        click.echo(executor.preview(max(1, sum(p.todo for p in plan(cfgs, results, force=force)))))
     if not (dry_run or no_report):
         _report(results, docs, cfgs[0].protocol, cfgs[0].dataset)
 
@@ -190,10 +318,12 @@ def report(results, docs, protocol, dataset):
 @click.option("--json", "as_json", is_flag=True, help="A JSON array, one object per run.")
 def status(results, as_json):
     """Every run in the result store: done / diverged / partial / corrupt."""
-    from .store import scan
+    from .probes.store import status_rows
 
-    entries = scan(results)
-    rows = [e.row() for e in entries]
+    rows = status_rows(results)
+    from .launch import annotate_status  # runs submitted to a cluster, and runs training right now
+
+    rows = annotate_status(results, rows)
     if as_json:
         click.echo(json.dumps(rows, indent=1))
         return
@@ -203,7 +333,8 @@ def status(results, as_json):
     pct = lambda v: "" if v is None else f"{100 * v:.1f}"  # noqa: E731
     header = ("protocol", "dataset", "model", "variant", "seed", "status", "epochs", "train%", "test%", "probed")
     table = [header] + [(r["protocol"], r["dataset"], r["model"] or "?", r["variant"] or "?", str(r["seed"]),
-                         r["status"], f"{r['epochs_done']}/{r['epochs']}" if r["epochs"] else "",
+                         r["status"] + (f" ({r['activity']})" if r.get("activity") else ""),
+                         f"{r['epochs_done']}/{r['epochs']}" if r["epochs"] else "",
                          pct(r["clean_train_acc"]), pct(r["test_acc"]), "yes" if r["probed"] else "no")
                         for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
@@ -212,9 +343,8 @@ def status(results, as_json):
     for r in rows:
         if r["problem"]:
             click.echo(f"corrupt: {r['path']}: {r['problem']}", err=True)
-    for e in entries:
-        if e.probe_state[1]:
-            click.echo(f"corrupt probe: {e.path}: {e.probe_state[1]}", err=True)
+        if r["probe_problem"]:
+            click.echo(f"corrupt probe: {r['path']}: {r['probe_problem']}", err=True)
 
 
 @main.command()

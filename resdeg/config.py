@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, fields
 
 from .errors import ResdegError
@@ -61,6 +62,10 @@ class Config:
     def to_dict(self) -> dict:
         return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        return config_from_dict(d)
+
     @property
     def hash(self) -> str:
         return self.hash_for(CONFIG_SCHEMA)
@@ -112,10 +117,16 @@ CHOICES = {
     "precision": ("auto", "bf16", "fp32"),
     "dataset": DATASETS,
 }
+# More images than any data set holds (a count above the set's size means all of it); a bound keeps
+# index arithmetic far from int64 overflow.
+MAX_IMAGES = 1_000_000_000
+# Seeds: 0 .. 2**32 - 1, numpy's range. The trainer derives generator seeds such as
+# seed * 1_000_003 + epoch, which must stay within the 64 bits torch.manual_seed accepts.
+SEED_MAX = 2**32 - 1
 # (lower bound, upper bound, lower bound inclusive)
 RANGES = {
-    "width_mult": (0.0, 16.0, False), "image_size": (8, 1024, True), "train_images": (0, None, True),
-    "test_images": (0, None, True), "clean_train_images": (0, None, True), "epochs": (1, 10_000, True),
+    "width_mult": (0.0, 16.0, False), "image_size": (8, 1024, True), "train_images": (0, MAX_IMAGES, True),
+    "test_images": (0, MAX_IMAGES, True), "clean_train_images": (0, MAX_IMAGES, True), "epochs": (1, 10_000, True),
     "batch_size": (1, 65_536, True), "lr": (0.0, 100.0, False), "momentum": (0.0, 0.9999, True),
     "weight_decay": (0.0, 1.0, True), "warmup_epochs": (0.0, 10_000.0, True),
 }
@@ -123,9 +134,18 @@ RANGES = {
 FLAG_FIELDS = ("protocol", "model", "variant", "seed", "dataset")
 
 
+def _shown(text, limit: int = 60) -> str:
+    """repr() of a user's value, cut short: an error message stays one readable line."""
+    r = repr(text)
+    return r if len(r) <= limit else r[:limit - 5] + "...'"
+
+
 def parse_value(key: str, text: str):
-    """Turn the text of `--set key=text` into the field's type, or raise a one-line error."""
-    default = getattr(Config(), key)
+    """Turn the text of `--set key=text` into the field's type, or raise a one-line error.
+    Floats must be finite (nan, inf and overflowing literals such as 1e999 are refused)."""
+    default = _DEFAULTS.get(key, _MISSING)
+    if default is _MISSING:
+        raise ResdegError(f"--set: unknown key {_shown(key)}")
     try:
         if isinstance(default, bool):
             low = text.strip().lower()
@@ -135,23 +155,52 @@ def parse_value(key: str, text: str):
                 return False
             raise ValueError
         if isinstance(default, int):
-            return int(text)
+            return int(text)  # a literal past Python's 4300-digit limit is a ValueError too
         if isinstance(default, float):
-            return float(text)
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValueError
+            return value
         if isinstance(default, tuple):
             values = tuple(float(t) for t in text.split(","))
-            if len(values) != len(default):
+            if len(values) != len(default) or not all(math.isfinite(v) for v in values):
                 raise ValueError
             return values
         return text.strip()
     except ValueError:
-        kind = f"{len(default)} comma-separated numbers" if isinstance(default, tuple) \
-            else type(default).__name__
-        raise ResdegError(f"--set {key}={text!r}: expected {kind}") from None
+        kind = f"{len(default)} comma-separated numbers, all finite" if isinstance(default, tuple) \
+            else {"float": "a finite number"}.get(type(default).__name__, type(default).__name__)
+        raise ResdegError(f"--set {key}={_shown(text)}: expected {kind}") from None
+
+
+_MISSING = object()
+_DEFAULTS = {f.name: f.default for f in fields(Config)}
+
+
+def _type_problem(key: str, v) -> str | None:
+    """Why a field's value has the wrong type (or a non-finite number), or None."""
+    default = _DEFAULTS[key]
+    number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)  # noqa: E731
+    if isinstance(default, bool):
+        ok, kind = isinstance(v, bool), "true or false"
+    elif isinstance(default, int):
+        ok, kind = isinstance(v, int) and not isinstance(v, bool), "an integer"
+    elif isinstance(default, float):  # an int is accepted as stored (never converted: the hash would change)
+        ok, kind = number(v) and math.isfinite(v), "a finite number"
+    elif isinstance(default, tuple):
+        ok = isinstance(v, tuple) and len(v) == len(default) and all(number(x) and math.isfinite(x) for x in v)
+        kind = f"{len(default)} finite numbers"
+    else:
+        ok, kind = isinstance(v, str), "a string"
+    return None if ok else f"{key}={_shown(v)} must be {kind}"
 
 
 def validate(cfg: Config) -> Config:
-    """Check every field's choice and range; return the config with canonical names."""
+    """Check every field's type, choice and range; return the config with canonical names."""
+    for f in fields(cfg):
+        problem = _type_problem(f.name, getattr(cfg, f.name))
+        if problem:
+            raise ResdegError(problem)
     if cfg.protocol not in PROTOCOLS:
         raise ResdegError(f"unknown protocol {cfg.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     model = cfg.model.lower()
@@ -160,16 +209,16 @@ def validate(cfg: Config) -> Config:
     cfg = dataclasses.replace(cfg, model=model, variant=canonical_variant(cfg.variant))
     for key, allowed in CHOICES.items():
         if getattr(cfg, key) not in allowed:
-            raise ResdegError(f"{key}={getattr(cfg, key)!r} is not one of {', '.join(allowed)}")
+            raise ResdegError(f"{key}={_shown(getattr(cfg, key))} is not one of {', '.join(allowed)}")
     for key, (lo, hi, inclusive) in RANGES.items():
         v = getattr(cfg, key)
         if (v < lo if inclusive else v <= lo) or (hi is not None and v > hi):
             bound = f"{'>=' if inclusive else '>'} {lo}" + (f" and <= {hi}" if hi is not None else "")
-            raise ResdegError(f"{key}={v} is out of range: must be {bound}")
+            raise ResdegError(f"{key}={_shown(v)} is out of range: must be {bound}")
     if any(s <= 0 for s in cfg.std):
         raise ResdegError(f"std={cfg.std} must be positive")
-    if cfg.seed < 0:
-        raise ResdegError(f"seed={cfg.seed} must be >= 0")
+    if not 0 <= cfg.seed <= SEED_MAX:
+        raise ResdegError(f"seed={_shown(cfg.seed)} is out of range: must be between 0 and {SEED_MAX} (2**32 - 1)")
     return cfg
 
 
@@ -203,19 +252,20 @@ def make_config(protocol: str = "seed", overrides: dict | None = None, device_ty
     for key, value in (overrides or {}).items():
         if key not in valid or key in FLAG_FIELDS:
             hint = f"use --{key}" if key in FLAG_FIELDS else f"valid keys: {', '.join(sorted(valid - set(FLAG_FIELDS)))}"
-            raise ResdegError(f"--set: unknown key {key!r} ({hint})")
+            raise ResdegError(f"--set: unknown key {_shown(key)} ({hint})")
         values[key] = parse_value(key, value) if isinstance(value, str) else value
     values["precision"] = resolve_precision(values.get("precision", Config.precision), device_type)
     return validate(Config(**values))
 
 
 def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, str]:
-    """`("lr=0.05", "epochs=3")` -> `{"lr": "0.05", "epochs": "3"}`; types are checked later."""
+    """`("lr=0.05", "epochs=3")` -> `{"lr": "0.05", "epochs": "3"}`; types are checked later.
+    A key given twice takes its last value, as with any repeated option."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ResdegError(f"--set {item!r}: expected key=value")
+            raise ResdegError(f"--set {_shown(item)}: expected key=value")
         out[key.strip()] = value
     return out
 

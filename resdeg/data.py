@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
+import pickle
+import sys
+import warnings as pywarnings
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +27,9 @@ from .errors import ResdegError
 from .atomic import atomic_torch_save
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-DATA_CACHE_VERSION = 1
+# 2: Dataset.warnings (what was converted, resized or ignored to use the data), in the cache and in
+# run.json's data section; image folders resized to their most common size, not their first image's.
+DATA_CACHE_VERSION = 2
 
 
 @dataclass
@@ -35,6 +42,9 @@ class Dataset:
     test_y: torch.Tensor
     fingerprint: str  # sha256 of the decoded pixels, labels and class names
     source: str  # where it came from, for the report
+    # what had to be converted, resized or ignored to use the data, one line each (stored in
+    # run.json through describe(), printed once per process by load_dataset)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -43,7 +53,7 @@ class Dataset:
     def describe(self) -> dict:
         return {"name": self.name, "source": self.source, "fingerprint": self.fingerprint,
                 "classes": self.classes, "n_train": len(self.train_y), "n_test": len(self.test_y),
-                "image_shape": list(self.train_x.shape[1:])}
+                "image_shape": list(self.train_x.shape[1:]), "warnings": list(self.warnings)}
 
 
 def default_cache_dir() -> Path:
@@ -64,14 +74,61 @@ def load_dataset(name: str, data_dir: str | Path | None = None, cache_dir: Path 
     if name == "synthetic":
         return synthetic_dataset(*synthetic_size)
     if name in ("cifar10", "cifar100"):
-        return _cached(cache_dir, f"{name}", lambda: _torchvision_cifar(name, data_dir, cache_dir))
+        return _announce(_cached(cache_dir, f"{name}", lambda: _torchvision_cifar(name, data_dir, cache_dir)))
     if name == "imagefolder":
         if data_dir is None:
             raise ResdegError("--dataset imagefolder needs --data-dir pointing at a folder with train/ and test/")
-        root = Path(data_dir).expanduser().resolve()
+        root = _resolved(Path(data_dir).expanduser(), "--data-dir")
         key = "imagefolder-" + _listing_hash(root)
-        return _cached(cache_dir, key, lambda: _imagefolder(root))
+        return _announce(_cached(cache_dir, key, lambda: _imagefolder(root)))
     raise ResdegError(f"unknown dataset {name!r}; choose one of cifar10, cifar100, imagefolder, synthetic")
+
+
+_ANNOUNCED: set[tuple[str, str]] = set()
+
+
+def _announce(ds: Dataset) -> Dataset:
+    """Print each of a data set's warnings once per process (a command loads a data set for
+    training and again for probing; one line each is enough). They are stored in run.json too."""
+    for w in ds.warnings:
+        if (ds.fingerprint, w) not in _ANNOUNCED:
+            _ANNOUNCED.add((ds.fingerprint, w))
+            print(f"resdeg: warning: {w}", file=sys.stderr, flush=True)
+    return ds
+
+
+def check_recorded_data(planned, data_dir=None, datasets: dict | None = None, load=None) -> dict:
+    """Refuse to reuse a run trained on other data than the data now at hand.
+
+    The config hash names a run, and it does not cover the data (a deliberate choice: the same
+    command on the same data must find its run, and the committed results must keep loading).
+    So before a cached (done, diverged) or unfinished (partial) run is reported as cached or
+    resumed, the fingerprint its run.json recorded is compared with the data set loaded for it
+    now; a mismatch is a one-line error naming both. Runs to be (re)done from scratch (new,
+    --force) and corrupt ones (reported elsewhere) are not checked; neither is a run whose
+    run.json recorded no fingerprint. `datasets` (name -> Dataset) is filled and returned, so a
+    caller can train on the very data that was checked. Never called by --dry-run: it loads data.
+    """
+    datasets = {} if datasets is None else datasets
+    load = load or (lambda name: load_dataset(name, data_dir))
+    for p in planned:
+        if p.state not in ("done", "diverged", "partial"):
+            continue
+        try:
+            recorded = json.loads((Path(p.folder) / "run.json").read_text())["data"]["fingerprint"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # no run.json or no fingerprint in it: nothing to compare (corrupt runs are reported)
+        if not isinstance(recorded, str):
+            continue
+        if p.cfg.dataset not in datasets:
+            datasets[p.cfg.dataset] = load(p.cfg.dataset)
+        data = datasets[p.cfg.dataset]
+        if data.fingerprint != recorded:
+            raise ResdegError(
+                f"{p.folder} was trained on other data (fingerprint {recorded[:12]}) than the {p.cfg.dataset} "
+                f"data now loaded from {data.source} (fingerprint {data.fingerprint[:12]}); point --data-dir "
+                f"at the data it was trained on, or use another --results folder for this data")
+    return datasets
 
 
 def _cached(cache_dir: Path, key: str, build) -> Dataset:
@@ -94,12 +151,16 @@ def _torchvision_cifar(name: str, data_dir, cache_dir: Path) -> Dataset:
 
     cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
     root = Path(data_dir).expanduser() if data_dir else cache_dir / "download"
+    if data_dir:
+        # A folder the user points at is read, never repaired: torchvision would download the
+        # archive over a partial or damaged copy; name the bad file instead.
+        _check_cifar_folder(cls, name, root)
     try:
         train = cls(str(root), train=True, download=True)
         test = cls(str(root), train=False, download=True)
     except Exception as e:
         raise ResdegError(
-            f"could not load {name} from {root} ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+            f"could not load {name} from {root} ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}); "
             f"without network, point --data-dir at a folder holding the official python files, "
             f"or use --dataset imagefolder --data-dir ROOT (a folder with train/<class>/ and test/<class>/)")
 
@@ -113,62 +174,235 @@ def _torchvision_cifar(name: str, data_dir, cache_dir: Path) -> Dataset:
                    f"torchvision {name} ({root})")
 
 
-def _class_files(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+# The other layouts CIFAR is published in, which resdeg does not read.
+_CIFAR_OTHER_VERSIONS = {"cifar-10-batches-bin": "binary", "cifar-10-batches-mat": "MATLAB",
+                         "cifar-100-binary": "binary", "cifar-100-matlab": "MATLAB"}
+
+
+def _check_cifar_folder(cls, name: str, root: Path) -> None:
+    """A one-line error naming the first missing, truncated or foreign file of the CIFAR python
+    version under root; nothing when it is complete (or absent: then torchvision downloads it)."""
+    folder = root / cls.base_folder
+    fix = (f"copy the whole {cls.base_folder}/ folder from the official {cls.filename} "
+           f"(or leave out --data-dir to download it)")
+    files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    md5 = {**dict(cls.train_list + cls.test_list), cls.meta["filename"]: cls.meta["md5"]}
+    if not folder.exists():
+        for other, kind in _CIFAR_OTHER_VERSIONS.items():
+            if (root / other).exists():
+                raise ResdegError(f"{root / other} is the {kind} version of CIFAR; resdeg reads the python "
+                                  f"version: {fix}")
+        if any((root / f).exists() for f in files):
+            raise ResdegError(f"{root} holds the {name} files themselves; point --data-dir at its parent folder "
+                              f"(the one holding {cls.base_folder}/)")
+        return
+    for f in files:
+        path = folder / f
+        if not path.is_file():
+            raise ResdegError(f"{path} is missing: {root} holds a partial copy of {name}; {fix}")
+        problem = _pickle_problem(path) if not _md5_is(path, md5[f]) else None
+        if problem:
+            raise ResdegError(f"{path} {problem}; {fix}")
+
+
+def _md5_is(path: Path, expected: str) -> bool:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest() == expected
+
+
+def _pickle_problem(path: Path) -> str:
+    """Why a CIFAR python file is not the official one, judged from its bytes without unpickling
+    it (a foreign pickle can run code)."""
+    data = path.read_bytes()
+    if not data:
+        return "is empty"
+    if data[:1] == b"\x80" and len(data) > 1 and data[1] > pickle.HIGHEST_PROTOCOL:
+        return f"is pickled with protocol {data[1]}, newer than this Python reads (another version of the file)"
+    if data[:1] not in b"\x80(}]":
+        return "is not a python pickle (the binary or MATLAB version, or a failed download?)"
+    if not data.rstrip(b"\r\n").endswith(b"."):
+        return f"is truncated ({len(data)} bytes, no end-of-pickle mark)"
+    return "differs from the official file (checksum mismatch: another version, or edited)"
+
+
+def _resolved(path: Path, what: str) -> Path:
+    """path with its symlinks resolved; a one-line error for a symlink loop or a dangling link."""
+    try:
+        return path.resolve(strict=path.is_symlink())
+    except (OSError, RuntimeError) as e:  # Python < 3.13 reports a loop as RuntimeError
+        raise ResdegError(f"{what} {path} is a symlink loop or points at nothing ({type(e).__name__}); "
+                          f"remove the link or point it at a real folder") from None
+
+
+def _reason(e: BaseException) -> str:
+    text = getattr(e, "strerror", None) or (str(e).splitlines() or [""])[0]
+    return f"{type(e).__name__}: {text[:100]}" if text else type(e).__name__
+
+
+# What an image folder's reader takes, and why:
+# - classes: the folders directly in train/ (and test/), symlinks followed; both splits must name
+#   the same classes and every class folder must hold at least one image (an empty class would
+#   train silently as a class the net can never see);
+# - images: the files with IMAGE_SUFFIXES directly in a class folder (no recursion, so a symlink
+#   loop below a class folder cannot hang the reader; a looping or dangling link where an image or
+#   class folder is expected is an error);
+# - hidden entries (names starting with "."): ignored silently. They are system metadata, never
+#   data: .DS_Store, the AppleDouble "._x.jpg" twin macOS writes beside every image on a foreign
+#   disk (it would fail to decode), .ipynb_checkpoints or .git (they would become classes);
+# - anything else (notes.txt, a .bmp or .webp, a nested folder, a file directly in train/):
+#   ignored with one warning that counts them and names one, not an error: a README beside the
+#   images is common and harmless, but a format resdeg does not read may be data the user meant
+#   to include, so it must not vanish unsaid.
+def _class_files(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]], list[Path]]:
+    """(class names, (image, label) pairs, ignored non-hidden entries) of train/ or test/."""
+    if split_dir.is_symlink():
+        _resolved(split_dir, "folder")
     if not split_dir.is_dir():
         raise ResdegError(f"{split_dir} is missing: an imagefolder root needs train/<class>/ and test/<class>/")
-    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
-    files = [(f, i) for i, c in enumerate(classes) for f in sorted((split_dir / c).iterdir())
-             if f.suffix.lower() in IMAGE_SUFFIXES]
-    if len(classes) < 2 or not files:
-        raise ResdegError(f"{split_dir} holds {len(classes)} class folders and {len(files)} images; "
-                          f"need at least 2 class folders with .jpg/.png images")
-    return classes, files
+    classes, ignored = [], []
+    for d in _listdir(split_dir):
+        if d.is_symlink():
+            _resolved(d, "class folder")
+        (classes if d.is_dir() else ignored).append(d)
+    classes = sorted(d.name for d in classes)
+    if len(classes) < 2:
+        raise ResdegError(f"{split_dir} holds {len(classes)} class folders; need at least 2 class folders "
+                          f"with .jpg/.png images")
+    files = []
+    for i, c in enumerate(classes):
+        n = len(files)
+        for f in sorted(_listdir(split_dir / c)):
+            if f.is_symlink():
+                _resolved(f, "file")
+            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
+                files.append((f, i))
+            else:
+                ignored.append(f)
+        if len(files) == n:
+            raise ResdegError(f"class folder {split_dir / c} holds no images (.jpg/.jpeg/.png); add its images "
+                              f"or remove the folder")
+    return classes, files, sorted(ignored)
+
+
+def _listdir(folder: Path) -> list[Path]:
+    try:
+        return [p for p in folder.iterdir() if not p.name.startswith(".")]
+    except OSError as e:
+        raise ResdegError(f"cannot list {folder} ({_reason(e)})") from None
+
+
+def _imagefolder_splits(root: Path):
+    """train/ and test/ of an image folder: classes, files and ignored entries, checked."""
+    if not root.is_dir():
+        raise ResdegError(f"--data-dir {root} is not a folder: an imagefolder root needs train/<class>/ and "
+                          f"test/<class>/")
+    classes, train_files, ignored = _class_files(root / "train")
+    test_classes, test_files, test_ignored = _class_files(root / "test")
+    for a, b, names in (("train", "test", sorted(set(classes) - set(test_classes))),
+                        ("test", "train", sorted(set(test_classes) - set(classes)))):
+        if names:
+            raise ResdegError(f"class {names[0]!r} is in {root / a} but not in {root / b}"
+                              f"{f' (and {len(names) - 1} more)' if len(names) > 1 else ''}; every class needs "
+                              f"images in both: add {b}/{names[0]}/ or remove {a}/{names[0]}/")
+    return classes, train_files, test_files, ignored + test_ignored
 
 
 def _listing_hash(root: Path) -> str:
-    """Cache key of an image folder: its path and every file's name, size and mtime."""
+    """Cache key of an image folder: its path, every image's name, size and mtime, and the names
+    of the entries it ignores (so their warning stays true)."""
     h = hashlib.sha256(str(root).encode())
-    for split in ("train", "test"):
-        _, files = _class_files(root / split)
-        for f, label in files:
+    _, train_files, test_files, ignored = _imagefolder_splits(root)
+    for f, label in train_files + test_files:
+        try:
             st = f.stat()
-            h.update(f"{f.relative_to(root)}:{label}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        except OSError as e:
+            raise ResdegError(f"cannot read {f} ({_reason(e)}); remove or replace it") from None
+        h.update(f"{f.relative_to(root)}:{label}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    for f in ignored:
+        h.update(f"ignored:{f.relative_to(root)}\n".encode())
     return h.hexdigest()[:16]
 
 
-def _decode(path: Path, size: tuple[int, int] | None) -> torch.Tensor:
-    """One image file -> uint8 (3, H, W), resized (antialiased) to `size` if it differs."""
-    from PIL import Image, UnidentifiedImageError
+# PIL modes and what converting them to 8-bit RGB does (the note a warning carries)
+_MODE_NOTES = {"L": "grayscale", "1": "black-and-white", "LA": "grayscale with alpha (alpha dropped)",
+               "La": "grayscale with alpha (alpha dropped)", "P": "palette", "PA": "palette with alpha (alpha dropped)",
+               "RGBA": "RGBA (alpha dropped)", "RGBa": "RGBA (alpha dropped)", "RGBX": "RGBX"}
+
+
+def _decode(path: Path) -> tuple[torch.Tensor, str | None]:
+    """One image file -> uint8 (3, H, W) at its own size, and a note on what was converted to get
+    8-bit RGB (None for an 8-bit RGB image). 16-bit images keep their high byte."""
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            if size is not None and im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.BILINEAR)
-            return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
-    except (OSError, UnidentifiedImageError) as e:
-        raise ResdegError(f"cannot decode {path}: {type(e).__name__}") from None
+            mode = im.mode
+            sixteen = any(";16" in str(getattr(t, "args", t[-1] if isinstance(t, tuple) else ""))
+                          for t in (im.tile or []))
+            im.load()
+            if mode.startswith("I;16") or mode == "I":
+                # 16-bit grayscale (I;16) or 32-bit integer: PIL's convert would clip at 255; keep the
+                # high byte of the 16-bit range, as PIL itself does for 16-bit RGB
+                a = np.asarray(im).astype(np.int64)
+                im8 = Image.fromarray((np.clip(a, 0, 65535) >> 8).astype(np.uint8), "L")
+                rgb, note = im8.convert("RGB"), f"16-bit grayscale (mode {mode})"
+            elif mode == "RGB":
+                rgb, note = im, ("16-bit RGB" if sixteen else None)
+            else:
+                rgb, note = im.convert("RGB"), _MODE_NOTES.get(mode, f"mode {mode}")
+            return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1), note
+    except Exception as e:  # any failure to decode one file (OSError, SyntaxError, DecompressionBombError, ...)
+        raise ResdegError(f"cannot decode {path} ({_reason(e)}); remove or replace this file") from None
+
+
+def _resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 (3, H, W) -> (3, *size), bilinear (PIL, antialiased when shrinking)."""
+    from PIL import Image
+
+    im = Image.fromarray(img.permute(1, 2, 0).numpy()).resize((size[1], size[0]), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
 
 
 def _imagefolder(root: Path) -> Dataset:
-    if not root.is_dir():
-        raise ResdegError(f"--data-dir {root} is not a folder")
-    classes, train_files = _class_files(root / "train")
-    test_classes, test_files = _class_files(root / "test")
-    if test_classes != classes:
-        raise ResdegError(f"{root}: train/ and test/ have different class folders")
-    size = tuple(_decode(train_files[0][0], None).shape[1:])  # every image resized to the first's size
+    classes, train_files, test_files, ignored = _imagefolder_splits(root)
+    files = train_files + test_files
+    from tqdm import tqdm
 
-    def decode_all(files):
-        from tqdm import tqdm
+    with pywarnings.catch_warnings():  # set here, around the pool: catch_warnings is not thread-safe
+        # PIL's "palette images with transparency ..." note: the conversion is reported below
+        pywarnings.filterwarnings("ignore", category=UserWarning, module="PIL")
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-            imgs = list(tqdm(pool.map(lambda f: _decode(f[0], size), files), total=len(files),
-                             desc=f"decoding {root.name}", unit="img", leave=False, disable=None))
-        return torch.stack(imgs), torch.tensor([label for _, label in files], dtype=torch.int64)
-
-    (trx, try_), (tex, tey) = decode_all(train_files), decode_all(test_files)
+            decoded = list(tqdm(pool.map(lambda f: _decode(f[0]), files), total=len(files),
+                                desc=f"decoding {root.name}", unit="img", leave=False, disable=None))
+    warnings = []
+    rel = lambda f: f.relative_to(root).as_posix()  # noqa: E731
+    notes = Counter(note for _, note in decoded if note)
+    for note, n in sorted(notes.items()):
+        first = next(f for (f, _), (_, nt) in zip(files, decoded) if nt == note)
+        warnings.append(f"{n} of {len(files)} images are {note}, converted to 8-bit RGB (e.g. {rel(first)})")
+    sizes = Counter(tuple(img.shape[1:]) for img, _ in decoded)
+    size = sizes.most_common(1)[0][0]  # a tie goes to the size met first (files are in sorted order)
+    if len(sizes) > 1:
+        odd = next(i for i, (img, _) in enumerate(decoded) if tuple(img.shape[1:]) != size)
+        h, w = decoded[odd][0].shape[1:]
+        warnings.append(f"images differ in size: {len(files) - sizes[size]} of {len(files)} resized to the most "
+                        f"common size {size[0]}x{size[1]} (e.g. {rel(files[odd][0])} is {h}x{w})")
+    if ignored:
+        one = len(ignored) == 1
+        warnings.append(f"ignored {len(ignored)} {'entry that is' if one else 'entries that are'} not a "
+                        f".jpg/.jpeg/.png image in a class folder (e.g. {rel(ignored[0])})")
+    imgs = [img if tuple(img.shape[1:]) == size else _resize(img, size) for img, _ in decoded]
+    del decoded
+    n = len(train_files)
+    trx, tex = torch.stack(imgs[:n]), torch.stack(imgs[n:])
+    del imgs
+    try_ = torch.tensor([label for _, label in train_files], dtype=torch.int64)
+    tey = torch.tensor([label for _, label in test_files], dtype=torch.int64)
     return Dataset("imagefolder", classes, trx, try_, tex, tey, fingerprint(classes, trx, try_, tex, tey),
-                   f"image folder {root}")
+                   f"image folder {root}", warnings)
 
 
 def synthetic_dataset(n_train: int = 2048, n_test: int = 512, num_classes: int = 10,

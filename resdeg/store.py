@@ -7,32 +7,26 @@ and `telemetry.npz` (per-step arrays) beside it; checkpoints and weights stay ou
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
-from .atomic import atomic_savez, atomic_write_json
+from .atomic import atomic_savez
+from .config import CONFIG_SCHEMA, Config
 from .errors import ResdegError
+from .records import CorruptRecord, Fields, Record, read_record, require, write_record
 
-RUN_SCHEMA = "resdeg.run"
-RUN_SCHEMA_VERSION = 1
 RUN_FILE, TELEMETRY_FILE, CHECKPOINT_FILE, WEIGHTS_FILE = "run.json", "telemetry.npz", "checkpoint.pt", "model.pt"
 STATUSES = ("partial", "done", "diverged")
 # per-step telemetry: name -> per-stage (2-D) or per-step (1-D)
 TELEMETRY_ARRAYS = {"step": 1, "epoch": 1, "loss": 1,
                     "act_grad_mean_abs": 2, "param_grad_mean_abs": 2, "param_grad_l2": 2}
-EPOCH_FIELDS = ("epoch", "train_loss", "train_acc", "clean_train_acc", "test_loss", "test_acc",
-                "lr", "wall_s", "steps")
-
-
-class CorruptRun(ResdegError):
-    """A run folder whose files are unreadable or fail validation: reported, never used."""
+CorruptRun = CorruptRecord  # a run folder whose files are unreadable or fail validation
 
 
 def run_dir(results: str | Path, cfg) -> Path:
@@ -40,16 +34,46 @@ def run_dir(results: str | Path, cfg) -> Path:
 
 
 def ensure_writable(results: str | Path) -> Path:
-    """Fail early, in one line, when the results folder cannot take files."""
+    """Fail early, in one line, when the results folder is a file, holds something that is not a
+    result store, or cannot take files (permissions, a read-only file system: os.access says so
+    even for root on a read-only mount; the test file catches the rest)."""
     results = Path(results)
+    fix = "choose another --results or fix its permissions"
+    if results.exists() and not results.is_dir():
+        raise ResdegError(f"results folder {results} is a file, not a folder; choose a folder for --results")
+    foreign = _foreign_entries(results)
+    if foreign:
+        raise ResdegError(f"results folder {results} holds {len(foreign)} "
+                          f"{'entry' if len(foreign) == 1 else 'entries'} that no resdeg result store holds "
+                          f"(e.g. {foreign[0]!r}); choose an empty or new folder, or a store "
+                          f"(<protocol>/<dataset>/<run>/run.json) for --results")
     try:
         results.mkdir(parents=True, exist_ok=True)
+        if not os.access(results, os.W_OK | os.X_OK):
+            raise ResdegError(f"results folder {results} is not writable (permission denied or a read-only file "
+                              f"system); {fix}")
         fd, probe = tempfile.mkstemp(dir=results, prefix=".write-test-")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise ResdegError(f"results folder {results} is not writable ({e.strerror or e})") from None
+        raise ResdegError(f"results folder {results} is not writable ({e.strerror or e}); {fix}") from None
     return results
+
+
+def _foreign_entries(results: Path) -> list[str]:
+    """The names at the top of an existing folder that make it not look like a result store;
+    none when it is missing, empty (hidden files aside), holds a run (<protocol>/<dataset>/<run>/
+    run.json or checkpoint.pt: extra files beside a store are its owner's business), or holds only
+    protocol folders (a store whose first run was stopped before it wrote anything)."""
+    from .config import PROTOCOLS
+
+    try:
+        entries = [p for p in results.iterdir() if not p.name.startswith(".")] if results.is_dir() else []
+    except OSError:
+        return []  # unreadable: the write test below reports it
+    if not entries or any(next(results.glob(f"*/*/*/{name}"), None) for name in (RUN_FILE, CHECKPOINT_FILE)):
+        return []
+    return sorted(p.name for p in entries if not (p.is_dir() and p.name in PROTOCOLS))
 
 
 def _sha256(path: Path) -> str:
@@ -58,103 +82,136 @@ def _sha256(path: Path) -> str:
 
 # -- run.json ---------------------------------------------------------------------------------
 
-def _check(cond: bool, what: str):
-    if not cond:
-        raise CorruptRun(what)
+@dataclass(frozen=True)
+class Epoch(Fields):
+    """One epoch's numbers. Accuracies are fractions; a non-finite loss is stored as null (in
+    training only by a diverged run; an evaluation loss can overflow while training goes on)."""
+    epoch: int
+    train_loss: float | None
+    train_acc: float
+    clean_train_acc: float
+    test_loss: float | None
+    test_acc: float
+    lr: float
+    wall_s: float
+    steps: int
+
+    def check(self) -> None:
+        for key in ("train_acc", "clean_train_acc", "test_acc"):
+            v = getattr(self, key)
+            require(0.0 <= v <= 1.0, f"epoch {self.epoch}: {key}={v} outside [0, 1]")
 
 
-def _is_num(v, allow_none=False) -> bool:
-    if v is None:
-        return allow_none
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+@dataclass(frozen=True)
+class Summary(Fields):
+    train_acc: float | None
+    clean_train_acc: float | None
+    test_acc: float | None
+    test_loss: float | None
+    best_test_acc: float | None
+    parameters: int
+    steps_per_epoch: int
+    wall_s: float
 
 
-def validate_run_doc(doc) -> dict:
-    """Check a run.json document's structure and consistency; raise CorruptRun on the first fault."""
-    _check(isinstance(doc, dict), "not a JSON object")
-    _check(doc.get("schema") == RUN_SCHEMA, f"schema is {doc.get('schema')!r}, expected {RUN_SCHEMA!r}")
-    _check(doc.get("schema_version") == RUN_SCHEMA_VERSION,
-           f"schema_version {doc.get('schema_version')!r} is not {RUN_SCHEMA_VERSION} (re-run with --force)")
-    for key, typ in (("config", dict), ("config_hash", str), ("environment", dict), ("data", dict),
-                     ("status", str), ("epochs_done", int), ("epochs", list), ("summary", dict)):
-        _check(isinstance(doc.get(key), typ), f"field {key!r} missing or not {typ.__name__}")
-    _check(doc["status"] in STATUSES, f"status {doc['status']!r} is not one of {STATUSES}")
-    from .config import CONFIG_SCHEMA, config_from_dict
-
-    try:
-        cfg = config_from_dict(doc["config"])
-    except (ValueError, TypeError, ResdegError) as e:
-        raise CorruptRun(f"config does not validate: {e}") from None
-    schema = doc.get("config_schema", 1)  # runs written before the field existed are schema 1
-    _check(isinstance(schema, int) and 1 <= schema <= CONFIG_SCHEMA,
-           f"config_schema {schema!r} is not one this resdeg knows (1..{CONFIG_SCHEMA})")
-    _check(cfg.hash_for(schema) == doc["config_hash"],
-           "config_hash does not match the stored config (edited by hand?)")
-    _check(doc["epochs_done"] == len(doc["epochs"]), "epochs_done disagrees with the epoch list")
-    _check(doc["epochs_done"] <= cfg.epochs, "more epochs recorded than configured")
-    for i, e in enumerate(doc["epochs"]):
-        _check(isinstance(e, dict) and set(EPOCH_FIELDS) <= set(e), f"epoch entry {i} lacks fields")
-        _check(e["epoch"] == i + 1, f"epoch entry {i} is numbered {e['epoch']}")
-        for k in EPOCH_FIELDS:
-            # a non-finite loss is stored as null: in training only by a diverged run; an
-            # evaluation loss can overflow (e.g. BatchNorm running stats) while training goes on
-            may_be_null = k == "test_loss" or (k == "train_loss" and doc["status"] == "diverged")
-            _check(_is_num(e[k], allow_none=may_be_null), f"epoch {i + 1}: {k} is not a number")
-        for k in ("train_acc", "clean_train_acc", "test_acc"):
-            _check(e[k] is None or 0.0 <= e[k] <= 1.0, f"epoch {i + 1}: {k}={e[k]} outside [0, 1]")
-    if doc["status"] == "done":
-        _check(doc["epochs_done"] == cfg.epochs, "status done but not every epoch recorded")
-    return doc
+@dataclass(frozen=True)
+class TelemetryEntry(Fields):
+    """Pins telemetry.npz to its run.json: the file is checked against this sha256 on every read."""
+    file: str
+    sha256: str
+    steps: int
+    stages: tuple[str, ...]
+    arrays: tuple[str, ...]
 
 
-def read_run(folder: str | Path) -> dict:
+@dataclass(frozen=True)
+class RunRecord(Record):
+    """run.json: what was trained (config, environment, data) and what it measured, per epoch."""
+    SCHEMA: ClassVar[str] = "resdeg.run"
+    VERSION: ClassVar[int] = 1
+    config: Config
+    config_hash: str
+    environment: dict[str, Any]
+    data: dict[str, Any]
+    status: str
+    epochs_done: int
+    epochs: tuple[Epoch, ...]
+    summary: Summary
+    diverged_at_step: int | None = None
+    telemetry: TelemetryEntry | None = None
+    config_schema: int = 1  # absent in runs written before config schema 2
+    created: str = ""
+    updated: str = ""
+
+    def check(self) -> None:
+        require(self.status in STATUSES, f"status {self.status!r} is not one of {STATUSES}")
+        require(1 <= self.config_schema <= CONFIG_SCHEMA,
+                f"config_schema {self.config_schema} is not one this resdeg knows (1..{CONFIG_SCHEMA})")
+        require(self.config.hash_for(self.config_schema) == self.config_hash,
+                "config_hash does not match the stored config (edited by hand?)")
+        require(self.epochs_done == len(self.epochs), "epochs_done disagrees with the epoch list")
+        require(self.epochs_done <= self.config.epochs, "more epochs recorded than configured")
+        for i, e in enumerate(self.epochs):
+            require(e.epoch == i + 1, f"epoch entry {i} is numbered {e.epoch}")
+            require(e.train_loss is not None or self.status == "diverged", f"epoch {e.epoch}: train_loss is null")
+        if self.status == "done":
+            require(self.epochs_done == self.config.epochs, "status done but not every epoch recorded")
+        require(isinstance(self.data.get("fingerprint"), str), "data.fingerprint missing")
+
+    # what every reader asks of a run
+    model = property(lambda self: self.config.model)
+    variant = property(lambda self: self.config.variant)
+    seed = property(lambda self: self.config.seed)
+    protocol = property(lambda self: self.config.protocol)
+    dataset = property(lambda self: self.config.dataset)
+
+    @property
+    def final(self) -> Epoch | None:
+        """The last recorded epoch (a diverged run's is the epoch it diverged in)."""
+        return self.epochs[-1] if self.epochs else None
+
+
+def read_run(folder: str | Path) -> RunRecord:
     """The validated run.json of a folder, with its telemetry checked against its hash."""
     folder = Path(folder)
-    path = folder / RUN_FILE
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CorruptRun(f"{RUN_FILE} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CorruptRun(f"{RUN_FILE} is not valid JSON ({e})") from None
-    validate_run_doc(doc)
-    tel = doc.get("telemetry")
-    if tel:
-        tpath = folder / tel.get("file", TELEMETRY_FILE)
-        _check(tpath.exists(), f"{tpath.name} is missing")
-        _check(_sha256(tpath) == tel.get("sha256"), f"{tpath.name} does not match its recorded sha256")
-    return doc
+    run = read_record(folder / RUN_FILE, RunRecord)
+    if run.telemetry:
+        tpath = folder / run.telemetry.file
+        require(tpath.exists(), f"{tpath.name} is missing")
+        require(_sha256(tpath) == run.telemetry.sha256, f"{tpath.name} does not match its recorded sha256")
+    return run
 
 
-def write_run(folder: str | Path, doc: dict) -> None:
-    validate_run_doc(doc)  # never write what could not be read back
-    atomic_write_json(Path(folder) / RUN_FILE, doc)
+def write_run(folder: str | Path, run: RunRecord) -> None:
+    write_record(Path(folder) / RUN_FILE, run)
 
 
 # -- telemetry.npz ----------------------------------------------------------------------------
 
-def write_telemetry(folder: str | Path, stages: list[str], arrays: dict[str, np.ndarray]) -> dict:
+def write_telemetry(folder: str | Path, stages: list[str], arrays: dict[str, np.ndarray]) -> TelemetryEntry:
     """Write the per-step arrays; return the run.json entry that pins them (file + sha256)."""
     path = Path(folder) / TELEMETRY_FILE
     atomic_savez(path, stages=np.array(stages), **arrays)
-    return {"file": TELEMETRY_FILE, "sha256": _sha256(path), "steps": int(len(arrays["step"])),
-            "stages": list(stages), "arrays": sorted(arrays)}
+    return TelemetryEntry(TELEMETRY_FILE, _sha256(path), int(len(arrays["step"])), tuple(stages), tuple(sorted(arrays)))
 
 
 def read_telemetry(folder: str | Path) -> dict[str, np.ndarray]:
     """The per-step telemetry of a finished or partial run, checked for shape consistency."""
     folder = Path(folder)
-    doc = read_run(folder)
-    if not doc.get("telemetry"):
+    run = read_run(folder)
+    if not run.telemetry:
         raise CorruptRun(f"{folder.name}: this run recorded no telemetry")
-    with np.load(folder / TELEMETRY_FILE, allow_pickle=False) as z:
-        out = {k: z[k] for k in z.files}
+    try:
+        with np.load(folder / TELEMETRY_FILE, allow_pickle=False) as z:
+            out = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise CorruptRun(f"{TELEMETRY_FILE} is unreadable ({type(e).__name__})") from None
     n, s = len(out.get("step", [])), len(out.get("stages", []))
     for name, ndim in TELEMETRY_ARRAYS.items():
-        _check(name in out and out[name].ndim == ndim and len(out[name]) == n,
-               f"{TELEMETRY_FILE}: array {name!r} missing or misshapen")
+        require(name in out and out[name].ndim == ndim and len(out[name]) == n,
+                f"{TELEMETRY_FILE}: array {name!r} missing or misshapen")
         if ndim == 2:
-            _check(out[name].shape[1] == s, f"{TELEMETRY_FILE}: {name} has not one column per stage")
+            require(out[name].shape[1] == s, f"{TELEMETRY_FILE}: {name} has not one column per stage")
     return out
 
 
@@ -162,41 +219,29 @@ def read_telemetry(folder: str | Path) -> dict[str, np.ndarray]:
 
 @dataclass
 class RunEntry:
+    """One run folder of the store: its record, or the problem that makes it unusable."""
     path: Path
-    doc: dict | None
+    run: RunRecord | None
     problem: str | None = None
 
     @property
     def status(self) -> str:
-        return "corrupt" if self.problem else self.doc["status"]
-
-    @cached_property
-    def probe_state(self) -> tuple[bool, str | None]:
-        """(a valid probe for the default settings exists, the problem of a damaged probe file)."""
-        if self.doc is None:
-            return False, None
-        from .probes.store import read_probe  # probes build on the store, not the other way
-
-        try:
-            return read_probe(self.path, run_doc=self.doc) is not None, None
-        except CorruptRun as e:
-            return False, str(e)
+        return "corrupt" if self.problem else self.run.status
 
     def row(self) -> dict:
-        """One object of `resdeg status --json`."""
-        if self.doc is None:
+        """One object of `resdeg status --json` (without the probe column, joined in probes.store)."""
+        if self.run is None:
             model, variant, seed = _parse_name(self.path.name)
             return {"model": model, "variant": variant, "seed": seed, "protocol": self.path.parent.parent.name,
                     "dataset": self.path.parent.name, "status": "corrupt", "problem": self.problem,
                     "epochs_done": None, "epochs": None, "train_acc": None, "clean_train_acc": None,
-                    "test_acc": None, "config_hash": None, "probed": False, "path": str(self.path)}
-        cfg, last = self.doc["config"], (self.doc["epochs"] or [{}])[-1]
-        return {"model": cfg["model"], "variant": cfg["variant"], "seed": cfg["seed"],
-                "protocol": cfg["protocol"], "dataset": cfg["dataset"], "status": self.status,
-                "problem": self.problem, "epochs_done": self.doc["epochs_done"], "epochs": cfg["epochs"],
-                "train_acc": last.get("train_acc"), "clean_train_acc": last.get("clean_train_acc"),
-                "test_acc": last.get("test_acc"), "config_hash": self.doc["config_hash"],
-                "probed": self.probe_state[0], "path": str(self.path)}
+                    "test_acc": None, "config_hash": None, "path": str(self.path)}
+        r, last = self.run, self.run.final
+        return {"model": r.model, "variant": r.variant, "seed": r.seed, "protocol": r.protocol,
+                "dataset": r.dataset, "status": self.status, "problem": None, "epochs_done": r.epochs_done,
+                "epochs": r.config.epochs, "train_acc": last and last.train_acc,
+                "clean_train_acc": last and last.clean_train_acc, "test_acc": last and last.test_acc,
+                "config_hash": r.config_hash, "path": str(self.path)}
 
 
 def _parse_name(name: str):

@@ -26,6 +26,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("Nres", residual=False, norm=True),
     Variant("Nbn", residual=True, norm=False),
     Variant("Nboth", residual=False, norm=False),
+    # Without normalisation, residual branches that start at zero (models.py says exactly how):
+    Variant("Fixup", residual=True, norm=False, init="fixup"),  # Zhang et al. 2019
+    Variant("SkipInit", residual=True, norm=False, init="skipinit"),  # De & Smith 2020
 )}
 
 
@@ -38,27 +41,126 @@ def canonical_variant(name: str) -> str:
     raise ResdegError(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}")
 
 
+# Protocols, most serious first: the order of the report's studies (`config.PROTOCOLS` holds their settings).
+PROTOCOL_RANK = ("seed", "native", "depth", "cifar", "smoke")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two models the study compares. `reference` has the component (or is the shallower net),
+    `other` lacks it (or is deeper). kind "ablation": same depth, one component removed;
+    kind "depth": same variant, deeper net (degradation in He et al.'s sense)."""
+    kind: str
+    component: str  # residual | batchnorm | normfree | depth
+    reference: tuple[str, str]  # (model, variant)
+    other: tuple[str, str]
+
+    @property
+    def subject(self) -> str:
+        (m1, v1), (m2, v2) = self.reference, self.other
+        return f"{m1}: {v1} vs {v2}" if m1 == m2 else f"{v1}: {m1} vs {m2}"
+
+
+# Same-depth ablations of the note's 2x2 grid: (reference, ablated, component removed)
+GRID_ABLATIONS = (("FULL", "Nres", "residual"), ("Nbn", "Nboth", "residual"),
+                  ("FULL", "Nbn", "batchnorm"), ("Nres", "Nboth", "batchnorm"))
+# What the BatchNorm study asks: BN removed, or replaced by a normalisation-free initialisation
+NORM_ABLATIONS = (("FULL", "Nbn", "batchnorm"), ("FULL", "Fixup", "normfree"), ("FULL", "SkipInit", "normfree"),
+                  ("Nres", "Nboth", "batchnorm"))
+
+
 @dataclass(frozen=True)
 class Study:
-    name: str
+    """A protocol, a grid (models x variants x seeds) and the comparisons it makes."""
+    name: str  # also the folder of its pages
     protocol: str
+    kind: str  # variants (the note's 2x2 grid) | depth | batchnorm: which comparisons and pages
     models: tuple[str, ...]
     variants: tuple[str, ...]
+    title: dict  # {"en": ..., "zh": ...}
     seeds: tuple[int, ...] = (42,)
+
+    def comparisons(self, present) -> list[Comparison]:
+        """Every comparison of this study whose two (model, variant) cells are in `present`."""
+        out = []
+        ablations = NORM_ABLATIONS if self.kind == "batchnorm" else GRID_ABLATIONS
+        for model in self.models:
+            for ref, other, component in ablations:
+                out.append(Comparison("ablation", component, (model, ref), (model, other)))
+        if self.kind != "batchnorm":
+            for variant in self.variants:
+                for shallow, deep in _depth_pairs(self.models):
+                    out.append(Comparison("depth", "depth", (shallow, variant), (deep, variant)))
+        return [c for c in out if c.reference in present and c.other in present]
+
+    @property
+    def pages(self) -> tuple[str, ...]:
+        return STUDY_PAGES[self.kind]
+
+
+def _depth_pairs(models) -> list[tuple[str, str]]:
+    """Consecutive depths, plus shallowest vs deepest when there are more than two."""
+    pairs = list(zip(models, models[1:]))
+    if len(models) > 2:
+        pairs.append((models[0], models[-1]))
+    return pairs
 
 
 ORIGINAL_MODELS = ("resnet18", "resnet50")
-ABLATION_VARIANTS = ("FULL", "Nres", "Nbn", "Nboth")
+GRID_VARIANTS = ("FULL", "Nres", "Nbn", "Nboth")
 DEPTH_MODELS = ("resnet20", "resnet32", "resnet44", "resnet56")
 
-STUDIES: dict[str, Study] = {s.protocol: s for s in (
-    Study("original", "seed", ORIGINAL_MODELS, ABLATION_VARIANTS),
-    Study("native", "native", ORIGINAL_MODELS, ABLATION_VARIANTS),
-    Study("depth", "depth", DEPTH_MODELS, ("FULL", "Nres")),
-    Study("cifar", "cifar", ORIGINAL_MODELS, ABLATION_VARIANTS),
-    Study("smoke", "smoke", ORIGINAL_MODELS, ABLATION_VARIANTS),
+STUDIES: tuple[Study, ...] = (
+    Study("original", "seed", "variants", ORIGINAL_MODELS, GRID_VARIANTS,
+          {"en": "The original study (224 px)", "zh": "原始研究（224 像素）"}),
+    Study("native", "native", "variants", ORIGINAL_MODELS, GRID_VARIANTS,
+          {"en": "The original study at 32 px", "zh": "原始研究（32 像素）"}),
+    Study("depth", "depth", "depth", DEPTH_MODELS, ("FULL", "Nres"),
+          {"en": "Degradation with depth", "zh": "随深度的退化"}),
+    Study("batchnorm", "depth", "batchnorm", ("resnet20", "resnet56"),
+          ("FULL", "Nbn", "Fixup", "SkipInit", "Nres", "Nboth"),
+          {"en": "What BatchNorm does", "zh": "批归一化的作用"}),
+    Study("cifar", "cifar", "variants", ORIGINAL_MODELS, GRID_VARIANTS,
+          {"en": "The CIFAR recipe", "zh": "CIFAR 常用训练方案"}),
+    Study("smoke", "smoke", "variants", ORIGINAL_MODELS, GRID_VARIANTS,
+          {"en": "Smoke test (not evidence)", "zh": "冒烟测试（不是证据）"}),
+)
+
+
+def default_cells(protocol: str) -> list[tuple[str, str]]:
+    """run-all's default (model, variant) cells: those of every declared study of the protocol."""
+    studies = [s for s in STUDIES if s.protocol == protocol] or [STUDIES[0]]
+    return list(dict.fromkeys((m, v) for s in studies for m in s.models for v in s.variants))
+
+
+def default_grid(protocol: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """run-all's default models and variants for a protocol: every declared study of it, in order."""
+    studies = [s for s in STUDIES if s.protocol == protocol]
+    models = tuple(dict.fromkeys(m for s in studies for m in s.models)) or ORIGINAL_MODELS
+    variants = tuple(dict.fromkeys(v for s in studies for v in s.variants)) or GRID_VARIANTS
+    return models, variants
+
+
+@dataclass(frozen=True)
+class Page:
+    name: str
+    title: dict  # {"en": ..., "zh": ...}: the nav's and the page's heading
+
+
+# The report's pages: site pages once, study pages once per study that has results (in its folder).
+SITE_PAGES = (
+    Page("index", {"en": "The answer", "zh": "结论"}),
+    Page("method", {"en": "Hypotheses and method", "zh": "假说与方法"}),
+    Page("setup", {"en": "Setup", "zh": "实验设置"}),
+    Page("reflection", {"en": "Reflection", "zh": "反思"}),
+    Page("reproducibility", {"en": "Reproducibility", "zh": "可复现性"}),
+)
+PAGES = {p.name: p for p in SITE_PAGES + (
+    Page("h1", {"en": "H1: overfitting", "zh": "H1：过拟合"}),
+    Page("h2", {"en": "H2: vanishing or exploding gradients", "zh": "H2：梯度消失或爆炸"}),
+    Page("h3", {"en": "H3: information loss", "zh": "H3：信息丢失"}),
+    Page("signal", {"en": "Signal propagation", "zh": "信号传播"}),
+    Page("degradation", {"en": "Degradation with depth", "zh": "随深度的退化"}),
+    Page("batchnorm", {"en": "What BatchNorm does", "zh": "批归一化的作用"}),
 )}
-
-
-def study_of(protocol: str) -> Study:
-    return STUDIES[protocol]
+STUDY_PAGES = {"variants": ("h1", "h2", "h3", "signal"), "depth": ("degradation",), "batchnorm": ("batchnorm",)}

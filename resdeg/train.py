@@ -14,6 +14,7 @@ import platform
 import shutil
 import subprocess
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from .config import CONFIG_SCHEMA
 from .data import Dataset, fixed_subset, preprocess, test_subset
 from .errors import ResdegError
 from .models import model_from_config
-from .store import (CHECKPOINT_FILE, RUN_SCHEMA, RUN_SCHEMA_VERSION, TELEMETRY_ARRAYS, WEIGHTS_FILE,
+from .store import (CHECKPOINT_FILE, TELEMETRY_ARRAYS, WEIGHTS_FILE, Epoch, RunRecord, Summary, TelemetryEntry,
                     write_run, write_telemetry)
 from .telemetry import StageTelemetry
 
@@ -133,6 +134,26 @@ def compile_stages(model) -> None:
         stage.forward = torch.compile(stage.forward, **options)
 
 
+@contextmanager
+def numerics(cfg, device: torch.device):
+    """The process-wide torch settings of a run, set in this one place and restored afterwards."""
+    before = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    torch.backends.cudnn.deterministic = cfg.deterministic
+    torch.backends.cudnn.benchmark = not cfg.deterministic
+    # Without BatchNorm, activations and gradients drift into subnormal floats, which x86 CPUs
+    # handle in microcode: flushing them to zero made smoke runs 3-7x faster. (torch cannot read
+    # this flag back, so it is restored to the default, off.)
+    flush = device.type == "cpu"
+    if flush:
+        torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
+        if flush:
+            torch.set_flush_denormal(False)
+
+
 def _finite(v: float):
     return v if math.isfinite(v) else None
 
@@ -145,12 +166,6 @@ class Trainer:
         self.precision = resolve_precision(cfg, device)
         # channels_last pays on CPUs too (oneDNN's blocked kernels): ResNet-20 805 -> 1014 img/s here.
         self.channels_last = cfg.channels_last
-        if device.type == "cpu":
-            # Without BatchNorm, activations and gradients drift into subnormal floats, which
-            # x86 CPUs handle in microcode: flushing them to zero made smoke runs 3-7x faster.
-            torch.set_flush_denormal(True)
-        torch.backends.cudnn.deterministic = cfg.deterministic
-        torch.backends.cudnn.benchmark = not cfg.deterministic
 
         # Fixed subsets: the same images for every run and seed of a protocol.
         tr = fixed_subset(data.train_y, cfg.train_images, salt=1)
@@ -162,8 +177,9 @@ class Trainer:
         self.clean_x, self.clean_y = to(data.train_x[cl]), to(data.train_y[cl])
         self.steps_per_epoch = math.ceil(len(self.train_y) / cfg.batch_size)
 
-        torch.manual_seed(cfg.seed)  # PyTorch default initialisation, seeded
-        self.model = model_from_config(cfg, data.num_classes).to(device)
+        with torch.random.fork_rng(devices=[]):  # seeded default initialisation; the global RNG is left as found
+            torch.manual_seed(cfg.seed)
+            self.model = model_from_config(cfg, data.num_classes).to(device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.compile:
@@ -174,7 +190,7 @@ class Trainer:
                                    **extra)
         self.telemetry = StageTelemetry(self.model, self.steps_per_epoch, device) if cfg.telemetry else None
         self.loss_buf = torch.zeros(self.steps_per_epoch, device=device)
-        self.history: list[dict] = []
+        self.history: list[Epoch] = []
         self.steps: dict[str, list[np.ndarray]] = {k: [] for k in TELEMETRY_ARRAYS}
         self.diverged_at: int | None = None
         self.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -183,9 +199,7 @@ class Trainer:
     # -- checkpoint -------------------------------------------------------------------------
     def _checkpoint_state(self) -> dict:
         return {"config_hash": self.cfg.hash, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
-                "history": self.history, "steps": self.steps, "created": self.created,
-                "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+                "history": [e.to_dict() for e in self.history], "steps": self.steps, "created": self.created}
 
     def resume(self) -> bool:
         path = self.folder / CHECKPOINT_FILE
@@ -197,15 +211,13 @@ class Trainer:
                 raise ValueError("checkpoint belongs to another config")
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["opt"])
+            history = [Epoch.from_dict(e) for e in state["history"]]
         except Exception as e:
             raise ResdegError(f"{path}: unusable checkpoint ({e}); rerun with --force to start over") from None
-        self.history, self.steps, self.created = state["history"], state["steps"], state["created"]
+        self.history, self.steps, self.created = history, state["steps"], state["created"]
         losses = np.concatenate(self.steps["loss"]) if self.steps["loss"] else np.zeros(0)
         bad = np.flatnonzero(~np.isfinite(losses))
         self.diverged_at = int(np.concatenate(self.steps["step"])[bad[0]]) if len(bad) else None
-        torch.set_rng_state(state["rng_cpu"])
-        if state["rng_cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
         return True
 
     # -- one epoch --------------------------------------------------------------------------
@@ -264,44 +276,45 @@ class Trainer:
             self.diverged_at = int(arrays["step"][bad[0]])
 
     # -- the run ----------------------------------------------------------------------------
-    def document(self, status: str, telemetry_entry: dict | None) -> dict:
-        last = self.history[-1] if self.history else {}
-        tests = [e["test_acc"] for e in self.history if e["test_acc"] is not None]
-        n_params = sum(p.numel() for p in self.model.parameters())
-        return {
-            "schema": RUN_SCHEMA, "schema_version": RUN_SCHEMA_VERSION,
-            "config": self.cfg.to_dict(), "config_hash": self.cfg.hash, "config_schema": CONFIG_SCHEMA,
-            "environment": self.env,
-            "data": {**self.data.describe(), "train_used": len(self.train_y), "test_used": len(self.test_y),
-                     "clean_train_used": len(self.clean_y)},
-            "status": status, "epochs_done": len(self.history), "epochs": self.history,
-            "diverged_at_step": self.diverged_at,
-            "summary": {"train_acc": last.get("train_acc"), "clean_train_acc": last.get("clean_train_acc"),
-                        "test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),
-                        "best_test_acc": max(tests) if tests else None, "parameters": n_params,
-                        "steps_per_epoch": self.steps_per_epoch,
-                        "wall_s": round(sum(e["wall_s"] for e in self.history), 3)},
-            "telemetry": telemetry_entry,
-            "created": self.created, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+    def record(self, status: str, telemetry: TelemetryEntry | None) -> RunRecord:
+        last = self.history[-1] if self.history else None
+        tests = [e.test_acc for e in self.history]
+        return RunRecord(
+            config=self.cfg, config_hash=self.cfg.hash, config_schema=CONFIG_SCHEMA, environment=self.env,
+            data={**self.data.describe(), "train_used": len(self.train_y), "test_used": len(self.test_y),
+                  "clean_train_used": len(self.clean_y)},
+            status=status, epochs_done=len(self.history), epochs=tuple(self.history),
+            diverged_at_step=self.diverged_at,
+            summary=Summary(train_acc=last and last.train_acc, clean_train_acc=last and last.clean_train_acc,
+                            test_acc=last and last.test_acc, test_loss=last and last.test_loss,
+                            best_test_acc=max(tests) if tests else None,
+                            parameters=sum(p.numel() for p in self.model.parameters()),
+                            steps_per_epoch=self.steps_per_epoch,
+                            wall_s=round(sum(e.wall_s for e in self.history), 3)),
+            telemetry=telemetry, created=self.created,
+            updated=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
-    def save(self, status: str) -> dict:
+    def save(self, status: str) -> RunRecord:
         tel = None
         if self.telemetry and self.history:
             stages = [name for name, _ in self.model.stages()]
             tel = write_telemetry(self.folder, stages, {k: np.concatenate(v) for k, v in self.steps.items()})
-        doc = self.document(status, tel)
-        write_run(self.folder, doc)
-        return doc
+        run = self.record(status, tel)
+        write_run(self.folder, run)
+        return run
 
-    def run(self, deadline: float | None = None) -> dict:
+    def run(self, deadline: float | None = None) -> RunRecord:
         """Train the remaining epochs. Stops early (status partial, resumable) when the next
         epoch would end after `deadline` (a time.time() value)."""
+        with numerics(self.cfg, self.device):
+            return self._run(deadline)
+
+    def _run(self, deadline: float | None) -> RunRecord:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.resume()
         if self.diverged_at is not None:  # killed between its checkpoint and its last write
             return self._finish("diverged")
-        doc = self.save("partial")
+        run = self.save("partial")
         cfg, epoch_s = self.cfg, None
         for epoch in range(len(self.history), cfg.epochs):
             if deadline is not None and epoch_s is not None and time.time() + epoch_s > deadline:
@@ -316,24 +329,23 @@ class Trainer:
             test_acc, test_loss = evaluate(self.model, self.test_x, self.test_y, cfg, self.precision,
                                            self.channels_last)
             epoch_s = time.perf_counter() - t0
-            self.history.append({"epoch": epoch + 1, "train_loss": _finite(train_loss), "train_acc": train_acc,
-                                 "clean_train_acc": clean_acc, "test_loss": _finite(test_loss),
-                                 "test_acc": test_acc, "lr": lr, "wall_s": round(epoch_s, 3),
-                                 "steps": self.steps_per_epoch})
+            self.history.append(Epoch(epoch=epoch + 1, train_loss=_finite(train_loss), train_acc=train_acc,
+                                      clean_train_acc=clean_acc, test_loss=_finite(test_loss), test_acc=test_acc,
+                                      lr=lr, wall_s=round(epoch_s, 3), steps=self.steps_per_epoch))
             # Checkpoint first: run.json and telemetry are always rebuilt from it on resume.
             atomic_torch_save(self._checkpoint_state(), self.folder / CHECKPOINT_FILE)
             if self.diverged_at is not None:
                 return self._finish("diverged")
-            doc = self.save("partial" if epoch + 1 < cfg.epochs else "done")
+            run = self.save("partial" if epoch + 1 < cfg.epochs else "done")
         if len(self.history) == cfg.epochs:
             return self._finish("done")
-        return doc
+        return run
 
-    def _finish(self, status: str) -> dict:
-        doc = self.save(status)
+    def _finish(self, status: str) -> RunRecord:
+        run = self.save(status)
         if status == "done":
             atomic_torch_save(self.model.state_dict(), self.folder / WEIGHTS_FILE)
         (self.folder / CHECKPOINT_FILE).unlink(missing_ok=True)
         if self.telemetry:
             self.telemetry.remove()
-        return doc
+        return run

@@ -13,8 +13,8 @@ import numpy as np
 
 from resdeg.config import make_config
 from resdeg.probes.criteria import CRITERIA
-from resdeg.probes.store import SIGNAL_KEYS, ProbeSettings, write_probe
-from resdeg.store import RUN_SCHEMA, RUN_SCHEMA_VERSION, run_dir, write_run, write_telemetry
+from resdeg.probes.store import SIGNAL_KEYS, BlockSignal, ProbedRun, ProbeRecord, ProbeSettings, write_probe
+from resdeg.store import Epoch, RunRecord, Summary, run_dir, write_run, write_telemetry
 
 STAGES = [f"stage{i}" for i in range(5)]
 # (final test accuracy, final clean train accuracy, log10 g(stage0)/g(stage4)) per model-variant
@@ -44,30 +44,80 @@ def _epochs(rng, n_epochs, test, clean, steps, diverge_epoch=None):
     return out
 
 
-def _probe(cfg, run_doc, rng, variant):
-    """A probe whose separability falls with depth for Nres/Nboth and rises for FULL/Nbn."""
+def _probe(cfg, run, rng, variant, stages=STAGES):
+    """A probe whose separability falls with depth for Nres/Nboth and rises for the others."""
     trend = -1.0 if variant in ("Nres", "Nboth") else 1.0
     criteria = {}
     for name, crit in CRITERIA.items():
         base = rng.uniform(0.2, 0.5)
         values = [base * (1 + trend * (0.15 * i) * (1 if crit.higher_is_better else -1)) + rng.normal(0, 0.005)
-                  for i in range(len(STAGES))]
-        criteria[name] = {s: float(v) for s, v in zip(STAGES, values)}
+                  for i in range(len(stages))]
+        criteria[name] = {s: float(v) for s, v in zip(stages, values)}
     errors = {}
     if variant == "Nbn":  # one criterion failed on one stage: the report must say so
         criteria["lda_score"]["stage2"] = None
         errors = {"lda_score": {"stage2": "singular within-class scatter"}}
     signal = {phase: {key: {s: float(abs(rng.normal(1 + i, 0.1)) * (10 ** (-i) if variant == "Nboth" else 1))
-                            for i, s in enumerate(STAGES)} for key in SIGNAL_KEYS} for phase in ("init", "trained")}
+                            for i, s in enumerate(stages)} for key in SIGNAL_KEYS} for phase in ("init", "trained")}
+    collapse = variant == "Nboth"  # plain without BatchNorm: rank and variance collapse with depth
+    blocks, ranks = {}, {}
+    for phase in ("init", "trained"):
+        blocks[phase] = tuple(
+            BlockSignal(f"{s}.{j}", s, j, 0.1, float(0.5 ** (3 * i + j) if collapse else 1.0 + 0.4 * (3 * i + j)),
+                        float(0.0 if variant in ("Fixup", "SkipInit") and phase == "init" else 1.0))
+            for i, s in enumerate(stages[1:]) for j in range(3))
+        ranks[phase] = {s: float(40 / (4 ** i) if collapse else 40 - i) for i, s in enumerate(stages)}
     settings = ProbeSettings()
-    return {"schema": "resdeg.probe", "schema_version": 1,
-            "run": {"config_hash": run_doc["config_hash"], "model": cfg.model, "variant": cfg.variant,
-                    "seed": cfg.seed, "protocol": cfg.protocol, "dataset": cfg.dataset},
-            "settings": settings.to_dict(), "settings_hash": settings.hash, "status": "done", "reason": None,
-            "images": settings.probe_images, "classes_present": 10, "stages": STAGES,
-            "stage_shapes": {s: [16 * 2 ** i, 8, 8] for i, s in enumerate(STAGES)},
-            "criteria": criteria, "criterion_errors": errors, "signal": signal,
-            "environment": run_doc["environment"], "wall_s": 1.5}
+    return ProbeRecord(
+        run=ProbedRun(run.config_hash, cfg.model, cfg.variant, cfg.seed, cfg.protocol, cfg.dataset),
+        settings=settings, settings_hash=settings.hash, status="done", reason=None, images=settings.probe_images,
+        classes_present=10, stages=tuple(stages), stage_shapes={s: (16 * 2 ** i, 8, 8) for i, s in enumerate(stages)},
+        criteria=criteria, criterion_errors=errors, signal=signal, environment=run.environment, wall_s=1.5,
+        image_indices=tuple(range(settings.probe_images)), blocks=blocks, effective_rank=ranks)
+
+
+ENVIRONMENT = {"resdeg": "0.1.0", "python": "3.11", "torch": "2.14.1", "torchvision": "0.29.1", "numpy": "2",
+               "platform": "Linux", "device_type": "cpu", "device": "cpu", "cpu_threads": 2, "precision": "fp32",
+               "git_commit": "0123456789abcdef"}
+DATA = {"name": "synthetic", "source": "synthetic (test fixture)", "fingerprint": "f" * 64,
+        "classes": [f"c{i}" for i in range(10)], "n_train": 2048, "n_test": 512, "image_shape": [3, 32, 32],
+        "train_used": 1024, "test_used": 512, "clean_train_used": 256}
+
+
+def write_fake_run(root: Path, cfg, test: float, clean: float, log_ratio: float, steps_per_epoch: int = 25,
+                   diverge: bool = False, probe: bool = True, stages=STAGES, exact: bool = False) -> Path:
+    """One made-up run (and its probe) through the stores' writers; `exact`: the last epoch's test
+    and clean train accuracies are exactly `test` and `clean`."""
+    rng = np.random.default_rng(zlib.crc32(f"{cfg.model}-{cfg.variant}-{cfg.seed}".encode()))
+    rows = _epochs(rng, cfg.epochs, test + rng.normal(0, .01), clean + rng.normal(0, .005), steps_per_epoch,
+                   diverge_epoch=2 if diverge else None)
+    if exact:
+        rows[-1].update(test_acc=test, clean_train_acc=clean)
+    n, k = len(rows) * steps_per_epoch, len(stages)
+    g_last = np.exp(rng.normal(-6, 0.3, n))
+    g = np.stack([g_last * 10 ** (log_ratio * (k - 1 - i) / (k - 1) + rng.normal(0, .2, n)) for i in range(k)], 1)
+    loss = np.linspace(2.3, 0.1, n)
+    if diverge:
+        loss[-3:] = np.nan
+        g[-3:] = np.inf
+    folder = run_dir(root, cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    tel = write_telemetry(folder, list(stages), {
+        "step": np.arange(n), "epoch": np.repeat(np.arange(1, len(rows) + 1), steps_per_epoch),
+        "loss": loss, "act_grad_mean_abs": g.astype(np.float32),
+        "param_grad_mean_abs": (g * 0.5).astype(np.float32), "param_grad_l2": (g * 3).astype(np.float32)})
+    epochs = tuple(Epoch(**r) for r in rows)
+    last = epochs[-1]
+    run = RunRecord(config=cfg, config_hash=cfg.hash, config_schema=2, environment=ENVIRONMENT, data=DATA,
+                    status="diverged" if diverge else "done", epochs_done=len(epochs), epochs=epochs,
+                    diverged_at_step=n - 3 if diverge else None,
+                    summary=Summary(last.train_acc, last.clean_train_acc, last.test_acc, last.test_loss,
+                                    max(e.test_acc for e in epochs), 1000, steps_per_epoch, float(len(epochs))),
+                    telemetry=tel, created="2026-01-01T00:00:00+00:00", updated="2026-01-01T00:00:00+00:00")
+    write_run(folder, run)
+    if probe:
+        write_probe(folder, _probe(cfg, run, rng, cfg.variant, stages))
+    return folder
 
 
 def make_results(root: Path, seeds=(1, 2, 3), epochs: int = 4, steps_per_epoch: int = 25,
@@ -79,40 +129,29 @@ def make_results(root: Path, seeds=(1, 2, 3), epochs: int = 4, steps_per_epoch: 
         for seed in seeds:
             cfg = make_config(protocol, {"epochs": epochs}, model=model, variant=variant, seed=seed,
                               dataset="synthetic")
-            rng = np.random.default_rng(zlib.crc32(f"{model}-{variant}-{seed}".encode()))
             diverge = model == "resnet50" and variant == "Nboth" and seed == seeds[-1]
-            rows = _epochs(rng, epochs, test + rng.normal(0, .01), clean + rng.normal(0, .005),
-                           steps_per_epoch, diverge_epoch=2 if diverge else None)
-            n = len(rows) * steps_per_epoch
-            g_last = np.exp(rng.normal(-6, 0.3, n))
-            g = np.stack([g_last * 10 ** (log_ratio * (4 - i) / 4 + rng.normal(0, .2, n)) for i in range(5)], 1)
-            loss = np.linspace(2.3, 0.1, n)
-            if diverge:
-                loss[-3:] = np.nan
-                g[-3:] = np.inf
-            folder = run_dir(root, cfg)
-            folder.mkdir(parents=True, exist_ok=True)
-            tel = write_telemetry(folder, STAGES, {
-                "step": np.arange(n), "epoch": np.repeat(np.arange(1, len(rows) + 1), steps_per_epoch),
-                "loss": loss, "act_grad_mean_abs": g.astype(np.float32),
-                "param_grad_mean_abs": (g * 0.5).astype(np.float32), "param_grad_l2": (g * 3).astype(np.float32)})
-            last = rows[-1]
-            doc = {"schema": RUN_SCHEMA, "schema_version": RUN_SCHEMA_VERSION, "config": cfg.to_dict(),
-                   "config_hash": cfg.hash,
-                   "environment": {"resdeg": "0.1.0", "python": "3.11", "torch": "2.14.1", "torchvision": "0.29.1",
-                                   "numpy": "2", "platform": "Linux", "device_type": "cpu", "device": "cpu",
-                                   "cpu_threads": 2, "precision": "fp32", "git_commit": "0123456789abcdef"},
-                   "data": {"name": "synthetic", "source": "synthetic (test fixture)", "fingerprint": "f" * 64,
-                            "classes": [f"c{i}" for i in range(10)], "n_train": 2048, "n_test": 512,
-                            "image_shape": [3, 32, 32], "train_used": 1024, "test_used": 512, "clean_train_used": 256},
-                   "status": "diverged" if diverge else "done", "epochs_done": len(rows), "epochs": rows,
-                   "diverged_at_step": n - 3 if diverge else None,
-                   "summary": {"train_acc": last["train_acc"], "clean_train_acc": last["clean_train_acc"],
-                               "test_acc": last["test_acc"], "test_loss": last["test_loss"],
-                               "best_test_acc": max(r["test_acc"] for r in rows), "parameters": 1000,
-                               "steps_per_epoch": steps_per_epoch, "wall_s": float(len(rows))},
-                   "telemetry": tel, "created": "2026-01-01T00:00:00+00:00", "updated": "2026-01-01T00:00:00+00:00"}
-            write_run(folder, doc)
-            if probes and not (model == "resnet18" and variant == "Nbn" and seed == seeds[0]):
-                write_probe(folder, _probe(cfg, doc, rng, variant))
+            unprobed = model == "resnet18" and variant == "Nbn" and seed == seeds[0]
+            write_fake_run(root, cfg, test, clean, log_ratio, steps_per_epoch, diverge, probes and not unprobed)
+    return root
+
+
+# The depth and BatchNorm studies (protocol depth): plain nets degrade with depth, residual ones do not;
+# Fixup and SkipInit train about as well as FULL; Nboth at depth 56 does not learn.
+DEPTH_TARGETS = {
+    ("resnet20", "FULL"): (0.86, 0.90, 0.0), ("resnet56", "FULL"): (0.88, 0.93, 0.0),
+    ("resnet20", "Nres"): (0.84, 0.87, 0.0), ("resnet56", "Nres"): (0.76, 0.78, -0.5),
+    ("resnet20", "Nbn"): (0.80, 0.83, 0.0), ("resnet56", "Nbn"): (0.60, 0.62, 1.0),
+    ("resnet20", "Fixup"): (0.86, 0.90, 0.0), ("resnet56", "Fixup"): (0.875, 0.925, 0.0),
+    ("resnet20", "SkipInit"): (0.85, 0.89, 0.0), ("resnet56", "SkipInit"): (0.87, 0.92, 0.0),
+    ("resnet20", "Nboth"): (0.50, 0.51, -2.0), ("resnet56", "Nboth"): (0.10, 0.10, -6.0),
+}
+
+
+def make_depth_results(root: Path, seeds=(1, 2), epochs: int = 4) -> Path:
+    root = Path(root)
+    for (model, variant), (test, clean, log_ratio) in DEPTH_TARGETS.items():
+        for seed in seeds:
+            cfg = make_config("depth", {"epochs": epochs}, model=model, variant=variant, seed=seed,
+                              dataset="synthetic")
+            write_fake_run(root, cfg, test, clean, log_ratio, stages=STAGES[:4])
     return root

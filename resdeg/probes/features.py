@@ -18,9 +18,14 @@ import torch.nn.functional as F
 from ..data import Dataset, preprocess, probe_subset, test_subset
 from ..errors import ResdegError
 from ..models import ResNet, model_from_config
-from .store import SIGNAL_KEYS
+from .signal import block_signal
+from .signal import effective_rank as effective_rank  # noqa: PLC0414  (re-exported for the probe)
+from .store import SIGNAL_KEYS, BlockSignal
 
 PROBE_BATCH = 100  # images per forward pass: bounds the memory inside a stage at 224 px
+# Signal propagation per block is measured on one batch (BatchNorm on its statistics, as in a
+# training step): every k-th probe image, at most this many (ResNet50 at 224 px: 0.8 GB a stage).
+SPP_IMAGES = 250
 
 
 def prepare_cpu(reuse_memory: bool = True) -> None:
@@ -42,14 +47,15 @@ def prepare_cpu(reuse_memory: bool = True) -> None:
             pass  # not glibc: its allocator keeps its own ways
 
 
-def probe_images(data: Dataset, cfg, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """n probe images (uint8) and labels: a fixed, class-balanced subset of the run's test images."""
+def probe_images(data: Dataset, cfg, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(indices into the test split, uint8 images, labels) of the n probe images: a fixed,
+    class-balanced subset of the run's test images."""
     available = len(test_subset(data, cfg))
     if n > available:
         raise ResdegError(f"--probe-images {n} exceeds the {available} test images of protocol "
                           f"{cfg.protocol!r} on {cfg.dataset}; use --probe-images {available} or fewer")
     idx = probe_subset(data, cfg, n)
-    return data.test_x[idx], data.test_y[idx]
+    return idx, data.test_x[idx], data.test_y[idx]
 
 
 def initial_model(cfg, num_classes: int) -> ResNet:
@@ -141,3 +147,13 @@ def signal_propagation(model: ResNet, x_u8: torch.Tensor, y: torch.Tensor, cfg,
         stats["act_mean"][name], stats["act_std"][name], _ = acts[name].values()
         stats["grad_mean"][name], stats["grad_std"][name], stats["grad_mean_abs"][name] = grads[name].values()
     return stats
+
+
+def block_signals(model: ResNet, x_u8: torch.Tensor, cfg, device: torch.device) -> tuple[BlockSignal, ...]:
+    """Brock et al.'s signal propagation at every residual block, on one batch of probe images
+    spread over the whole probe set (BatchNorm on batch statistics, on a copy of the model)."""
+    step = max(1, math.ceil(len(x_u8) / SPP_IMAGES))
+    x = preprocess(x_u8[::step].to(device), cfg)
+    blocks = block_signal(model.to(device), x, batch_stats=True)["blocks"]
+    return tuple(BlockSignal(b["name"], b["stage"], b["index"], b["avg_channel_squared_mean"],
+                             b["avg_channel_variance"], b["branch_variance"]) for b in blocks)

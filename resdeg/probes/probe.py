@@ -18,15 +18,15 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from ..config import config_from_dict
 from ..data import Dataset, load_dataset
 from ..errors import ResdegError
 from ..models import model_from_config
-from ..store import RUN_FILE, WEIGHTS_FILE, CorruptRun, read_run
+from ..records import CorruptRecord
+from ..store import RUN_FILE, WEIGHTS_FILE, RunRecord, read_run
 from . import criteria
-from .features import initial_model, prepare_cpu, probe_images, signal_propagation, stage_features
-from .store import (PROBE_SCHEMA, PROBE_SCHEMA_VERSION, SIGNAL_KEYS, SIGNAL_PHASES, ProbeSettings, read_probe,
-                    write_probe)
+from .features import (block_signals, effective_rank, initial_model, prepare_cpu, probe_images, signal_propagation,
+                       stage_features)
+from .store import SIGNAL_KEYS, SIGNAL_PHASES, ProbedRun, ProbeRecord, ProbeSettings, read_probe, write_probe
 
 
 def criterion_kwargs(settings: ProbeSettings) -> dict[str, dict]:
@@ -95,25 +95,20 @@ def _environment(device: torch.device) -> dict:
             "threads": torch.get_num_threads()}
 
 
-def _document(run_doc: dict, settings: ProbeSettings, device: torch.device, started: float, *,
-              status: str = "done", reason: str | None = None, images: int = 0, classes_present: int = 0,
-              shapes: dict | None = None, values: dict | None = None, errors: dict | None = None,
-              signal: dict | None = None) -> dict:
-    cfg = run_doc["config"]
+def _record(run: RunRecord, settings: ProbeSettings, device: torch.device, started: float, *,
+            status: str = "done", reason: str | None = None, indices=(), classes_present: int = 0,
+            shapes: dict | None = None, values: dict | None = None, errors: dict | None = None,
+            signal: dict | None = None, blocks: dict | None = None, ranks: dict | None = None) -> ProbeRecord:
     shapes = shapes or {}
-    return {
-        "schema": PROBE_SCHEMA, "schema_version": PROBE_SCHEMA_VERSION,
-        "run": {"config_hash": run_doc["config_hash"], "model": cfg["model"], "variant": cfg["variant"],
-                "seed": cfg["seed"], "protocol": cfg["protocol"], "dataset": cfg["dataset"]},
-        "settings": settings.to_dict(), "settings_hash": settings.hash,
-        "status": status, "reason": reason, "images": images, "classes_present": classes_present,
-        "stages": list(shapes), "stage_shapes": shapes,
-        "criteria": values or {name: {} for name in settings.criteria},
-        "criterion_errors": errors or {},
-        "signal": signal or {phase: {key: {} for key in SIGNAL_KEYS} for phase in SIGNAL_PHASES},
-        "environment": _environment(device), "wall_s": round(time.perf_counter() - started, 3),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    return ProbeRecord(
+        run=ProbedRun(run.config_hash, run.model, run.variant, run.seed, run.protocol, run.dataset),
+        settings=settings, settings_hash=settings.hash, status=status, reason=reason, images=len(indices),
+        classes_present=classes_present, stages=tuple(shapes), stage_shapes={k: tuple(v) for k, v in shapes.items()},
+        criteria=values or {name: {} for name in settings.criteria}, criterion_errors=errors or {},
+        signal=signal or {phase: {key: {} for key in SIGNAL_KEYS} for phase in SIGNAL_PHASES},
+        environment=_environment(device), wall_s=round(time.perf_counter() - started, 3),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), image_indices=tuple(indices),
+        blocks=blocks or {}, effective_rank=ranks or {})
 
 
 def _load_weights(folder: Path) -> dict:
@@ -133,31 +128,31 @@ def _load_weights(folder: Path) -> dict:
 
 def probe_run(folder: str | Path, settings: ProbeSettings, device: torch.device, data_dir=None,
               force: bool = False, datasets: dict[str, Dataset] | None = None,
-              progress: bool = True) -> tuple[dict, str]:
-    """Probe one run folder; return (probe document, "cached" | "probed" | "skipped")."""
+              progress: bool = True) -> tuple[ProbeRecord, str]:
+    """Probe one run folder; return (probe record, "cached" | "probed" | "skipped")."""
     folder, started = Path(folder), time.perf_counter()
     if not (folder / RUN_FILE).exists():
         raise ResdegError(f"{folder} is not a run folder (no {RUN_FILE})")
-    run_doc = read_run(folder)  # CorruptRun: a one-line error
-    cfg = config_from_dict(run_doc["config"])
-    if run_doc["status"] == "partial":
-        raise ResdegError(f"{folder.name} is not finished ({run_doc['epochs_done']}/{cfg.epochs} epochs); "
+    run = read_run(folder)  # CorruptRun: a one-line error
+    cfg = run.config
+    if run.status == "partial":
+        raise ResdegError(f"{folder.name} is not finished ({run.epochs_done}/{cfg.epochs} epochs); "
                           f"finish it with `resdeg run` first")
     if not force:
         try:
-            cached = read_probe(folder, settings, run_doc)
-        except CorruptRun as e:
+            cached = read_probe(folder, settings, run)
+        except CorruptRecord as e:
             raise ResdegError(f"{folder.name}: corrupt probe ({e}); redo it with --force") from None
         if cached is not None:
             return cached, "cached"
 
-    def skipped(reason: str) -> tuple[dict, str]:
-        doc = _document(run_doc, settings, device, started, status="skipped", reason=reason)
-        _write(folder, doc)
-        return doc, "skipped"
+    def skipped(reason: str) -> tuple[ProbeRecord, str]:
+        probe = _record(run, settings, device, started, status="skipped", reason=reason)
+        _write(folder, probe)
+        return probe, "skipped"
 
-    if run_doc["status"] == "diverged":
-        return skipped(f"run diverged at step {run_doc.get('diverged_at_step')}")
+    if run.status == "diverged":
+        return skipped(f"run diverged at step {run.diverged_at_step}")
     state = _load_weights(folder)
     if not all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point()):
         return skipped("non-finite weights")
@@ -166,13 +161,13 @@ def probe_run(folder: str | Path, settings: ProbeSettings, device: torch.device,
     if cfg.dataset not in datasets:
         datasets[cfg.dataset] = load_dataset(cfg.dataset, data_dir)
     data = datasets[cfg.dataset]
-    if data.fingerprint != run_doc["data"].get("fingerprint"):
+    if data.fingerprint != run.data.get("fingerprint"):
         raise ResdegError(f"{folder.name}: the {cfg.dataset} data at hand (fingerprint {data.fingerprint[:12]}) "
                           f"is not the data this run was trained on; point --data-dir at that data")
-    x_u8, y = probe_images(data, cfg, settings.probe_images)
+    indices, x_u8, y = probe_images(data, cfg, settings.probe_images)
     classes_present = len(torch.unique(y))
     if classes_present < 2:
-        raise ResdegError(f"the first {len(y)} probe images hold a single class; the criteria need at least 2 "
+        raise ResdegError(f"the {len(y)} probe images hold a single class; the criteria need at least 2 "
                           f"(raise --probe-images)")
 
     if device.type == "cpu":
@@ -181,27 +176,38 @@ def probe_run(folder: str | Path, settings: ProbeSettings, device: torch.device,
     labels = y.to(device)
     shapes, errors = {}, {}
     values: dict[str, dict] = {name: {} for name in settings.criteria}
+    ranks: dict[str, dict] = {phase: {} for phase in SIGNAL_PHASES}
     stages = tqdm(stage_features(model, x_u8, cfg, device), total=len(model.stages()), unit="stage", leave=False,
                   desc=f"probe {cfg.model} {cfg.variant} s{cfg.seed}", disable=None if progress else True)
     for stage, feats in stages:
         shapes[stage] = list(feats.shape[1:])
+        ranks["trained"][stage] = _finite_or_none(effective_rank(feats))
         stage_values, stage_errors = score_stage(feats, labels, settings)
         del feats
         for name, v in stage_values.items():
             values[name][stage] = v
         for name, reason in stage_errors.items():
             errors.setdefault(name, {})[stage] = reason
-    signal = {"init": signal_propagation(initial_model(cfg, data.num_classes), x_u8, y, cfg, device),
+    init = initial_model(cfg, data.num_classes).to(device)
+    for stage, feats in stage_features(init, x_u8, cfg, device):
+        ranks["init"][stage] = _finite_or_none(effective_rank(feats))
+        del feats
+    signal = {"init": signal_propagation(init, x_u8, y, cfg, device),
               "trained": signal_propagation(model, x_u8, y, cfg, device)}
-    doc = _document(run_doc, settings, device, started, images=len(y), classes_present=classes_present,
-                    shapes=shapes, values=values, errors=errors, signal=signal)
-    _write(folder, doc)
-    return doc, "probed"
+    blocks = {"init": block_signals(init, x_u8, cfg, device), "trained": block_signals(model, x_u8, cfg, device)}
+    probe = _record(run, settings, device, started, indices=indices.tolist(), classes_present=classes_present,
+                    shapes=shapes, values=values, errors=errors, signal=signal, blocks=blocks, ranks=ranks)
+    _write(folder, probe)
+    return probe, "probed"
 
 
-def _write(folder: Path, doc: dict) -> None:
+def _finite_or_none(v: float | None) -> float | None:
+    return v if v is not None and math.isfinite(v) else None
+
+
+def _write(folder: Path, probe: ProbeRecord) -> None:
     try:
-        write_probe(folder, doc)
+        write_probe(folder, probe)
     except OSError as e:
         raise ResdegError(f"cannot write the probe into {folder} ({e.strerror or e})") from None
 
@@ -216,16 +222,16 @@ def model_from_state(cfg, num_classes: int, state: dict):
     return model
 
 
-def describe(doc: dict, state: str) -> str:
+def describe(probe: ProbeRecord, state: str) -> str:
     """One log line for a probed, cached or skipped run."""
-    r = doc["run"]
-    head = f"{r['model']:>9} {r['variant']:<5} seed {r['seed']}: "
-    if doc["status"] == "skipped":
-        return head + ("cached: " if state == "cached" else "") + f"skipped ({doc['reason']})"
-    undefined = sum(len(v) for v in doc["criterion_errors"].values())
+    r = probe.run
+    head = f"{r.model:>9} {r.variant:<5} seed {r.seed}: "
+    if probe.status == "skipped":
+        return head + ("cached: " if state == "cached" else "") + f"skipped ({probe.reason})"
+    undefined = sum(len(v) for v in probe.criterion_errors.values())
     note = f"; {undefined} criterion values undefined (see criterion_errors)" if undefined else ""
-    return head + (f"{state:<7} {doc['images']} images, {len(doc['stages'])} stages, {len(doc['criteria'])} "
-                   f"criteria  {doc['wall_s']:.1f}s{note}")
+    return head + (f"{state:<7} {probe.images} images, {len(probe.stages)} stages, {len(probe.criteria)} "
+                   f"criteria  {probe.wall_s:.1f}s{note}")
 
 
 def probe_folders(folders: list[Path], settings: ProbeSettings, device: torch.device, data_dir=None,

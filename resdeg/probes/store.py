@@ -3,6 +3,8 @@ atomically, schema-versioned and validated on every read, like run.json.
 
 Probes are derived from a run (its weights and its test images), so they live in its folder:
 a run redone with --force loses its probes with its weights, and changed settings get a new file.
+This module builds on the run store (never the other way round) and holds the one join of runs
+to their probes (`find_probe`), used by `status`, `probe` and the report alike.
 """
 from __future__ import annotations
 
@@ -12,20 +14,24 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ..atomic import atomic_write_json
+from typing import Any, ClassVar
+
 from ..errors import ResdegError
-from ..store import CorruptRun, RunEntry, _check, _is_num, read_run, scan
+from ..records import CorruptRecord, Fields, Record, read_record, require, write_record
+from ..store import RunEntry, RunRecord, scan
 from .criteria import CRITERIA
 
 PROBE_SCHEMA = "resdeg.probe"
-PROBE_SCHEMA_VERSION = 1
+# 2: probe images are a class-balanced seeded subset (data.probe_subset), their indices are stored;
+#    per-block signal propagation and per-stage effective rank added
+PROBE_SCHEMA_VERSION = 2
 PROBE_STATUSES = ("done", "skipped")
 # per stage, forward activations and dL/d(stage output); grad_mean_abs is the training telemetry's measure
 SIGNAL_KEYS = ("act_mean", "act_std", "grad_mean", "grad_std", "grad_mean_abs")
 SIGNAL_PHASES = ("init", "trained")
 
 
-class CorruptProbe(CorruptRun):
+class CorruptProbe(CorruptRecord):
     """A probe file that is unreadable or fails validation: reported, never used."""
 
 
@@ -61,7 +67,10 @@ class ProbeSettings:
 
     @property
     def hash(self) -> str:
-        blob = json.dumps({"schema_version": PROBE_SCHEMA_VERSION, **self.to_dict()}, sort_keys=True)
+        return self.hash_for(PROBE_SCHEMA_VERSION)
+
+    def hash_for(self, version: int) -> str:
+        blob = json.dumps({"schema_version": version, **self.to_dict()}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def replace(self, **changes) -> "ProbeSettings":
@@ -72,107 +81,197 @@ def probe_path(folder: str | Path, settings: ProbeSettings | None = None) -> Pat
     return Path(folder) / f"probe-{(settings or ProbeSettings()).hash}.json"
 
 
-def _per_stage(values, stages: list[str], what: str, allow_none: bool) -> None:
-    _check(isinstance(values, dict) and set(values) == set(stages), f"{what}: not one value per stage")
-    for stage, v in values.items():
-        _check(_is_num(v, allow_none=allow_none), f"{what}.{stage} is not a finite number")
+@dataclass(frozen=True)
+class ProbedRun(Fields):
+    """Which run a probe belongs to."""
+    config_hash: str
+    model: str
+    variant: str
+    seed: int
+    protocol: str
+    dataset: str
 
 
-def validate_probe_doc(doc, settings: ProbeSettings | None = None, config_hash: str | None = None) -> dict:
-    """Check a probe document's structure and consistency; raise CorruptProbe on the first fault."""
-    try:
-        _check(isinstance(doc, dict), "not a JSON object")
-        _check(doc.get("schema") == PROBE_SCHEMA, f"schema is {doc.get('schema')!r}, expected {PROBE_SCHEMA!r}")
-        _check(doc.get("schema_version") == PROBE_SCHEMA_VERSION,
-               f"schema_version {doc.get('schema_version')!r} is not {PROBE_SCHEMA_VERSION} (re-probe with --force)")
-        for key, typ in (("run", dict), ("settings", dict), ("settings_hash", str), ("status", str),
-                         ("images", int), ("classes_present", int), ("stages", list), ("stage_shapes", dict),
-                         ("criteria", dict), ("criterion_errors", dict), ("signal", dict),
-                         ("environment", dict), ("wall_s", (int, float))):
-            _check(isinstance(doc.get(key), typ), f"field {key!r} missing or of the wrong type")
-        _check(doc["status"] in PROBE_STATUSES, f"status {doc['status']!r} is not one of {PROBE_STATUSES}")
-        _check(isinstance(doc.get("reason"), str) if doc["status"] == "skipped" else doc.get("reason") is None,
-               "reason must be a string exactly when status is skipped")
-        try:
-            stored = ProbeSettings.from_dict(doc["settings"])
-        except (ValueError, TypeError, ResdegError) as e:
-            raise CorruptProbe(f"settings do not validate: {e}") from None
-        _check(stored.hash == doc["settings_hash"], "settings_hash does not match the stored settings")
-        if settings is not None:
-            _check(stored == settings, "settings differ from the ones asked for")
-        _check(config_hash is None or doc["run"].get("config_hash") == config_hash,
-               "probe belongs to another run (config_hash differs)")
-        stages = doc["stages"]
-        _check(all(isinstance(s, str) for s in stages), "stages are not names")
-        done = doc["status"] == "done"
-        _check(not done or (stages and doc["images"] == stored.probe_images and doc["classes_present"] >= 2),
-               "a done probe needs stages, probe_images images and at least 2 classes")
-        _check(set(doc["stage_shapes"]) == set(stages), "stage_shapes: not one shape per stage")
-        _check(all(isinstance(s, list) and all(isinstance(v, int) and v > 0 for v in s)
-                   for s in doc["stage_shapes"].values()), "stage_shapes are not lists of sizes")
-        _check(list(doc["criteria"]) == list(stored.criteria), "criteria are not the settings' criteria in order")
-        for name, values in doc["criteria"].items():
-            _per_stage(values, stages, f"criteria.{name}", allow_none=True)
+@dataclass(frozen=True)
+class BlockSignal(Fields):
+    """Signal propagation at one residual block's output (Brock et al. 2021's plots): average over
+    channels of the squared channel mean and of the channel variance, and the residual branch's
+    average channel variance before the add (for a plain block: its output before the ReLU)."""
+    name: str
+    stage: str
+    index: int
+    sq_mean: float | None
+    variance: float | None
+    branch_variance: float | None
+
+
+@dataclass(frozen=True)
+class ProbeRecord(Record):
+    SCHEMA: ClassVar[str] = PROBE_SCHEMA
+    VERSION: ClassVar[int] = PROBE_SCHEMA_VERSION
+    READS: ClassVar[tuple[int, ...]] = (1,)
+    run: ProbedRun
+    settings: ProbeSettings
+    settings_hash: str
+    status: str
+    reason: str | None
+    images: int
+    classes_present: int
+    stages: tuple[str, ...]
+    stage_shapes: dict[str, tuple[int, ...]]
+    criteria: dict[str, dict[str, float | None]]
+    criterion_errors: dict[str, dict[str, str]]
+    signal: dict[str, dict[str, dict[str, float | None]]]  # phase -> SIGNAL_KEYS -> stage -> value
+    environment: dict[str, Any]
+    wall_s: float
+    created: str = ""
+    image_indices: tuple[int, ...] = ()  # the probe images, as indices into the data set's test split
+    blocks: dict[str, tuple[BlockSignal, ...]] = dataclasses.field(default_factory=dict)  # phase -> blocks
+    effective_rank: dict[str, dict[str, float | None]] = dataclasses.field(default_factory=dict)  # phase -> stage
+    version: int = PROBE_SCHEMA_VERSION  # the schema version it was written under
+
+    IGNORED_KEYS: ClassVar[set] = {"schema", "schema_version"}
+
+    @classmethod
+    def upgrade(cls, d: dict, version: int) -> dict:
+        return {**d, "version": version}  # version 1 had no image indices, blocks or ranks
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d.pop("version")
+        return d
+
+    def check(self) -> None:
+        require(self.status in PROBE_STATUSES, f"status {self.status!r} is not one of {PROBE_STATUSES}")
+        require((self.reason is not None) == (self.status == "skipped"),
+                "reason must be a string exactly when status is skipped")
+        require(self.settings.hash_for(self.version) == self.settings_hash,
+                "settings_hash does not match the stored settings")
+        stages = list(self.stages)
+        done = self.status == "done"
+        require(not done or (stages and self.images == self.settings.probe_images and self.classes_present >= 2),
+                "a done probe needs stages, probe_images images and at least 2 classes")
+        require(set(self.stage_shapes) == set(stages), "stage_shapes: not one shape per stage")
+        require(all(v > 0 for s in self.stage_shapes.values() for v in s), "stage_shapes are not lists of sizes")
+        require(list(self.criteria) == list(self.settings.criteria), "criteria are not the settings' criteria in order")
+        for name, values in self.criteria.items():
+            require(set(values) == set(stages), f"criteria.{name}: not one value per stage")
             for stage, v in values.items():
-                reason = doc["criterion_errors"].get(name, {}).get(stage)
-                _check((v is None) == isinstance(reason, str), f"criteria.{name}.{stage}: a null value needs a reason")
-        _check(set(doc["criterion_errors"]) <= set(stored.criteria), "criterion_errors names an unknown criterion")
-        _check(set(doc["signal"]) == set(SIGNAL_PHASES), f"signal needs exactly {SIGNAL_PHASES}")
-        for phase, stats in doc["signal"].items():
-            _check(isinstance(stats, dict) and set(stats) == set(SIGNAL_KEYS), f"signal.{phase} needs {SIGNAL_KEYS}")
+                reason = self.criterion_errors.get(name, {}).get(stage)
+                require((v is None) == isinstance(reason, str), f"criteria.{name}.{stage}: a null value needs a reason")
+        require(set(self.criterion_errors) <= set(self.settings.criteria), "criterion_errors names an unknown criterion")
+        require(set(self.signal) == set(SIGNAL_PHASES), f"signal needs exactly {SIGNAL_PHASES}")
+        for phase, stats in self.signal.items():
+            require(set(stats) == set(SIGNAL_KEYS), f"signal.{phase} needs {SIGNAL_KEYS}")
             for key, values in stats.items():
-                _per_stage(values, stages, f"signal.{phase}.{key}", allow_none=True)
-    except CorruptProbe:
-        raise
-    except CorruptRun as e:  # from the store's checks, which serve both kinds of file
-        raise CorruptProbe(str(e)) from None
-    except (KeyError, TypeError, AttributeError) as e:  # a mistyped nested field
-        raise CorruptProbe(f"malformed ({type(e).__name__}: {e})") from None
-    return doc
+                require(set(values) <= set(stages), f"signal.{phase}.{key}: unknown stage")
+        if done and self.version >= 2:
+            require(len(self.image_indices) == self.images, "image_indices: not one index per probe image")
+            require(set(self.blocks) == set(SIGNAL_PHASES) and set(self.effective_rank) == set(SIGNAL_PHASES),
+                    f"blocks and effective_rank need exactly {SIGNAL_PHASES}")
+            for phase, ranks in self.effective_rank.items():
+                require(set(ranks) == set(stages), f"effective_rank.{phase}: not one value per stage")
+
+    @property
+    def done(self) -> bool:
+        return self.status == "done"
 
 
-def write_probe(folder: str | Path, doc: dict) -> Path:
-    validate_probe_doc(doc)  # never write what could not be read back
-    path = probe_path(folder, ProbeSettings.from_dict(doc["settings"]))
-    atomic_write_json(path, doc)
+def probe_path(folder: str | Path, settings: ProbeSettings | None = None) -> Path:
+    return Path(folder) / f"probe-{(settings or ProbeSettings()).hash}.json"
+
+
+def write_probe(folder: str | Path, probe: ProbeRecord) -> Path:
+    path = probe_path(folder, probe.settings)
+    write_record(path, probe)
     return path
 
 
-def read_probe(folder: str | Path, settings: ProbeSettings | None = None, run_doc: dict | None = None) -> dict | None:
+def read_probe(folder: str | Path, settings: ProbeSettings | None = None,
+               run: RunRecord | None = None) -> ProbeRecord | None:
     """The valid probe of a run for these settings (default settings when None); None when there is
     none yet; CorruptProbe when the file is damaged or belongs to another run."""
     settings = settings or ProbeSettings()
     path = probe_path(folder, settings)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
+    if not path.exists():
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CorruptProbe(f"{path} is not valid JSON ({e})") from None
-    run_doc = run_doc if run_doc is not None else read_run(folder)
+    probe = _read(path, run.config_hash if run is not None else None)
+    if probe.settings != settings:
+        raise CorruptProbe(f"{path.name}: settings differ from the ones asked for")
+    return probe
+
+
+def _read(path: Path, config_hash: str | None) -> ProbeRecord:
     try:
-        return validate_probe_doc(doc, settings, run_doc["config_hash"])
-    except CorruptProbe as e:
+        probe = read_record(path, ProbeRecord)
+    except CorruptRecord as e:
         raise CorruptProbe(f"{path.name}: {e}") from None
+    if config_hash is not None and probe.run.config_hash != config_hash:
+        raise CorruptProbe(f"{path.name}: probe belongs to another run (config_hash differs)")
+    return probe
+
+
+@dataclass
+class FoundProbe:
+    """A run's probe as the report and `status` see it: the best valid probe file, or why none."""
+    probe: ProbeRecord | None  # a done probe
+    file: str | None
+    note: str | None  # why there is no done probe
+    skipped: ProbeRecord | None = None  # a probe that recorded why the run could not be probed
+
+
+def find_probe(folder: str | Path, run: RunRecord) -> FoundProbe:
+    """The one join of a run to its probes: every probe-*.json of the folder is validated; a done
+    probe with the default settings wins, then the done one with most images."""
+    valid, problems = [], []
+    for path in sorted(Path(folder).glob("probe-*.json")):
+        try:
+            valid.append((path, _read(path, run.config_hash)))
+        except CorruptProbe as e:
+            problems.append(str(e))
+    done = [(p, d) for p, d in valid if d.done]
+    if done:
+        default = ProbeSettings().hash
+        path, probe = max(done, key=lambda pd: (pd[1].settings_hash == default, pd[1].images, pd[0].name))
+        return FoundProbe(probe, path.name, None)
+    if valid:
+        path, probe = valid[0]
+        return FoundProbe(None, path.name, f"probe skipped: {probe.reason}", skipped=probe)
+    if problems:
+        return FoundProbe(None, None, f"probe unusable ({problems[0]})")
+    return FoundProbe(None, None, "not probed")
 
 
 @dataclass
 class ProbeEntry:
-    """One run of the store with its probe (None when not probed yet) or the problem that hides it."""
+    """One run of the store with its probe for some settings (None when not probed yet) or the
+    problem that hides it."""
     run: RunEntry
-    probe: dict | None
+    probe: ProbeRecord | None
     problem: str | None = None
 
 
 def probe_entries(results: str | Path, settings: ProbeSettings | None = None) -> list[ProbeEntry]:
-    """Every run under results/ with its probe for these settings (the report's entry point)."""
+    """Every run under results/ with its probe for these settings."""
     out = []
-    for run in scan(results):
-        if run.problem:
-            out.append(ProbeEntry(run, None, f"run: {run.problem}"))
+    for entry in scan(results):
+        if entry.problem:
+            out.append(ProbeEntry(entry, None, f"run: {entry.problem}"))
             continue
         try:
-            out.append(ProbeEntry(run, read_probe(run.path, settings, run.doc)))
-        except CorruptRun as e:
-            out.append(ProbeEntry(run, None, str(e)))
+            out.append(ProbeEntry(entry, read_probe(entry.path, settings, entry.run)))
+        except CorruptRecord as e:
+            out.append(ProbeEntry(entry, None, str(e)))
     return out
+
+
+def status_rows(results: str | Path) -> list[dict]:
+    """`resdeg status`: every run's row with its probe joined in (probed, probe_problem)."""
+    rows = []
+    for entry in scan(results):
+        row = entry.row()
+        found = find_probe(entry.path, entry.run) if entry.run is not None else None
+        row["probed"] = bool(found and found.probe)
+        row["probe_problem"] = found.note if found and found.note and found.note.startswith("probe unusable") else None
+        rows.append(row)
+    return rows

@@ -1,4 +1,2 @@
-"""The report: cached results -> figures, data downloads and bilingual Markdown pages for MkDocs."""
-from .build import build_report
-
-__all__ = ["build_report"]
+"""The report: cached results -> figures, downloads and bilingual pages (resdeg report)."""
+from .build import build_report  # noqa: F401

@@ -1,4 +1,4 @@
-"""From a Study to the report's tables, comparisons and verdicts (numbers only, no wording)."""
+"""From a study's results to the report's tables, comparisons and verdicts (numbers only, no wording)."""
 from __future__ import annotations
 
 import math
@@ -6,12 +6,9 @@ import math
 import numpy as np
 
 from ..probes.criteria import CRITERIA
+from ..study import Comparison
 from . import verdicts as V
-from .collect import Run, Study, finite
-
-# Comparisons within one depth: (healthy-by-design, ablated); the data decide which one degraded.
-VARIANT_PAIRS = (("FULL", "Nres", "residual"), ("Nbn", "Nboth", "residual"),
-                 ("FULL", "Nbn", "batchnorm"), ("Nres", "Nboth", "batchnorm"))
+from .collect import Run, StudyResults, finite
 
 
 def label(model: str, variant: str) -> str:
@@ -26,14 +23,24 @@ def grad_series(run: Run) -> np.ndarray | None:
     return None if tel is None else np.asarray(tel["act_grad_mean_abs"], dtype=float)
 
 
-def median_ratio(run: Run) -> float | None:
-    """Median over steps of g(first stage) / g(last stage), over the steps where both are finite and > 0."""
+def ratio_series(run: Run) -> np.ndarray | None:
+    """Per-step g(first stage) / g(last stage) (NaN where either is not finite and positive)."""
     g = grad_series(run)
     if g is None or g.shape[1] < 2:
         return None
     first, last = g[:, 0], g[:, -1]
     ok = np.isfinite(first) & np.isfinite(last) & (first > 0) & (last > 0)
-    return float(np.median(first[ok] / last[ok])) if ok.any() else None
+    out = np.full(len(g), np.nan)
+    out[ok] = first[ok] / last[ok]
+    return out
+
+
+def median_ratio(run: Run) -> float | None:
+    """Median over steps of g(first stage) / g(last stage), over the steps where both are finite and > 0."""
+    r = ratio_series(run)
+    if r is None or not np.isfinite(r).any():
+        return None
+    return float(np.nanmedian(r))
 
 
 def stage_medians(run: Run) -> dict[str, float | None]:
@@ -48,71 +55,87 @@ def stage_medians(run: Run) -> dict[str, float | None]:
 
 
 def probe_values(run: Run, criterion: str) -> dict[str, float | None]:
-    if run.probe is None:
-        return {}
-    return run.probe["criteria"].get(criterion, {})
+    return run.probe.criteria.get(criterion, {}) if run.probe else {}
 
 
 def sep_change(run: Run, criterion: str) -> float | None:
     """Deepest minus shallowest stage with a value, signed so that negative = less separable."""
     values = probe_values(run, criterion)
-    stages = [s for s in run.probe["stages"] if values.get(s) is not None] if run.probe else []
+    stages = [s for s in run.probe.stages if values.get(s) is not None] if run.probe else []
     if len(stages) < 2:
         return None
     change = values[stages[-1]] - values[stages[0]]
     return change if CRITERIA[criterion].higher_is_better else -change
 
 
-def criteria_present(study: Study) -> list[str]:
-    present = {c for r in study.runs if r.probe for c in r.probe["criteria"]}
+def criteria_present(runs) -> list[str]:
+    present = {c for r in runs if r.probe for c in r.probe.criteria}
     return [c for c in CRITERIA if c in present]
+
+
+def signal_values(run: Run, phase: str, key: str = "act_std") -> dict[str, float | None]:
+    return run.probe.signal.get(phase, {}).get(key, {}) if run.probe else {}
 
 
 # -- per model -------------------------------------------------------------------------------------
 
-def side(study: Study, model: str, variant: str) -> V.Side:
-    runs = study.cell(model, variant)
+def side(sr: StudyResults, model: str, variant: str) -> V.Side:
+    runs = sr.cell(model, variant)
     test, clean = [], []
     for r in runs:
-        t, c = r.final.get("test_acc"), r.final.get("clean_train_acc")
-        if t is not None and c is not None and math.isfinite(t) and math.isfinite(c):
-            test.append(t)
-            clean.append(c)
+        f = r.final
+        if f is not None:
+            test.append(f.test_acc)
+            clean.append(f.clean_train_acc)
     ratios = [median_ratio(r) for r in runs if r.status != "diverged"]
     changes = {}
-    for crit in criteria_present(study):
+    for crit in criteria_present(runs):
         vals = [sep_change(r, crit) for r in runs]
         changes[crit] = [v for v in vals if v is not None]
+    classes = len(sr.data.get("classes") or []) or 10
     return V.Side(label(model, variant), test, clean, diverged=sum(r.status == "diverged" for r in runs),
                   log_ratio=[math.log10(x) for x in ratios if x is not None],
-                  sep_change={c: v for c, v in changes.items() if v})
+                  sep_change={c: v for c, v in changes.items() if v},
+                  test_n=min((r.test_n for r in runs), default=0), clean_n=min((r.clean_n for r in runs), default=0),
+                  chance=1 / classes)
 
 
-def comparisons(study: Study) -> list[dict]:
-    """Every pair the data allow: variant pairs within a depth, then each variant across depths."""
-    out = []
-    for model in study.models:
-        for a, b, kind in VARIANT_PAIRS:
-            if study.cell(model, a) and study.cell(model, b):
-                out.append({"kind": kind, "model": model, "a": (model, a), "b": (model, b),
-                            "subject": f"{model}: {a} vs {b}"})
-    models = study.models
-    for shallow, deep in zip(models, models[1:]):
-        for v in study.variants:
-            if study.cell(shallow, v) and study.cell(deep, v):
-                out.append({"kind": "depth", "model": None, "a": (shallow, v), "b": (deep, v),
-                            "subject": f"{v}: {shallow} vs {deep}"})
-    return out
-
-
-def all_verdicts(study: Study) -> list[dict]:
-    """One row per comparison with its H1, H2, H3 verdicts (H3 only where both sides are probed)."""
+def all_verdicts(sr: StudyResults) -> list[dict]:
+    """One row per comparison of the study: its H1, H2, H3 verdicts."""
     rows = []
-    for comp in comparisons(study):
-        a, b = side(study, *comp["a"]), side(study, *comp["b"])
-        row = dict(comp, verdicts={h: fn(comp["subject"], a, b) for h, fn in V.RULE_FUNCTIONS.items()})
-        rows.append(row)
+    for comp in sr.comparisons():
+        a, b = side(sr, *comp.reference), side(sr, *comp.other)
+        rows.append({"comparison": comp, "subject": comp.subject, "kind": comp.kind, "component": comp.component,
+                     "verdicts": {h: fn(comp.subject, a, b) for h, fn in V.RULE_FUNCTIONS.items()}})
     return rows
+
+
+def effect(sr: StudyResults, comp: Comparison) -> dict:
+    """What removing a component (or adding depth) does: other minus reference, on test accuracy
+    and on train accuracy in eval mode, each with the noise rule; and whether either did not learn."""
+    a, b = side(sr, *comp.reference), side(sr, *comp.other)
+    if not (a.test_acc and b.test_acc):
+        return {"comparison": comp, "complete": False}
+    dtest, dtrain = V.compare(b, a, "test_acc"), V.compare(b, a, "clean_train_acc")
+    return {"comparison": comp, "complete": True, "reference": a, "other": b, "dtest": dtest, "dtrain": dtrain,
+            "stuck": [s.label for s in (a, b) if s.did_not_learn],
+            "seeds": min(len(a.test_acc), len(b.test_acc))}
+
+
+def degradation(sr: StudyResults) -> list[dict]:
+    """Every depth comparison with its *degradation* verdict (He et al.'s sense): the deeper net is
+    worse on the training set than the shallower one of the same kind, beyond noise."""
+    out = []
+    for comp in sr.comparisons():
+        if comp.kind != "depth":
+            continue
+        e = effect(sr, comp)
+        if not e["complete"]:
+            continue
+        sign = e["dtrain"].sign
+        e["verdict"] = "inconclusive" if e["stuck"] else {-1: "degrades", 1: "improves", 0: "no_difference"}[sign]
+        out.append(e)
+    return out
 
 
 # -- tables ----------------------------------------------------------------------------------------
@@ -124,13 +147,13 @@ def mean_std(values) -> tuple[float | None, float | None, int]:
     return float(a.mean()), (float(a.std(ddof=1)) if len(a) > 1 else None), len(a)
 
 
-def epoch_curves(study: Study, model: str, variant: str, key: str) -> dict:
+def epoch_curves(sr: StudyResults, model: str, variant: str, key: str) -> dict:
     """Per epoch mean, std and count over seeds (epochs a diverged run never reached are absent)."""
-    runs = study.cell(model, variant)
+    runs = sr.cell(model, variant)
     n_epochs = max((len(r.epochs) for r in runs), default=0)
     epochs, means, stds, counts = [], [], [], []
     for i in range(n_epochs):
-        m, s, n = mean_std([r.epochs[i][key] for r in runs if i < len(r.epochs)])
+        m, s, n = mean_std([getattr(r.epochs[i], key) for r in runs if i < len(r.epochs)])
         if n:
             epochs.append(i + 1)
             means.append(m)
@@ -139,48 +162,98 @@ def epoch_curves(study: Study, model: str, variant: str, key: str) -> dict:
     return {"epoch": epochs, "mean": means, "std": stds, "n": counts}
 
 
-def h1_rows(study: Study) -> list[dict]:
+def accuracy_rows(sr: StudyResults) -> list[dict]:
+    """Final running train, eval-mode train and test accuracy per model and variant (mean, std, n)."""
     rows = []
-    for model, variant, runs in study.cells():
-        row = {"model": model, "variant": variant, "seeds": [r.seed for r in runs],
-               "diverged": sum(r.status == "diverged" for r in runs)}
+    for model, variant, runs in sr.cells():
+        finals = [r.final for r in runs if r.final is not None]
+        s = side(sr, model, variant)
+        row = {"study": sr.name, "protocol": sr.protocol, "model": model, "variant": variant,
+               "seeds": [r.seed for r in runs], "diverged": sum(r.status == "diverged" for r in runs),
+               "did_not_learn": s.did_not_learn,
+               "wall_s": mean_std([r.record.summary.wall_s for r in runs]),
+               "parameters": runs[0].record.summary.parameters}
         for key in ("train_acc", "clean_train_acc", "test_acc"):
-            row[key] = mean_std([r.final.get(key) for r in runs])
-        row["gap"] = mean_std([r.final["clean_train_acc"] - r.final["test_acc"] for r in runs
-                               if r.final.get("clean_train_acc") is not None and r.final.get("test_acc") is not None])
+            row[key] = mean_std([getattr(f, key) for f in finals])
+        row["gap"] = mean_std([f.clean_train_acc - f.test_acc for f in finals])
         rows.append(row)
     return rows
 
 
-def h2_rows(study: Study) -> list[dict]:
+def h2_rows(sr: StudyResults) -> list[dict]:
     rows = []
-    for model, variant, runs in study.cells():
-        s = side(study, model, variant)
+    for model, variant, runs in sr.cells():
+        s = side(sr, model, variant)
         symptom, est = V.gradient_symptom(s)
-        first = [stage_medians(r) for r in runs]
+        medians = [stage_medians(r) for r in runs]
         stages = runs[0].stages
         rows.append({"model": model, "variant": variant, "seeds": [r.seed for r in runs],
                      "diverged": s.diverged,
-                     "diverged_at": [r.doc.get("diverged_at_step") for r in runs if r.status == "diverged"],
-                     "first": mean_std([m.get(stages[0]) for m in first]) if stages else (None, None, 0),
-                     "last": mean_std([m.get(stages[-1]) for m in first]) if stages else (None, None, 0),
+                     "diverged_at": [r.record.diverged_at_step for r in runs if r.status == "diverged"],
+                     "first": mean_std([m.get(stages[0]) for m in medians]) if stages else (None, None, 0),
+                     "last": mean_std([m.get(stages[-1]) for m in medians]) if stages else (None, None, 0),
                      "ratio": est, "symptom": symptom,
                      "no_telemetry": [r.rel for r in runs if r.telemetry is None]})
     return rows
 
 
-def h3_rows(study: Study) -> list[dict]:
+def h3_rows(sr: StudyResults) -> list[dict]:
     """Per model with probes: k of m criteria whose separability falls, and the outcome."""
     rows = []
-    for model, variant, runs in study.cells():
+    for model, variant, runs in sr.cells():
         probed = [r for r in runs if r.probe]
-        loss = V.information_loss(side(study, model, variant))
+        loss = V.information_loss(side(sr, model, variant))
         rows.append({"model": model, "variant": variant, "seeds": [r.seed for r in probed],
                      "missing": [(r.rel, r.probe_note) for r in runs if not r.probe], **loss})
     return rows
 
 
-def signal_values(run: Run, phase: str, key: str = "act_std") -> dict[str, float | None]:
-    if run.probe is None:
+# -- the BatchNorm study -----------------------------------------------------------------------------
+
+def block_series(runs: list[Run], phase: str, key: str) -> tuple[list[str], np.ndarray]:
+    """Per residual block (in order) the mean over the probed runs of one signal statistic
+    (sq_mean, variance, branch_variance): (block names, values)."""
+    probed = [r for r in runs if r.probe and r.probe.blocks.get(phase)]
+    if not probed:
+        return [], np.zeros(0)
+    names = [b.name for b in probed[0].probe.blocks[phase]]
+    vals = np.array([[getattr(b, key) if getattr(b, key) is not None else np.nan for b in r.probe.blocks[phase]]
+                     for r in probed if len(r.probe.blocks[phase]) == len(names)], dtype=float)
+    with np.errstate(all="ignore"):
+        return names, np.nanmean(vals, axis=0)
+
+
+def rank_values(runs: list[Run], phase: str) -> dict[str, float | None]:
+    """Per stage the mean over probed runs of the effective rank of the stage's features."""
+    probed = [r for r in runs if r.probe and r.probe.effective_rank.get(phase)]
+    if not probed:
         return {}
-    return run.probe["signal"].get(phase, {}).get(key, {})
+    stages = probed[0].probe.stages
+    return {s: mean_std([r.probe.effective_rank[phase].get(s) for r in probed])[0] for s in stages}
+
+
+def collapse(sr: StudyResults, model: str, variant: str, phase: str = "init") -> dict | None:
+    """Does the net collapse at `phase`? The effective rank of the last stage relative to the first
+    stage's, and the output variance of the last block relative to the first block's."""
+    runs = sr.cell(model, variant)
+    ranks = rank_values(runs, phase)
+    names, var = block_series(runs, phase, "variance")
+    if not ranks or not len(var):
+        return None
+    stages = list(ranks)
+    r0, r1 = ranks[stages[0]], ranks[stages[-1]]
+    return {"model": model, "variant": variant, "phase": phase, "rank_first": r0, "rank_last": r1,
+            "rank_ratio": (r1 / r0) if r0 and r1 is not None else None,
+            "var_first": float(var[0]), "var_last": float(var[-1]),
+            "var_ratio": float(var[-1] / var[0]) if var[0] > 0 else None}
+
+
+RANK_COLLAPSE = 0.25  # the last stage keeps less than a quarter of the first stage's effective rank
+VARIANCE_BLOWUP = 1e3  # ... or its variance changed by more than a factor 1000 over the blocks
+
+
+def collapses(c: dict | None) -> bool | None:
+    if c is None or c["rank_ratio"] is None:
+        return None
+    v = c["var_ratio"]
+    return c["rank_ratio"] < RANK_COLLAPSE or (v is not None and (v > VARIANCE_BLOWUP or v < 1 / VARIANCE_BLOWUP))

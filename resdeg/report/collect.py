@@ -1,6 +1,6 @@
-"""Load the cached results of one study (a protocol, a data set and one setting) into plain
-Python objects: every run with its probe, grouped by model and variant. Nothing is computed
-here that a result file does not hold; the report's numbers all come through this module."""
+"""Load the result store into the report's studies: every declared study (resdeg/study.py) that
+has finished runs, each with its runs, their probes and what was left out. Nothing is computed
+here that a result file does not hold; every number of the report comes through this module."""
 from __future__ import annotations
 
 import hashlib
@@ -14,12 +14,11 @@ import numpy as np
 
 from ..config import make_config
 from ..errors import ResdegError
-from ..models import ARCHS, VARIANTS
-from ..store import CorruptRun, read_telemetry, scan
-from . import probes as probe_files
+from ..models import ARCHS
+from ..probes.store import ProbeRecord, find_probe
+from ..store import CorruptRun, Epoch, RunRecord, read_telemetry, scan
+from ..study import PROTOCOL_RANK, STUDIES, VARIANTS, Study
 
-# The study's order: serious protocols first when the store holds several.
-PROTOCOL_ORDER = ("seed", "cifar", "smoke")
 USABLE = ("done", "diverged")  # partial runs are listed, not used
 PER_RUN_KEYS = ("model", "variant", "seed")
 
@@ -28,22 +27,29 @@ PER_RUN_KEYS = ("model", "variant", "seed")
 class Run:
     folder: Path
     rel: str  # the folder relative to the results root: where the page says a number comes from
-    doc: dict
-    probe: dict | None = None
+    record: RunRecord
+    probe: ProbeRecord | None = None
     probe_file: str | None = None
     probe_note: str | None = None  # why there is no usable probe
 
-    model = property(lambda self: self.doc["config"]["model"])
-    variant = property(lambda self: self.doc["config"]["variant"])
-    seed = property(lambda self: self.doc["config"]["seed"])
-    status = property(lambda self: self.doc["status"])
-    config_hash = property(lambda self: self.doc["config_hash"])
-    epochs = property(lambda self: self.doc["epochs"])
+    model = property(lambda self: self.record.model)
+    variant = property(lambda self: self.record.variant)
+    seed = property(lambda self: self.record.seed)
+    status = property(lambda self: self.record.status)
+    config_hash = property(lambda self: self.record.config_hash)
+    epochs = property(lambda self: self.record.epochs)
 
     @property
-    def final(self) -> dict:
-        """The last recorded epoch (a diverged run's is the epoch it diverged in)."""
-        return self.epochs[-1] if self.epochs else {}
+    def final(self) -> Epoch | None:
+        return self.record.final
+
+    @property
+    def test_n(self) -> int:
+        return int(self.record.data.get("test_used") or 0)
+
+    @property
+    def clean_n(self) -> int:
+        return int(self.record.data.get("clean_train_used") or 0)
 
     @cached_property
     def telemetry(self) -> dict | None:
@@ -59,14 +65,17 @@ class Run:
 
 
 @dataclass
-class Study:
+class StudyResults:
+    """A declared study with the runs the store holds for it (one data set, one setting)."""
+    study: Study
     results: Path
-    protocol: str
     dataset: str
     setting: str  # short hash of the config without model, variant and seed
     runs: list[Run]
-    unused: list[tuple[str, str]] = field(default_factory=list)  # (folder, why)
-    other_studies: list[str] = field(default_factory=list)
+
+    name = property(lambda self: self.study.name)
+    protocol = property(lambda self: self.study.protocol)
+    kind = property(lambda self: self.study.kind)
 
     @property
     def models(self) -> list[str]:
@@ -89,6 +98,9 @@ class Study:
                 if runs:
                     yield model, variant, runs
 
+    def comparisons(self):
+        return self.study.comparisons({(m, v) for m, v, _ in self.cells()})
+
     @property
     def seeds(self) -> list[int]:
         return sorted({r.seed for r in self.runs})
@@ -96,92 +108,120 @@ class Study:
     @property
     def config(self) -> dict:
         """The shared config (model, variant and seed vary across runs)."""
-        return {k: v for k, v in self.runs[0].doc["config"].items() if k not in PER_RUN_KEYS}
+        return {k: v for k, v in self.runs[0].record.config.to_dict().items() if k not in PER_RUN_KEYS}
 
     @property
     def overrides(self) -> dict:
         """Fields that differ from the named protocol: the `--set` options that reproduce the study."""
-        base = make_config(self.protocol, dataset=self.dataset).to_dict()
+        base = make_config(self.protocol, dataset=self.dataset, precision=self.config["precision"]).to_dict()
         return {k: v for k, v in self.config.items() if k not in ("protocol", "dataset") and base.get(k) != v}
 
     @property
     def data(self) -> dict:
-        return self.runs[0].doc["data"]
+        return self.runs[0].record.data
 
     @property
     def environments(self) -> list[dict]:
         """Distinct environments the runs were made in."""
         seen = {}
         for r in self.runs:
-            seen.setdefault(json.dumps(r.doc["environment"], sort_keys=True), r.doc["environment"])
+            env = {k: v for k, v in r.record.environment.items() if k != "git_commit"}
+            seen.setdefault(json.dumps(env, sort_keys=True), r.record.environment)
         return list(seen.values())
 
     @property
     def is_smoke(self) -> bool:
         return self.protocol == "smoke"
 
+    @property
+    def probed(self) -> list[Run]:
+        return [r for r in self.runs if r.probe]
+
+
+@dataclass
+class Store:
+    """Everything the report shows: the studies with results, and the run folders it leaves out."""
+    results: Path
+    studies: list[StudyResults]
+    unused: list[tuple[str, str]] = field(default_factory=list)  # (folder, why)
+
+    @property
+    def runs(self) -> list[Run]:
+        seen, out = set(), []
+        for s in self.studies:
+            for r in s.runs:
+                if r.rel not in seen:
+                    seen.add(r.rel)
+                    out.append(r)
+        return out
+
+    def study(self, name: str) -> StudyResults | None:
+        return next((s for s in self.studies if s.name == name), None)
+
 
 def depth(model: str) -> int:
     return int(re.sub(r"\D", "", model) or 0)
 
 
-def _setting(cfg: dict) -> str:
-    rest = {k: v for k, v in cfg.items() if k not in PER_RUN_KEYS}
+def _setting(run: RunRecord) -> str:
+    rest = {k: v for k, v in run.config.to_dict().items() if k not in PER_RUN_KEYS}
     return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def load_study(results: str | Path, protocol: str | None = None, dataset: str | None = None) -> Study:
-    """The runs of one protocol + data set + setting. Defaults: the most serious protocol in the
-    store, its data set with most runs, and among settings the one with most runs."""
+def load_store(results: str | Path, protocol: str | None = None, dataset: str | None = None) -> Store:
+    """Every declared study with finished runs (filtered by protocol / data set when given). Per
+    study: the data set with most of its runs, and among settings the one with most runs. `smoke`
+    is shown only when no other study has results."""
     results = Path(results)
     entries = scan(results)
     if not entries:
         raise ResdegError(f"no runs in {results}/ (train some with `resdeg run-all`)")
-    good, unused = [], []
+    usable, unused = [], []
     for e in entries:
         rel = e.path.relative_to(results).as_posix()
-        if e.doc is None:
+        if e.run is None:
             unused.append((rel, f"corrupt: {e.problem}"))
-        elif e.doc["status"] not in USABLE:
-            unused.append((rel, f"{e.doc['status']}: {e.doc['epochs_done']} of {e.doc['config']['epochs']} epochs"))
-        else:
-            good.append((rel, e))
-    groups: dict[tuple[str, str], list] = {}
-    for rel, e in good:
-        cfg = e.doc["config"]
-        groups.setdefault((cfg["protocol"], cfg["dataset"]), []).append((rel, e))
-    if not groups:
-        raise ResdegError(f"no finished runs in {results}/ ({len(unused)} unusable; see `resdeg status`)")
-    candidates = [k for k in groups if (protocol is None or k[0] == protocol) and (dataset is None or k[1] == dataset)]
-    if not candidates:
-        have = ", ".join(f"{p}/{d}" for p, d in sorted(groups))
-        raise ResdegError(f"no finished runs for protocol={protocol or 'any'} dataset={dataset or 'any'} "
-                          f"in {results}/ (present: {have})")
-    rank = {p: i for i, p in enumerate(PROTOCOL_ORDER)}
-    key = min(candidates, key=lambda k: (rank.get(k[0], len(rank)), -len(groups[k]), k))
-    by_setting: dict[str, list] = {}
-    for rel, e in groups[key]:
-        by_setting.setdefault(_setting(e.doc["config"]), []).append((rel, e))
-    setting = max(by_setting, key=lambda s: (len(by_setting[s]), max(e.doc.get("updated", "") for _, e in by_setting[s])))
-    runs = []
-    for s, members in by_setting.items():
+        elif e.run.status not in USABLE:
+            unused.append((rel, f"{e.run.status}: {e.run.epochs_done} of {e.run.config.epochs} epochs"))
+        elif (protocol is None or e.run.protocol == protocol) and (dataset is None or e.run.dataset == dataset):
+            usable.append((rel, e))
+    if not usable:
+        wanted = f" for protocol={protocol or 'any'} dataset={dataset or 'any'}" if protocol or dataset else ""
+        raise ResdegError(f"no finished runs{wanted} in {results}/ ({len(unused)} unusable; see `resdeg status`)")
+
+    studies, used = [], set()
+    for study in sorted(STUDIES, key=lambda s: PROTOCOL_RANK.index(s.protocol)):
+        members = [(rel, e) for rel, e in usable if e.run.protocol == study.protocol
+                   and e.run.model in study.models and e.run.variant in study.variants]
+        if not members:
+            continue
+        by_key: dict[tuple[str, str], list] = {}
         for rel, e in members:
-            if s != setting:
-                unused.append((rel, "other settings than the study's (see its config)"))
-                continue
-            runs.append(_with_probe(Run(e.path, rel, e.doc)))
-    others = [f"{p}/{d}" for p, d in sorted(groups) if (p, d) != key]
-    return Study(results, key[0], key[1], setting, sorted(runs, key=_order), sorted(unused), others)
+            by_key.setdefault((e.run.dataset, _setting(e.run)), []).append((rel, e))
+        key = max(by_key, key=lambda k: (len(by_key[k]), max(e.run.updated for _, e in by_key[k]), k))
+        runs = [_with_probe(Run(e.path, rel, e.run)) for rel, e in sorted(by_key[key], key=lambda re_: _order(re_[1].run))]
+        studies.append(StudyResults(study, results, key[0], key[1], runs))
+        used.update(rel for rel, _ in by_key[key])
+    if len(studies) > 1:
+        smoke = [s for s in studies if s.is_smoke]
+        studies = [s for s in studies if not s.is_smoke]
+        used -= {r.rel for s in smoke for r in s.runs} - {r.rel for s in studies for r in s.runs}
+    for rel, e in usable:
+        if rel not in used:
+            why = "smoke runs are shown only when no other study has results" if e.run.protocol == "smoke" \
+                else "not in a declared study's grid, or another data set or setting than the study's"
+            unused.append((rel, why))
+    return Store(results, studies, sorted(unused))
 
 
-def _order(r: Run):
+def _order(r: RunRecord):
     arch = list(ARCHS)
     return (arch.index(r.model) if r.model in arch else len(arch), list(VARIANTS).index(r.variant), r.seed)
 
 
 def _with_probe(run: Run) -> Run:
-    found = probe_files.latest(run.folder, run.config_hash)
-    run.probe, run.probe_file, run.probe_note = found.doc, found.file, found.note
+    found = find_probe(run.folder, run.record)
+    run.probe, run.probe_file, run.probe_note = found.probe, found.file, found.note
     return run
 
 

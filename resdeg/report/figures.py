@@ -1,17 +1,22 @@
-"""The report's figures: one function per figure, cached results in, a PNG out (written atomically).
+"""The report's figures: one function per figure, registered beside its code with the page it
+belongs to (showyourwork's rule: a figure is made from cached results only). Each is drawn with
+English or Chinese labels and written as a PNG at 150 dpi, atomically.
 
-Each figure is drawn with English or Chinese labels. Chinese needs a CJK font from the system
+Sizes are chosen for the page: at most 8 inches wide, so that the 9-10 pt fonts stay at least
+9 pt when the page shows the figure at its width. Chinese needs a CJK font from the system
 (fonts-noto-cjk or fonts-wqy-microhei); without one the Chinese figures get English labels and a
-warning, never boxes for missing glyphs. Variants differ in colour (Okabe-Ito, colour-blind safe)
-*and* line style and marker.
+warning, never boxes for missing glyphs. Variants differ in colour (Okabe-Ito, colour-blind
+safe) *and* line style and marker; legends sit outside the axes, so they never cover data.
 """
 from __future__ import annotations
 
 import io
 import re
 import warnings
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import matplotlib
 
@@ -19,49 +24,103 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 from matplotlib import font_manager  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..atomic import atomic_write_bytes  # noqa: E402
 from ..probes.criteria import CRITERIA  # noqa: E402
 from . import analysis as A  # noqa: E402
-from .collect import Study  # noqa: E402
+from .collect import Store, StudyResults, depth  # noqa: E402
+from .verdicts import EXPLODE, VANISH  # noqa: E402
 
 STYLE = {  # variant -> colour, line style, marker
     "FULL": ("#0072B2", "-", "o"), "Nres": ("#D55E00", "--", "s"),
     "Nbn": ("#009E73", "-.", "^"), "Nboth": ("#CC79A7", ":", "D"),
+    "Fixup": ("#E69F00", "-", "v"), "SkipInit": ("#56B4E9", "-", "P"),
 }
-DPI = 100
+DEPTH_COLOURS = ("#0072B2", "#009E73", "#E69F00", "#D55E00", "#CC79A7", "#000000")
+DPI = 150
+WIDTH = 8.0  # inches: the widest figure
 CJK_FAMILIES = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans CJK", "Source Han Sans SC", "WenQuanYi Micro Hei",
                 "WenQuanYi Zen Hei", "Noto Serif CJK SC", "Noto Serif CJK JP", "Droid Sans Fallback", "AR PL UMing CN")
 _CJK_FILE = re.compile(r"cjk|wqy|wenquanyi|sourcehan|droidsansfallback|uming|ukai", re.I)
 
 LABELS = {
     "en": {"epoch": "epoch", "step": "training step", "stage": "stage", "acc": "accuracy (%)",
-           "train_acc": "train accuracy (running, train mode)", "clean_train_acc": "train accuracy (clean, eval mode)",
-           "test_acc": "test accuracy", "grad": "mean |dL/d stage output|", "first": "first stage ({s})",
-           "last": "last stage ({s})", "median_grad": "median over steps of mean |dL/d output|",
+           "err": "error (%)", "train_acc": "train accuracy (running, train mode)",
+           "clean_train_acc": "train accuracy (eval mode)", "test_acc": "test accuracy",
+           "train_err": "training error (running)", "test_err": "test error", "clean_train_err": "training error (eval mode)",
+           "grad": "mean |dL/d stage output|", "first": "first stage ({s})", "last": "last stage ({s})",
+           "median_grad": "median over steps of mean |dL/d output|", "ratio": "g(first stage) / g(last stage)",
+           "vanish": "vanishing (< 1e-3)", "explode": "exploding (> 1e3)",
            "act_std": "activation std", "init": "at initialisation", "trained": "after training",
-           "seeds": "{n} seeds: mean ± std", "n_seeds": "{n} seeds", "seed": "1 seed", "diverged": "diverged",
-           "lower_better": "(lower = more separable)", "no_data": "no data"},
-    "zh": {"epoch": "训练轮次", "step": "训练步数", "stage": "阶段", "acc": "准确率 (%)",
-           "train_acc": "训练准确率(滑动,训练模式)", "clean_train_acc": "训练准确率(干净,评估模式)",
-           "test_acc": "测试准确率", "grad": "阶段输出梯度平均绝对值", "first": "第一阶段 ({s})",
-           "last": "最后阶段 ({s})", "median_grad": "各步梯度平均绝对值的中位数",
+           "n_seeds": "{n} seeds", "seed": "1 seed", "chance": "chance", "depth": "depth (layers)",
+           "plain": "plain (Nres)", "residual": "residual (FULL)", "lower_better": "(lower = more separable)",
+           "block": "residual block", "sq_mean": "average channel squared mean", "variance": "average channel variance",
+           "branch_variance": "residual branch variance (before the add)", "rank": "effective rank",
+           "test_marker": "test", "train_marker": "train (eval mode)"},
+    "zh": {"epoch": "训练轮次", "step": "训练步数", "stage": "阶段", "acc": "准确率（%）", "err": "错误率（%）",
+           "train_acc": "训练准确率（训练模式，逐批统计）", "clean_train_acc": "训练集准确率（评估模式）",
+           "test_acc": "测试准确率", "train_err": "训练错误率（逐批统计）", "test_err": "测试错误率",
+           "clean_train_err": "训练集错误率（评估模式）",
+           "grad": "损失对阶段输出梯度的平均绝对值", "first": "第一个阶段（{s}）", "last": "最后一个阶段（{s}）",
+           "median_grad": "梯度平均绝对值在各步的中位数", "ratio": "第一个与最后一个阶段的 g 之比",
+           "vanish": "梯度消失（< 1e-3）", "explode": "梯度爆炸（> 1e3）",
            "act_std": "激活值标准差", "init": "初始化时", "trained": "训练结束后",
-           "seeds": "{n} 个种子:均值 ± 标准差", "n_seeds": "{n} 个种子", "seed": "1 个种子", "diverged": "发散",
-           "lower_better": "(越小越可分)", "no_data": "无数据"},
+           "n_seeds": "{n} 个种子", "seed": "1 个种子", "chance": "随机猜测", "depth": "深度（层数）",
+           "plain": "普通网络（Nres）", "residual": "残差网络（FULL）", "lower_better": "（越小越可分）",
+           "block": "残差块", "sq_mean": "通道均值平方的平均", "variance": "通道方差的平均",
+           "branch_variance": "残差分支方差（相加之前）", "rank": "有效秩",
+           "test_marker": "测试集", "train_marker": "训练集（评估模式）"},
 }
 CRITERION_NAMES = {
     "en": {"fisher_trace_ratio": "Fisher tr(S_B)/tr(S_W), per image", "fisher_channel_maps": "Fisher, per channel map",
            "lda_score": "LDA score (PCA-64)", "linear_probe_acc": "linear probe accuracy", "knn_acc": "kNN accuracy (k=20)",
            "nc1": "NC1", "silhouette": "silhouette", "coding_rate_reduction": "coding rate reduction ΔR",
            "cka_labels": "CKA with labels"},
-    "zh": {"fisher_trace_ratio": "Fisher 判据(逐图像)", "fisher_channel_maps": "Fisher 判据(逐通道特征图)",
-           "lda_score": "LDA 得分(PCA 64 维)", "linear_probe_acc": "线性探针准确率", "knn_acc": "kNN 准确率(k=20)",
+    "zh": {"fisher_trace_ratio": "Fisher 判据（逐图像）", "fisher_channel_maps": "Fisher 判据（逐通道特征图）",
+           "lda_score": "LDA 得分（PCA 64 维）", "linear_probe_acc": "线性探针准确率", "knn_acc": "kNN 准确率（k=20）",
            "nc1": "NC1", "silhouette": "轮廓系数", "coding_rate_reduction": "编码率缩减 ΔR",
            "cka_labels": "与标签的 CKA"},
 }
 
+
+# -- the registry -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FigureSpec:
+    name: str  # file name stem
+    pages: tuple[str, ...]  # the pages it belongs to (study pages, or "index" for the landing page)
+    draw: Callable  # draw(results, lang, path, *args)
+    per_model: bool = False  # one figure per model of the study (file name gets -<model>)
+    needs: Callable | None = None  # needs(results) -> bool: is there data for it?
+
+
+FIGURES: list[FigureSpec] = []
+
+
+def figure(name: str, *pages: str, per_model: bool = False, needs: Callable | None = None):
+    """Register a figure function for one or more pages."""
+    def register(fn):
+        FIGURES.append(FigureSpec(name, pages, fn, per_model, needs))
+        return fn
+    return register
+
+
+def planned(results, page: str) -> list[tuple[str, FigureSpec, tuple]]:
+    """(file name, spec, extra args) of every figure of a page whose data exist."""
+    out = []
+    for spec in FIGURES:
+        if page not in spec.pages or (spec.needs is not None and not spec.needs(results)):
+            continue
+        if spec.per_model:
+            out += [(f"{spec.name}-{m}.png", spec, (m,)) for m in results.models]
+        else:
+            out.append((f"{spec.name}.png", spec, ()))
+    return out
+
+
+# -- drawing helpers ---------------------------------------------------------------------------------
 
 @lru_cache(maxsize=None)
 def cjk_font() -> str | None:
@@ -95,9 +154,9 @@ def figure_language(lang: str) -> str:
 
 def _rc(lang: str) -> dict:
     family = ["DejaVu Sans"] + ([cjk_font()] if lang == "zh" else [])
-    return {"font.family": family, "font.size": 9, "axes.titlesize": 9.5, "axes.labelsize": 9,
-            "legend.fontsize": 8, "axes.spines.top": False, "axes.spines.right": False,
-            "axes.grid": True, "grid.alpha": 0.3}
+    return {"font.family": family, "font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10,
+            "xtick.labelsize": 9, "ytick.labelsize": 9, "legend.fontsize": 9, "axes.spines.top": False,
+            "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3, "axes.unicode_minus": False}
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -106,29 +165,102 @@ def _save(fig: Figure, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _draw(path: Path, lang: str, nrows: int, ncols: int, size, body) -> None:
+def _draw(path: Path, lang: str, nrows: int, ncols: int, height: float, body, width: float = WIDTH) -> None:
     """Make a figure in the language's font setting, let `body(fig, axes, labels)` fill it, save it."""
     lang = figure_language(lang)
     with matplotlib.rc_context(_rc(lang)):
-        fig = Figure(figsize=size, layout="constrained")
+        fig = Figure(figsize=(width, height), layout="constrained")
         axes = np.atleast_2d(fig.subplots(nrows, ncols, squeeze=False))
-        body(fig, axes, LABELS[lang], lang)
+        body(fig, axes, LABELS[lang])
         _save(fig, path)
 
 
-def _legend_label(study: Study, model: str, variant: str, t: dict, spread: bool = True) -> str:
-    """'FULL (3 seeds: mean ± std)', or with spread=False just the seed count."""
-    n = len(study.cell(model, variant))
-    if n == 1:
-        return f"{variant} ({t['seed']})"
-    return f"{variant} ({(t['seeds'] if spread else t['n_seeds']).format(n=n)})"
+def _legend_below(fig: Figure, axes, ncol: int = 4) -> None:
+    """One legend for the figure, below the axes: it never covers data."""
+    handles, labels = {}, {}
+    for ax in np.ravel(axes):
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                labels[lab], handles[lab] = lab, h
+    if handles:
+        fig.legend(list(handles.values()), list(labels), loc="outside lower center", ncol=min(ncol, len(handles)),
+                   frameon=False)
 
 
-def _line(ax, x, mean, std, variant, label, n_max):
-    colour, ls, marker = STYLE[variant]
+def _seed_label(n: int, t: dict) -> str:
+    return t["seed"] if n == 1 else t["n_seeds"].format(n=n)
+
+
+def _variant_label(sr: StudyResults, model: str, variant: str, t: dict) -> str:
+    return f"{variant} ({_seed_label(len(sr.cell(model, variant)), t)})"
+
+
+def _line(ax, x, mean, std, variant, label, n_max, colour=None, ls=None, marker=None):
+    c, s, m = STYLE.get(variant, ("#000000", "-", "o"))
+    colour, ls, marker = colour or c, ls or s, marker or m
     ax.plot(x, mean, color=colour, ls=ls, marker=marker, ms=3.5, lw=1.6, label=label)
     if n_max > 1:
         ax.fill_between(x, np.subtract(mean, std), np.add(mean, std), color=colour, alpha=0.15, lw=0)
+
+
+def _chance(ax, sr, t, error: bool = False) -> None:
+    """A dotted line at chance level (1 / classes) on an accuracy (or error) axis."""
+    classes = len(sr.data.get("classes") or []) or 10
+    y = 100 / classes
+    ax.axhline(100 - y if error else y, color="#555555", ls=(0, (1, 2)), lw=1, label=t["chance"])
+
+
+def _has_epochs(sr) -> bool:
+    return any(r.epochs for r in sr.runs)
+
+
+def _has_telemetry(sr) -> bool:
+    return any(r.telemetry is not None for r in sr.runs)
+
+
+def _has_probes(sr) -> bool:
+    return bool(sr.probed)
+
+
+def _has_blocks(sr) -> bool:
+    return any(r.probe and r.probe.blocks for r in sr.runs)
+
+
+# -- the landing page ----------------------------------------------------------------------------------
+
+@figure("headline", "index", needs=lambda store: bool(store.studies))
+def headline(store: Store, lang: str, path: Path) -> None:
+    """Final test accuracy (filled) and train accuracy in eval mode (hollow) of every model and
+    variant, one panel per study; chance level dotted."""
+    studies = store.studies
+
+    def body(fig, axes, t):
+        for ax, sr in zip(axes.flat, studies):
+            for i, model in enumerate(sr.models):
+                variants = [v for v in sr.variants if sr.cell(model, v)]
+                for j, v in enumerate(variants):
+                    x = i + (j - (len(variants) - 1) / 2) * 0.12
+                    colour, _, marker = STYLE.get(v, ("#000000", "-", "o"))
+                    runs = sr.cell(model, v)
+                    test = [100 * r.final.test_acc for r in runs if r.final]
+                    train = [100 * r.final.clean_train_acc for r in runs if r.final]
+                    if test:
+                        ax.plot([x] * len(test), test, marker, color=colour, ms=5, alpha=0.9,
+                                label=v if i == 0 else None)
+                        ax.plot([x] * len(train), train, marker, color=colour, ms=6, mfc="none", alpha=0.9)
+            ax.set_xticks(range(len(sr.models)), sr.models)
+            ax.set_xlim(-0.6, len(sr.models) - 0.4)
+            ax.set_ylim(0, 101)
+            ax.set_ylabel(t["acc"])
+            ax.set_title(sr.study.title[lang if lang in sr.study.title else "en"])
+            _chance(ax, sr, t)
+        fig.legend(handles=[Line2D([], [], marker="o", ls="", color="#444444", label=t["test_marker"]),
+                            Line2D([], [], marker="o", ls="", mfc="none", color="#444444", label=t["train_marker"])],
+                   loc="outside upper center", ncol=2, frameon=False)
+        _legend_below(fig, axes, ncol=7)
+    ncols = min(3, len(studies))
+    nrows = -(-len(studies) // ncols)
+    _draw(path, lang, nrows, ncols, 3.2 * nrows + 0.9, body)
 
 
 # -- H1 ----------------------------------------------------------------------------------------------
@@ -136,24 +268,25 @@ def _line(ax, x, mean, std, variant, label, n_max):
 H1_KEYS = ("train_acc", "clean_train_acc", "test_acc")
 
 
-def h1_accuracy(study: Study, lang: str, path: Path) -> None:
-    """Running train, clean train and test accuracy per epoch; one row per depth, mean ± std over seeds."""
-    def body(fig, axes, t, lang):
-        for row, model in enumerate(study.models):
-            for col, key in enumerate(H1_KEYS):
-                ax = axes[row, col]
-                for v in study.variants:
-                    c = A.epoch_curves(study, model, v, key)
-                    if c["epoch"]:
-                        _line(ax, c["epoch"], np.multiply(c["mean"], 100), np.multiply(c["std"], 100), v,
-                              _legend_label(study, model, v, t), max(c["n"]))
-                ax.set_title(f"{model}: {t[key]}")
-                ax.set_xlabel(t["epoch"])
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-                ax.set_ylabel(t["acc"])
-                ax.set_ylim(0, 101)
-            axes[row, -1].legend(loc="lower right")
-    _draw(path, lang, len(study.models), 3, (12, 3.2 * len(study.models)), body)
+@figure("h1-accuracy", "h1", per_model=True, needs=_has_epochs)
+def h1_accuracy(sr: StudyResults, lang: str, path: Path, model: str) -> None:
+    """Running train, eval-mode train and test accuracy per epoch of one model's variants."""
+    def body(fig, axes, t):
+        for col, key in enumerate(H1_KEYS):
+            ax = axes[0, col]
+            for v in sr.variants:
+                c = A.epoch_curves(sr, model, v, key)
+                if c["epoch"]:
+                    _line(ax, c["epoch"], np.multiply(c["mean"], 100), np.multiply(c["std"], 100), v,
+                          _variant_label(sr, model, v, t), max(c["n"]))
+            _chance(ax, sr, t)
+            ax.set_title(t[key], fontsize=9.5)
+            ax.set_xlabel(t["epoch"])
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylim(0, 101)
+        axes[0, 0].set_ylabel(t["acc"])
+        _legend_below(fig, axes)
+    _draw(path, lang, 1, 3, 3.3, body)
 
 
 # -- H2 ----------------------------------------------------------------------------------------------
@@ -168,131 +301,304 @@ def _binned_median(y: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
         return np.arange(len(blocks)) * width + (width - 1) / 2, np.nanmedian(blocks, axis=1)
 
 
-def h2_steps(study: Study, lang: str, path: Path) -> None:
-    """Per-step mean |dL/d stage output| of the first and the last stage, log scale: every step as a
-    faint point, the median over blocks of steps (of the median over seeds) as a line; divergence marked."""
-    longest = max((len(g) for r in study.runs if (g := A.grad_series(r)) is not None), default=1)
+def _pooled(series: list[np.ndarray]) -> np.ndarray:
+    """Per step the median over seeds (runs of different length padded with NaN)."""
+    stacked = np.full((len(series), max(len(s) for s in series)), np.nan)
+    for i, s in enumerate(series):
+        stacked[i, :len(s)] = s
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN steps after a divergence
+        return np.nanmedian(stacked, axis=0)
+
+
+@figure("h2-gradient-steps", "h2", per_model=True, needs=_has_telemetry)
+def h2_steps(sr: StudyResults, lang: str, path: Path, model: str) -> None:
+    """Per-step mean |dL/d stage output| of the first and last stage of one model's variants, log
+    scale: every step a faint point, the median over blocks of steps (of the median over seeds) a
+    line; a vertical line where a run diverged."""
+    longest = max((len(g) for r in sr.runs if (g := A.grad_series(r)) is not None), default=1)
     width = max(1, longest // 200)  # the same block width for every run, so short runs look alike
 
-    def body(fig, axes, t, lang):
-        for row, model in enumerate(study.models):
-            for col, which in enumerate(("first", "last")):
-                ax = axes[row, col]
-                stage_name = None
-                for v in study.variants:
-                    colour, ls, marker = STYLE[v]
-                    series = []
-                    for r in study.cell(model, v):
-                        g = A.grad_series(r)
-                        if g is None:
-                            continue
-                        stage_name = r.stages[0 if which == "first" else -1]
-                        y = g[:, 0 if which == "first" else -1].copy()
-                        y[~np.isfinite(y) | (y <= 0)] = np.nan
-                        series.append(y)
-                        step = np.arange(len(y))
-                        keep = slice(None, None, max(1, len(y) // 4000))
-                        ax.scatter(step[keep], y[keep], s=1.5, color=colour, alpha=0.12, lw=0, rasterized=True)
-                        if r.status == "diverged" and r.doc.get("diverged_at_step") is not None:
-                            ax.axvline(r.doc["diverged_at_step"], color=colour, ls=ls, lw=0.9)
-                    if not series:
-                        continue
-                    n = max(len(s) for s in series)
-                    stacked = np.full((len(series), n), np.nan)
-                    for i, s in enumerate(series):
-                        stacked[i, :len(s)] = s
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN steps after a divergence
-                        pooled = np.nanmedian(stacked, axis=0)
-                    ax.plot(*_binned_median(pooled, width), color=colour, ls=ls, lw=1.6,
-                            label=_legend_label(study, model, v, t, spread=False))
-                ax.set_yscale("log")
-                ax.set_title(f"{model}: {t[which].format(s=stage_name or '?')}")
-                ax.set_xlabel(t["step"])
-                ax.set_ylabel(t["grad"])
-            axes[row, -1].legend(loc="best")
-    _draw(path, lang, len(study.models), 2, (11, 3.4 * len(study.models)), body)
-
-
-def h2_profile(study: Study, lang: str, path: Path) -> None:
-    """Median over steps of the gradient at every stage, per variant (mean over seeds, min-max bars)."""
-    def body(fig, axes, t, lang):
-        for col, model in enumerate(study.models):
+    def body(fig, axes, t):
+        for col, which in enumerate(("first", "last")):
             ax = axes[0, col]
-            for v in study.variants:
-                per_run = [A.stage_medians(r) for r in study.cell(model, v)]
-                per_run = [m for m in per_run if m]
+            stage_name = None
+            for v in sr.variants:
+                colour, ls, _ = STYLE.get(v, ("#000000", "-", "o"))
+                series = []
+                for r in sr.cell(model, v):
+                    g = A.grad_series(r)
+                    if g is None:
+                        continue
+                    stage_name = r.stages[0 if which == "first" else -1]
+                    y = g[:, 0 if which == "first" else -1].copy()
+                    y[~np.isfinite(y) | (y <= 0)] = np.nan
+                    series.append(y)
+                    step = np.arange(len(y))
+                    keep = slice(None, None, max(1, len(y) // 3000))
+                    ax.scatter(step[keep], y[keep], s=1.5, color=colour, alpha=0.12, lw=0, rasterized=True)
+                    if r.status == "diverged" and r.record.diverged_at_step is not None:
+                        ax.axvline(r.record.diverged_at_step, color=colour, ls=ls, lw=0.9)
+                if series:
+                    ax.plot(*_binned_median(_pooled(series), width), color=colour, ls=ls, lw=1.6,
+                            label=_variant_label(sr, model, v, t))
+            ax.set_yscale("log")
+            ax.set_title(t[which].format(s=stage_name or "?"))
+            ax.set_xlabel(t["step"])
+        axes[0, 0].set_ylabel(t["grad"])
+        _legend_below(fig, axes)
+    _draw(path, lang, 1, 2, 3.4, body)
+
+
+@figure("h2-ratio", "h2", "degradation", needs=_has_telemetry)
+def h2_ratio(sr: StudyResults, lang: str, path: Path) -> None:
+    """The H2 statistic itself: g(first stage) / g(last stage) per step (binned median over seeds),
+    one panel per model, with the 1e-3 and 1e3 thresholds that decide the verdict."""
+    longest = max((len(g) for r in sr.runs if (g := A.grad_series(r)) is not None), default=1)
+    width = max(1, longest // 200)
+    models = sr.models
+
+    def body(fig, axes, t):
+        for ax, model in zip(axes.flat, models):
+            for v in sr.variants:
+                colour, ls, _ = STYLE.get(v, ("#000000", "-", "o"))
+                series = [s for r in sr.cell(model, v) if (s := A.ratio_series(r)) is not None]
+                if series:
+                    ax.plot(*_binned_median(_pooled(series), width), color=colour, ls=ls, lw=1.6,
+                            label=_variant_label(sr, model, v, t))
+            ax.axhspan(1e-12, VANISH, color="#D55E00", alpha=0.08, lw=0)
+            ax.axhspan(EXPLODE, 1e12, color="#CC79A7", alpha=0.08, lw=0)
+            ax.axhline(VANISH, color="#D55E00", lw=1, ls=(0, (4, 2)), label=t["vanish"])
+            ax.axhline(EXPLODE, color="#CC79A7", lw=1, ls=(0, (4, 2)), label=t["explode"])
+            ax.set_yscale("log")
+            lo, hi = ax.get_ylim()
+            ax.set_ylim(min(lo, VANISH / 10), max(hi, EXPLODE * 10))
+            ax.set_title(model)
+            ax.set_xlabel(t["step"])
+        axes.flat[0].set_ylabel(t["ratio"])
+        _legend_below(fig, axes)
+    _draw(path, lang, 1, len(models), 3.4, body)
+
+
+@figure("h2-stage-profile", "h2", needs=_has_telemetry)
+def h2_profile(sr: StudyResults, lang: str, path: Path) -> None:
+    """Median over steps of the gradient at every stage, per variant (mean over seeds, min-max bars)."""
+    models = sr.models
+
+    def body(fig, axes, t):
+        for ax, model in zip(axes.flat, models):
+            for v in sr.variants:
+                per_run = [m for r in sr.cell(model, v) if (m := A.stage_medians(r))]
                 if not per_run:
                     continue
                 stages = list(per_run[0])
                 vals = np.array([[m.get(s) if m.get(s) is not None else np.nan for s in stages] for m in per_run])
-                colour, ls, marker = STYLE[v]
-                mid = np.nanmean(vals, 0)
-                ax.errorbar(range(len(stages)), mid, yerr=[mid - np.nanmin(vals, 0), np.nanmax(vals, 0) - mid],
-                            color=colour, ls=ls, marker=marker, ms=4, lw=1.6, capsize=2,
-                            label=_legend_label(study, model, v, t))
+                colour, ls, marker = STYLE.get(v, ("#000000", "-", "o"))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    mid = np.nanmean(vals, 0)
+                    err = [mid - np.nanmin(vals, 0), np.nanmax(vals, 0) - mid]
+                ax.errorbar(range(len(stages)), mid, yerr=err, color=colour, ls=ls, marker=marker, ms=4, lw=1.6,
+                            capsize=2, label=_variant_label(sr, model, v, t))
                 ax.set_xticks(range(len(stages)), stages)
             ax.set_yscale("log")
             ax.set_title(model)
             ax.set_xlabel(t["stage"])
-            ax.set_ylabel(t["median_grad"])
-            ax.legend(loc="best")
-    _draw(path, lang, 1, len(study.models), (5.5 * len(study.models), 3.6), body)
+        axes.flat[0].set_ylabel(t["median_grad"])
+        _legend_below(fig, axes)
+    _draw(path, lang, 1, len(models), 3.4, body)
 
 
 # -- H3 ----------------------------------------------------------------------------------------------
 
-def _stage_lines(ax, study: Study, model: str, t: dict, values_of) -> None:
+def _stage_lines(ax, sr: StudyResults, model: str, t: dict, values_of) -> None:
     """One line per variant over the stages: the mean over probed seeds of `values_of(run)`
     (a stage -> value map), with a ±std band when there are several seeds."""
-    for v in study.variants:
-        runs = [r for r in study.cell(model, v) if r.probe]
+    for v in sr.variants:
+        runs = [r for r in sr.cell(model, v) if r.probe]
         if not runs:
             continue
-        stages = runs[0].probe["stages"]
+        stages = list(runs[0].probe.stages)
         vals = np.array([[values_of(r).get(s) for s in stages] for r in runs], dtype=float)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN stage is drawn as a gap
             mean, std = np.nanmean(vals, 0), np.nan_to_num(np.nanstd(vals, 0))
-        _line(ax, np.arange(len(stages)), mean, std, v, _legend_label(study, model, v, t), len(runs))
-        ax.set_xticks(range(len(stages)), stages)
+        _line(ax, np.arange(len(stages)), mean, std, v, _variant_label(sr, model, v, t), len(runs))
+        ax.set_xticks(range(len(stages)), [s.replace("stage", "") for s in stages])
 
 
-def h3_separability(study: Study, lang: str, path: Path, model: str) -> None:
-    """Every separability criterion by stage for the probed variants of one depth (mean ± std over seeds)."""
-    crits = A.criteria_present(study)
+@figure("h3-separability", "h3", per_model=True, needs=_has_probes)
+def h3_separability(sr: StudyResults, lang: str, path: Path, model: str) -> None:
+    """Every separability criterion by stage for the probed variants of one model (mean ± std over seeds)."""
+    crits = A.criteria_present(sr.runs)
     ncols = 3
     nrows = max(1, -(-len(crits) // ncols))
 
-    def body(fig, axes, t, lang):
+    def body(fig, axes, t):
         for i, ax in enumerate(axes.flat):
             if i >= len(crits):
                 ax.set_visible(False)
                 continue
             crit = crits[i]
-            _stage_lines(ax, study, model, t, lambda r: A.probe_values(r, crit))
+            _stage_lines(ax, sr, model, t, lambda r: A.probe_values(r, crit))
             title = CRITERION_NAMES[lang].get(crit, crit)
             if not CRITERIA[crit].higher_is_better:
-                title += " " + t["lower_better"]
-            ax.set_title(title)
+                title += t["lower_better"]
+            ax.set_title(title, fontsize=9)
             ax.set_xlabel(t["stage"])
-        if crits:
-            axes.flat[0].legend(loc="best")
-    _draw(path, lang, nrows, ncols, (12, 2.9 * nrows), body)
+        _legend_below(fig, axes)
+    _draw(path, lang, nrows, ncols, 2.4 * nrows + 0.6, body)
 
 
 # -- signal propagation -----------------------------------------------------------------------------
 
-def signal_std(study: Study, lang: str, path: Path) -> None:
+@figure("signal-activation-std", "signal", needs=_has_probes)
+def signal_std(sr: StudyResults, lang: str, path: Path) -> None:
     """Forward activation std by stage at initialisation and after training, per variant."""
-    def body(fig, axes, t, lang):
-        for row, model in enumerate(study.models):
+    models = sr.models
+
+    def body(fig, axes, t):
+        for row, model in enumerate(models):
             for col, phase in enumerate(("init", "trained")):
                 ax = axes[row, col]
-                _stage_lines(ax, study, model, t, lambda r: A.signal_values(r, phase))
+                _stage_lines(ax, sr, model, t, lambda r: A.signal_values(r, phase))
                 ax.set_yscale("log")
                 ax.set_title(f"{model}: {t[phase]}")
                 ax.set_xlabel(t["stage"])
-                ax.set_ylabel(t["act_std"])
-            axes[row, -1].legend(loc="best")
-    _draw(path, lang, len(study.models), 2, (11, 3.2 * len(study.models)), body)
+            axes[row, 0].set_ylabel(t["act_std"])
+        _legend_below(fig, axes)
+    _draw(path, lang, len(models), 2, 2.9 * len(models) + 0.6, body)
+
+
+# -- the depth study ----------------------------------------------------------------------------------
+
+def _depth_lines(ax, sr: StudyResults, key: str, t: dict, as_error: bool = True) -> None:
+    """He et al.'s Fig. 6: one curve per depth, plain dashed, residual solid; colour = depth."""
+    for i, model in enumerate(sr.models):
+        colour = DEPTH_COLOURS[i % len(DEPTH_COLOURS)]
+        for v, ls in (("Nres", "--"), ("FULL", "-")):
+            c = A.epoch_curves(sr, model, v, key)
+            if not c["epoch"]:
+                continue
+            mean = 100 * (1 - np.asarray(c["mean"])) if as_error else 100 * np.asarray(c["mean"])
+            kind = t["plain"] if v == "Nres" else t["residual"]
+            _line(ax, c["epoch"], mean, 100 * np.asarray(c["std"]), v,
+                  f"{depth(model)}, {kind.split(' ')[0]} ({_seed_label(max(c['n']), t)})", max(c["n"]),
+                  colour=colour, ls=ls, marker="")
+
+
+@figure("depth-curves", "degradation", needs=_has_epochs)
+def depth_curves(sr: StudyResults, lang: str, path: Path) -> None:
+    """Training error (running, as He et al. plot it) and test error per epoch for every depth;
+    plain nets dashed, residual nets solid (He et al. 2015, Fig. 6)."""
+    def body(fig, axes, t):
+        for ax, key, title in ((axes[0, 0], "train_acc", "train_err"), (axes[0, 1], "test_acc", "test_err")):
+            _depth_lines(ax, sr, key, t)
+            ax.set_title(t[title])
+            ax.set_xlabel(t["epoch"])
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_ylim(bottom=0)
+        axes[0, 0].set_ylabel(t["err"])
+        _legend_below(fig, axes, ncol=4)
+    _draw(path, lang, 1, 2, 3.8, body)
+
+
+@figure("depth-final", "degradation", needs=_has_epochs)
+def depth_final(sr: StudyResults, lang: str, path: Path) -> None:
+    """Final training error (eval mode) and test error against depth: one line plain, one residual;
+    bars span the seeds (min to max), points are the mean."""
+    def body(fig, axes, t):
+        for ax, key, title in ((axes[0, 0], "clean_train_acc", "clean_train_err"), (axes[0, 1], "test_acc", "test_err")):
+            for v, label in (("Nres", t["plain"]), ("FULL", t["residual"])):
+                xs, mids, lows, highs, ns = [], [], [], [], []
+                for model in sr.models:
+                    vals = [100 * (1 - getattr(r.final, key)) for r in sr.cell(model, v) if r.final]
+                    if vals:
+                        xs.append(depth(model))
+                        mids.append(np.mean(vals))
+                        lows.append(np.mean(vals) - min(vals))
+                        highs.append(max(vals) - np.mean(vals))
+                        ns.append(len(vals))
+                if xs:
+                    colour, ls, marker = STYLE[v]
+                    ax.errorbar(xs, mids, yerr=[lows, highs], color=colour, ls=ls, marker=marker, ms=5, lw=1.6,
+                                capsize=3, label=f"{label}, {_seed_label(max(ns), t)}" if min(ns) == max(ns)
+                                else f"{label}, {min(ns)}-{max(ns)} seeds")
+            ax.set_xticks([depth(m) for m in sr.models])
+            ax.set_title(t[title])
+            ax.set_xlabel(t["depth"])
+            ax.set_ylim(bottom=0)
+        axes[0, 0].set_ylabel(t["err"])
+        _legend_below(fig, axes)
+    _draw(path, lang, 1, 2, 3.4, body)
+
+
+# -- the BatchNorm study ------------------------------------------------------------------------------
+
+@figure("bn-accuracy", "batchnorm", per_model=True, needs=_has_epochs)
+def bn_accuracy(sr: StudyResults, lang: str, path: Path, model: str) -> None:
+    """Train accuracy in eval mode and test accuracy per epoch of every variant of one depth."""
+    def body(fig, axes, t):
+        for col, key in enumerate(("clean_train_acc", "test_acc")):
+            ax = axes[0, col]
+            for v in sr.variants:
+                c = A.epoch_curves(sr, model, v, key)
+                if c["epoch"]:
+                    _line(ax, c["epoch"], np.multiply(c["mean"], 100), np.multiply(c["std"], 100), v,
+                          _variant_label(sr, model, v, t), max(c["n"]))
+            _chance(ax, sr, t)
+            ax.set_title(f"{model}: {t[key]}")
+            ax.set_xlabel(t["epoch"])
+            ax.set_ylim(0, 101)
+        axes[0, 0].set_ylabel(t["acc"])
+        _legend_below(fig, axes)
+    _draw(path, lang, 1, 2, 3.4, body)
+
+
+@figure("bn-signal", "batchnorm", per_model=True, needs=_has_blocks)
+def bn_signal(sr: StudyResults, lang: str, path: Path, model: str) -> None:
+    """Signal propagation by residual block (Brock et al. 2021): average channel squared mean,
+    average channel variance, and the residual branch's variance before the add; at initialisation
+    (top) and after training (bottom), log scale, one line per variant."""
+    keys = ("sq_mean", "variance", "branch_variance")
+
+    def body(fig, axes, t):
+        for row, phase in enumerate(("init", "trained")):
+            for col, key in enumerate(keys):
+                ax = axes[row, col]
+                for v in sr.variants:
+                    names, vals = A.block_series(sr.cell(model, v), phase, key)
+                    if len(vals):
+                        vals = np.where(vals > 0, vals, np.nan)
+                        _line(ax, np.arange(1, len(vals) + 1), vals, 0, v, _variant_label(sr, model, v, t), 1)
+                ax.set_yscale("log")
+                ax.set_title(f"{t[key]}\n{t[phase]}", fontsize=9)
+                ax.set_xlabel(t["block"])
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _legend_below(fig, axes)
+    _draw(path, lang, 2, 3, 5.8, body)
+
+
+@figure("bn-rank", "batchnorm", needs=_has_blocks)
+def bn_rank(sr: StudyResults, lang: str, path: Path) -> None:
+    """Effective rank of every stage's features on the probe images, at initialisation and after
+    training, one line per variant and one panel per depth."""
+    models = sr.models
+
+    def body(fig, axes, t):
+        for row, model in enumerate(models):
+            for col, phase in enumerate(("init", "trained")):
+                ax = axes[row, col]
+                for v in sr.variants:
+                    ranks = A.rank_values(sr.cell(model, v), phase)
+                    if ranks:
+                        stages = list(ranks)
+                        _line(ax, range(len(stages)), [ranks[s] if ranks[s] is not None else np.nan for s in stages],
+                              0, v, _variant_label(sr, model, v, t), 1)
+                        ax.set_xticks(range(len(stages)), [s.replace("stage", "") for s in stages])
+                ax.set_yscale("log")
+                ax.set_title(f"{model}: {t[phase]}")
+                ax.set_xlabel(t["stage"])
+            axes[row, 0].set_ylabel(t["rank"])
+        _legend_below(fig, axes)
+    _draw(path, lang, len(models), 2, 2.8 * len(models) + 0.6, body)

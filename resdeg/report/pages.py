@@ -1,24 +1,30 @@
-"""Render the report's Markdown pages from Jinja2 templates (report_templates/<lang>/<page>.md.j2).
+"""Render the report's Markdown pages from Jinja2 templates (package data: resdeg/report/templates).
 
-The context holds numbers and file names only; all wording lives in the templates, one per page
-and language. Tables are built by shared macros (report_templates/_macros.j2).
+One template per page holds its structure (tables, figures, loops) once; the prose of each
+language sits side by side in it (`{% if zh %}...{% else %}...{% endif %}`), so the English and
+Chinese pages cannot drift apart in structure. The context holds numbers and names only.
 """
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from datetime import datetime, timezone
 
 import jinja2
 
+from .. import __version__
+from ..models import ARCHS, build_model
+from ..probes.criteria import CRITERIA
 from ..probes.store import ProbeSettings
+from ..study import PAGES, VARIANTS
 from . import analysis as A
+from . import answer as answers
 from . import verdicts as V
-from .collect import Study, depth
+from .collect import Store, StudyResults, depth
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "report_templates"
 LANGS = ("en", "zh")
-PAGES = ("index", "method", "setup", "h1", "h2", "h3", "signal", "reflection", "reproducibility")
 CIFAR10_CLASSES = {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"}
+REPOSITORY = "https://github.com/resdeg/resdeg"
+ORIGINAL_NOTE = "https://zhuanlan.zhihu.com/"  # where the original (Chinese) note was published
 
 
 # -- formatting filters: the one place numbers become text -------------------------------------------
@@ -51,15 +57,25 @@ def ratio_text(est) -> str:
     return out + (f" [{10 ** est.low:.2e}, {10 ** est.high:.2e}]" if est.has_interval else "")
 
 
-def environment(loader=None) -> jinja2.Environment:
-    env = jinja2.Environment(loader=loader or jinja2.FileSystemLoader(str(TEMPLATES)),
+def diff(e, scale: float = 100.0) -> str:
+    """A difference with its uncertainty: an interval with seeds, the noise floor with one."""
+    return "—" if e is None else V.fmt_diff(e, scale)
+
+
+def count(n: int, en: str, lang: str) -> str:
+    """'1 run' / '3 runs' in English; Chinese has no plural."""
+    return f"{n} {en}{'' if n == 1 else 's'}" if lang == "en" else str(n)
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("resdeg.report", "templates"),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(pct=pct, pm=pm, sci=sci, num=num, ratio=ratio_text)
+    env.filters.update(pct=pct, pm=pm, sci=sci, num=num, ratio=ratio_text, diff=diff)
     return env
 
 
-# -- the context ------------------------------------------------------------------------------------
+# -- what the pages say about the data -----------------------------------------------------------------
 
 def data_kind(data: dict) -> str:
     """synthetic / cifar10-jpeg / cifar10-folder / torchvision / other: how the pages describe the data."""
@@ -72,48 +88,67 @@ def data_kind(data: dict) -> str:
     return "other"
 
 
-def commands(study: Study) -> dict:
+def model_table(sr: StudyResults) -> list[dict]:
+    """Per model of the study: parameters of each variant, and the output shape of every stage."""
+    import torch
+
+    cfg = sr.runs[0].record.config
+    classes = len(sr.data.get("classes") or []) or 10
+    rows = []
+    for model in sr.models:
+        net = build_model(model, stem=cfg.stem, num_classes=classes, width_mult=cfg.width_mult,
+                          conv_bias=cfg.conv_bias).eval()
+        with torch.no_grad():
+            outs = net.stage_outputs(torch.zeros(1, 3, cfg.image_size, cfg.image_size))
+        params = {v: r[0].record.summary.parameters for v in sr.variants if (r := sr.cell(model, v))}
+        rows.append({"model": model, "depth": depth(model), "params": params,
+                     "stages": {k: list(v.shape[1:]) for k, v in outs.items()}})
+    return rows
+
+
+def commands(sr: StudyResults) -> dict:
     """The exact commands that reproduce the study's runs, probes and report."""
     sets = " ".join(f"--set {k}={','.join(map(str, v)) if isinstance(v, list) else v}"
-                    for k, v in sorted(study.overrides.items()))
-    data_dir = " --data-dir DATA_DIR" if study.dataset == "imagefolder" else ""
-    probes = [r.probe for r in study.runs if r.probe]
-    images = probes[0]["settings"]["probe_images"] if probes else ProbeSettings().probe_images
-    grid = (f"resdeg run-all --protocol {study.protocol} --dataset {study.dataset}{data_dir} "
-            f"--models {','.join(study.models)} --variants {','.join(study.variants)} "
-            f"--seeds {','.join(map(str, study.seeds))}"
+                    for k, v in sorted(sr.overrides.items()))
+    data_dir = " --data-dir DATA_DIR" if sr.dataset == "imagefolder" else ""
+    images = sr.probed[0].probe.settings.probe_images if sr.probed else ProbeSettings().probe_images
+    grid = (f"resdeg run-all --protocol {sr.protocol} --dataset {sr.dataset}{data_dir} "
+            f"--models {','.join(sr.models)} --variants {','.join(sr.variants)} "
+            f"--seeds {','.join(map(str, sr.seeds))}"
             + (f" --probe-images {images}" if images != ProbeSettings().probe_images else "") + (f" {sets}" if sets else ""))
-    return {"run_all": grid, "report": f"resdeg report --protocol {study.protocol} --dataset {study.dataset}",
-            "site": "mkdocs build --strict"}
+    return {"run_all": grid}
 
 
-def context(study: Study, figures: dict, downloads: dict) -> dict:
-    verdict_rows = A.all_verdicts(study)
-    probes = [r.probe for r in study.runs if r.probe]
-    crits = A.criteria_present(study)
-    h1 = A.h1_rows(study)
-    seed_spread = [(f"{r['model']}-{r['variant']}", r["test_acc"]) for r in h1 if r["test_acc"][2] > 1]
-    counts = {o: sum(v.outcome == o for row in verdict_rows for v in row["verdicts"].values())
-              for o in V.OUTCOME_TEXT}
+def base_context(store: Store, lang: str) -> dict:
     return {
-        "study": study, "runs": study.runs, "models": study.models, "variants": study.variants,
-        "seeds": study.seeds, "protocol": study.protocol, "dataset": study.dataset, "smoke": study.is_smoke,
-        "config": study.config, "overrides": study.overrides,
-        "data": study.data, "data_kind": data_kind(study.data), "environments": study.environments,
-        "unused": study.unused, "other_studies": study.other_studies,
-        "h1_rows": h1, "h2_rows": A.h2_rows(study), "h3_rows": A.h3_rows(study),
-        "verdict_rows": verdict_rows, "verdict_counts": counts, "rules": V.RULES, "rules_version": V.RULES_VERSION,
-        "outcome_text": V.OUTCOME_TEXT, "symptom_text": V.SYMPTOM_TEXT, "vanish": V.VANISH, "explode": V.EXPLODE,
-        "criteria": crits, "probe_settings": probes[0]["settings"] if probes else None,
-        "probed": [r for r in study.runs if r.probe], "unprobed": [r for r in study.runs if not r.probe],
-        "criterion_errors": [(r, name, stage, msg) for r in study.runs if r.probe
-                             for name, per in r.probe["criterion_errors"].items() for stage, msg in per.items()],
-        "seed_spread": seed_spread, "single_seed_cells": [f"{r['model']}-{r['variant']}" for r in h1 if len(r["seeds"]) < 2],
-        "diverged_runs": [r for r in study.runs if r.status == "diverged"],
-        "figures": figures, "downloads": downloads, "commands": commands(study),
-        "results_dir": study.results.as_posix(), "pages": PAGES, "A": A, "depth": depth,
+        "lang": lang, "zh": lang == "zh", "store": store, "studies": store.studies, "A": A, "V": V,
+        "pages": PAGES, "variants_declared": VARIANTS, "archs": ARCHS, "criteria_declared": CRITERIA,
+        "rules": V.RULES, "rules_version": V.RULES_VERSION, "outcome_text": V.OUTCOME_TEXT,
+        "symptom_text": V.SYMPTOM_TEXT, "vanish": V.VANISH, "explode": V.EXPLODE,
+        "probe_defaults": ProbeSettings(), "count": lambda n, en: count(n, en, lang), "depth": depth,
+        "version": __version__, "repository": REPOSITORY, "original_note": ORIGINAL_NOTE,
+        "today": datetime.now(timezone.utc).date().isoformat(), "data_kind": data_kind,
+        "model_table": model_table, "commands": commands,
     }
 
 
-def render(env: jinja2.Environment, lang: str, page: str, ctx: dict) -> str:
-    return env.get_template(f"{lang}/{page}.md.j2").render(lang=lang, **ctx)
+def site_context(store: Store, lang: str, figures: dict, downloads: dict) -> dict:
+    """Context of the site pages (index, method, setup, reflection, reproducibility)."""
+    return {**base_context(store, lang), "root": "", "figures": figures, "downloads": downloads,
+            "hypotheses": answers.hypotheses(store), "components": answers.components(store),
+            "degradation": answers.degradation(store), "matrix": answers.matrix(store),
+            "depth_study": store.study("depth"), "bn_study": store.study("batchnorm"),
+            "unused": store.unused}
+
+
+def study_context(store: Store, sr: StudyResults, lang: str, figures: dict, downloads: dict) -> dict:
+    """Context of one study's pages."""
+    return {**base_context(store, lang), "root": "../", "sr": sr, "figures": figures, "downloads": downloads,
+            "runs": sr.runs, "config": sr.config, "verdict_rows": A.all_verdicts(sr),
+            "accuracy_rows": A.accuracy_rows(sr), "h2_rows": A.h2_rows(sr), "h3_rows": A.h3_rows(sr),
+            "criteria": A.criteria_present(sr.runs), "degradation": A.degradation(sr),
+            "effects": [A.effect(sr, c) for c in sr.comparisons() if c.kind == "ablation"]}
+
+
+def render(env: jinja2.Environment, page: str, ctx: dict) -> str:
+    return env.get_template(f"{page}.md.j2").render(page=PAGES[page], **ctx)

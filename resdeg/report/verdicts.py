@@ -1,9 +1,11 @@
 """The verdict rules of STUDY.md §4, versioned, as pure functions of per-seed numbers.
 
-Every comparison pairs two models (a variant pair at one depth, or one variant at two depths).
-The one with the lower test accuracy is the *degraded* one, its partner the *healthy* one;
-with several seeds a difference counts only when its 95% t interval excludes zero, with one
-seed the point values decide and the verdict says so.
+Every comparison pairs two models (an ablation at one depth, or one variant at two depths).
+The one with the lower test accuracy is the *worse* one, its partner the *better* one (pages
+call the worse one *degraded* only in a depth comparison). With several seeds a difference
+counts only when its 95% t interval excludes zero; with one seed only when it exceeds the noise
+of a single run (twice the binomial standard error, and at least one point). A model at chance
+*did not learn*, and no hypothesis is said to explain anything about it.
 """
 from __future__ import annotations
 
@@ -12,39 +14,47 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-RULES_VERSION = 1
+RULES_VERSION = 2  # 2: single-seed noise rule, "did not learn"
 VANISH, EXPLODE = 1e-3, 1e3  # median g(first stage) / g(last stage) thresholds
+MIN_DIFFERENCE = 0.01  # a single run's difference counts only from one point of accuracy up
 
 RULES = {
     "H1": {
-        "en": "Overfitting explains a degradation when the degraded model's clean train accuracy is at least "
-              "the healthy model's and its train-test gap (clean train minus test accuracy) is larger. "
-              "If it is worse on the training set as well, overfitting does not explain it.",
-        "zh": "若退化模型的干净训练准确率不低于健康模型,且其训练-测试差距(干净训练准确率减测试准确率)更大,"
-              "则过拟合可以解释这次退化;若它在训练集上也更差,过拟合就解释不了。",
+        "en": "Of two models, the worse one is the one with the lower test accuracy. Overfitting explains the "
+              "difference when the worse model's train accuracy in eval mode is at least the better model's and "
+              "its train-test gap (train accuracy in eval mode minus test accuracy) is larger. If it is worse on "
+              "the training set as well, overfitting does not explain it.",
+        "zh": "两个模型中，测试准确率较低的一个是较差的模型。若较差模型在评估模式下的训练集准确率不低于较好模型，"
+              "且其训练与测试之间的差距（评估模式下的训练集准确率减测试准确率）更大，则过拟合可以解释两者的差异；"
+              "若它在训练集上同样更差，过拟合就解释不了。",
     },
     "H2": {
         "en": "A model shows vanishing gradients when the median over training steps of "
               "g(first stage) / g(last stage) is below 1e-3, exploding ones when it is above 1e3 or the loss "
-              "became non-finite (g = mean |dL/d stage output|). H2 explains a degradation when the degraded "
-              "model shows a symptom and the healthy one does not.",
-        "zh": "g 为阶段输出梯度的平均绝对值 mean|dL/d(阶段输出)|。若训练全程 g(第一阶段)/g(最后阶段) 的中位数"
-              "小于 1e-3,判为梯度消失;大于 1e3 或损失出现非有限值,判为梯度爆炸。"
-              "当退化模型出现此现象而健康模型没有时,H2 可以解释这次退化。",
+              "became non-finite (g = mean |dL/d stage output|). H2 explains the difference when the worse "
+              "model shows a symptom and the better one does not.",
+        "zh": "记 g 为损失对阶段输出 h 的梯度的平均绝对值 mean|∂L/∂h|。若训练全程第一个阶段与最后一个阶段的 g 之比"
+              "的中位数小于 1e-3，判为梯度消失；大于 1e3 或损失出现非有限值，判为梯度爆炸。"
+              "若较差模型出现这一现象而较好模型没有，H2 可以解释两者的差异。",
     },
     "H3": {
         "en": "A model loses information when its separability falls from the shallowest to the deepest stage "
-              "for more than half of the criteria (k of m; nc1 falls when it rises). H3 explains a degradation "
-              "when the degraded model loses information and the healthy one does not.",
-        "zh": "若超过一半的可分性判据(k/m;nc1 越大越不可分)从最浅阶段到最深阶段下降,判该模型发生信息丢失。"
-              "当退化模型发生信息丢失而健康模型没有时,H3 可以解释这次退化。",
+              "for more than half of the criteria (k of m; nc1 falls when it rises). H3 explains the difference "
+              "when the worse model loses information and the better one does not.",
+        "zh": "若超过一半的可分性判据（k/m；nc1 越大越不可分）从最浅的阶段到最深的阶段下降，判该模型发生信息丢失。"
+              "若较差模型发生信息丢失而较好模型没有，H3 可以解释两者的差异。",
     },
     "seeds": {
         "en": "With several seeds a difference counts only when its 95% t interval (Welch for two groups, "
-              "paired within a run) excludes zero; with one seed no interval exists, and the point values "
-              "decide (marked 'single seed').",
-        "zh": "有多个随机种子时,差异只有在其 95% t 区间(两组比较用 Welch 区间,同一次训练内部用配对区间)"
-              "不包含零时才算数;只有一个种子时无法给出区间,由点估计决定,并标注“单一种子”。",
+              "paired within a run) excludes zero. With one seed no interval exists: a difference of accuracies "
+              "counts only when it is at least twice the binomial standard error of the two accuracies (on the "
+              "number of images they were measured on) and at least 1 point; otherwise the verdict is "
+              "inconclusive (marked 'single seed'). A model whose test accuracy is within that noise of chance "
+              "(1 / number of classes) did not learn, and no hypothesis is said to explain anything about it.",
+        "zh": "有多个随机种子时，只有 95% t 区间（两组比较用 Welch 区间，同一次训练内部用配对区间）不包含零的差异才算数。"
+              "只有一个种子时无法给出区间：准确率之差至少要达到两者二项标准误的两倍（按各自所用的图像数计算），"
+              "并且不小于 1 个百分点，才算数；否则判为无法判定（标注“单一种子”）。测试准确率与随机猜测水平"
+              "（1 / 类别数）之差在这一噪声以内的模型判为“没有学会”，不用任何假说解释它。",
     },
 }
 
@@ -69,6 +79,7 @@ class Estimate:
     low: float | None
     high: float | None
     n: tuple[int, ...]
+    noise: float | None = None  # single seed: the smallest difference that counts
 
     @property
     def has_interval(self) -> bool:
@@ -76,8 +87,11 @@ class Estimate:
 
     @property
     def sign(self) -> int:
-        """+1 / -1 when the estimate is (significantly, given an interval) above / below zero, else 0."""
+        """+1 / -1 when the estimate is above / below zero beyond noise (its interval, or with a
+        single seed the noise of one run), else 0."""
         if not self.has_interval:
+            if self.noise is not None and abs(self.value) < self.noise:
+                return 0
             return int(np.sign(self.value))
         return 1 if self.low > 0 else -1 if self.high < 0 else 0
 
@@ -91,7 +105,7 @@ class Estimate:
         return None
 
     def as_dict(self) -> dict:
-        return {"value": self.value, "low": self.low, "high": self.high, "n": list(self.n)}
+        return {"value": self.value, "low": self.low, "high": self.high, "n": list(self.n), "noise": self.noise}
 
 
 def mean(x) -> Estimate:
@@ -104,12 +118,27 @@ def mean(x) -> Estimate:
     return Estimate(m, m - half, m + half, (len(x),))
 
 
-def difference(a, b) -> Estimate:
-    """mean(a) - mean(b) with Welch's 95% interval (seeds of two models are independent runs)."""
+def single_run_noise(variance: float | None) -> float | None:
+    """The smallest difference a single seed can show: twice its binomial standard error, at least
+    MIN_DIFFERENCE. `variance` is the binomial variance of the difference (None: no noise floor)."""
+    if variance is None:
+        return None
+    return max(2 * math.sqrt(max(variance, 0.0)), MIN_DIFFERENCE)
+
+
+def binomial_variance(acc: float, n: int) -> float:
+    """Variance of an accuracy measured on n images (n = 0: unknown; only the 1-point floor applies)."""
+    return acc * (1 - acc) / n if n > 0 else 0.0
+
+
+def difference(a, b, variance: float | None = None) -> Estimate:
+    """mean(a) - mean(b) with Welch's 95% interval (seeds of two models are independent runs);
+    with a single seed, the difference counts only beyond the noise of `variance` (the binomial
+    variance of the difference of the two single values)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     d = float(a.mean() - b.mean())
     if len(a) < 2 or len(b) < 2:
-        return Estimate(d, None, None, (len(a), len(b)))
+        return Estimate(d, None, None, (len(a), len(b)), single_run_noise(variance))
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
     se = math.sqrt(va + vb)
     if se == 0:
@@ -128,6 +157,9 @@ class Side:
     test_acc: list[float]
     clean_train_acc: list[float]
     diverged: int = 0  # runs whose loss went non-finite
+    test_n: int = 0  # images the test accuracy is measured on (0: unknown)
+    clean_n: int = 0  # images of the clean-train subset
+    chance: float = 0.1  # 1 / number of classes
     log_ratio: list[float] = field(default_factory=list)  # log10 median g(first)/g(last), finite runs
     # criterion -> per-seed change from the shallowest to the deepest stage, oriented so that
     # negative = less separable (nc1's sign flipped)
@@ -137,13 +169,33 @@ class Side:
     def gap(self) -> list[float]:
         return [c - t for c, t in zip(self.clean_train_acc, self.test_acc)]
 
+    def variance(self, key: str) -> float:
+        """Binomial variance of the mean of `key` (test_acc, clean_train_acc or gap) over the seeds."""
+        k = max(1, len(self.test_acc))
+        t = binomial_variance(float(np.mean(self.test_acc)), self.test_n) if self.test_acc else 0.0
+        c = binomial_variance(float(np.mean(self.clean_train_acc)), self.clean_n) if self.clean_train_acc else 0.0
+        return {"test_acc": t, "clean_train_acc": c, "gap": t + c}[key] / k
+
+    @property
+    def did_not_learn(self) -> bool:
+        """Test accuracy within the noise of a single run of chance (STUDY.md §4)."""
+        if not self.test_acc:
+            return False
+        floor = single_run_noise(binomial_variance(self.chance, self.test_n) / len(self.test_acc))
+        return float(np.mean(self.test_acc)) - self.chance < floor
+
+
+def compare(a: Side, b: Side, key: str) -> Estimate:
+    """Side a minus side b on `key`, with the noise rule of a single seed."""
+    return difference(getattr(a, key), getattr(b, key), a.variance(key) + b.variance(key))
+
 
 @dataclass
 class Verdict:
     hypothesis: str
-    subject: str  # e.g. "resnet50: Nres vs FULL"
-    degraded: str | None
-    healthy: str | None
+    subject: str  # e.g. "resnet50: FULL vs Nres"
+    worse: str | None  # lower test accuracy (the degraded one in a depth comparison)
+    better: str | None
     outcome: str  # supported | not_supported | inconclusive
     reason: str  # a key of REASONS
     numbers: dict
@@ -151,38 +203,43 @@ class Verdict:
 
     def explain(self, lang: str) -> str:
         fmt = {k: v[lang] if isinstance(v, dict) else v for k, v in self.numbers.get("_fmt", {}).items()}
-        return REASONS[self.reason][lang].format(d=self.degraded, h=self.healthy, **fmt)
+        return REASONS[self.reason][lang].format(d=self.worse, h=self.better, **fmt)
 
     def as_dict(self) -> dict:
-        return {"hypothesis": self.hypothesis, "subject": self.subject, "degraded": self.degraded,
-                "healthy": self.healthy, "outcome": self.outcome, "reason": self.reason,
+        return {"hypothesis": self.hypothesis, "subject": self.subject, "worse": self.worse,
+                "better": self.better, "outcome": self.outcome, "reason": self.reason,
                 "explanation": {lang: self.explain(lang) for lang in ("en", "zh")},
                 "numbers": {k: v for k, v in self.numbers.items() if k != "_fmt"}, "single_seed": self.single_seed}
 
 
 REASONS = {
-    "no_data": {"en": "Not enough results to decide.", "zh": "结果不足,无法判定。"},
-    "no_degradation": {"en": "Test accuracies do not differ ({dtest}); there is no degradation to explain.",
-                       "zh": "两者测试准确率没有可分辨的差异({dtest}),没有需要解释的退化。"},
-    "worse_on_train": {"en": "{d} is worse on the training set too (clean train {dtrain}): not overfitting.",
-                       "zh": "{d} 在训练集上同样更差(干净训练准确率 {dtrain}),不是过拟合。"},
+    "no_data": {"en": "Not enough results to decide.", "zh": "结果不足，无法判定。"},
+    "did_not_learn": {"en": "{nl} did not learn (test accuracy within noise of chance): no hypothesis is said "
+                            "to explain anything about it.",
+                      "zh": "{nl}没有学会（测试准确率与随机猜测之差在噪声以内），不用任何假说解释它。"},
+    "no_degradation": {"en": "Test accuracies do not differ beyond noise ({dtest}); there is nothing to explain.",
+                       "zh": "两者的测试准确率之差没有超出噪声（{dtest}），没有需要解释的差异。"},
+    "worse_on_train": {"en": "{d} is worse on the training set too (train accuracy in eval mode {dtrain}): "
+                             "not overfitting.",
+                       "zh": "{d}在训练集上同样更差（评估模式下的训练集准确率 {dtrain}），不是过拟合。"},
     "overfits": {"en": "{d} fits the training set at least as well ({dtrain}) but its gap is larger ({dgap}).",
-                 "zh": "{d} 在训练集上拟合得不差({dtrain}),但训练-测试差距更大({dgap})。"},
-    "gap_not_larger": {"en": "{d} fits the training set as well ({dtrain}) but its gap is not larger ({dgap}).",
-                       "zh": "{d} 在训练集上拟合得不差({dtrain}),但训练-测试差距并不更大({dgap})。"},
-    "symptom_only_degraded": {"en": "{d}: {sd}; {h}: {sh}.", "zh": "{d}:{sd};{h}:{sh}。"},
+                 "zh": "{d}对训练集的拟合并不更差（{dtrain}），但训练与测试之间的差距更大（{dgap}）。"},
+    "gap_not_larger": {"en": "{d} fits the training set as well ({dtrain}) but its gap is not larger beyond noise "
+                             "({dgap}).",
+                       "zh": "{d}对训练集的拟合并不更差（{dtrain}），但训练与测试之间的差距没有超出噪声地变大（{dgap}）。"},
+    "symptom_only_degraded": {"en": "{d}: {sd}; {h}: {sh}.", "zh": "{d}：{sd}；{h}：{sh}。"},
     "symptom_both": {"en": "Both show it ({d}: {sd}; {h}: {sh}), so it does not explain the difference.",
-                     "zh": "两者都出现({d}:{sd};{h}:{sh}),因此不能解释二者的差异。"},
-    "no_symptom": {"en": "{d} shows no gradient symptom ({sd}).", "zh": "{d} 没有出现梯度异常({sd})。"},
+                     "zh": "两者都有这一现象（{d}：{sd}；{h}：{sh}），因此它解释不了两者的差异。"},
+    "no_symptom": {"en": "{d} shows no gradient symptom ({sd}).", "zh": "{d}没有出现梯度异常（{sd}）。"},
     "symptom_unclear": {"en": "The interval straddles a threshold ({d}: {sd}; {h}: {sh}).",
-                        "zh": "区间跨越了阈值({d}:{sd};{h}:{sh})。"},
+                        "zh": "区间跨越了阈值（{d}：{sd}；{h}：{sh}）。"},
     "loss_only_degraded": {"en": "{d} loses information ({kd}); {h} does not ({kh}).",
-                           "zh": "{d} 出现信息丢失({kd});{h} 没有({kh})。"},
+                           "zh": "{d}出现信息丢失（{kd}）；{h}没有（{kh}）。"},
     "loss_both": {"en": "Both lose information ({d}: {kd}; {h}: {kh}).",
-                  "zh": "两者都出现信息丢失({d}:{kd};{h}:{kh})。"},
-    "no_loss": {"en": "{d} does not lose information ({kd}).", "zh": "{d} 没有出现信息丢失({kd})。"},
+                  "zh": "两者都出现信息丢失（{d}：{kd}；{h}：{kh}）。"},
+    "no_loss": {"en": "{d} does not lose information ({kd}).", "zh": "{d}没有出现信息丢失（{kd}）。"},
     "loss_unclear": {"en": "Too few criteria give a clear answer ({d}: {kd} fall; {h}: {kh} fall).",
-                     "zh": "给出明确结论的判据太少({d}:{kd} 下降;{h}:{kh} 下降)。"},
+                     "zh": "给出明确结论的判据太少（{d}：{kd} 下降；{h}：{kh} 下降）。"},
 }
 OUTCOME_TEXT = {"supported": {"en": "supported", "zh": "支持"},
                 "not_supported": {"en": "not supported", "zh": "不支持"},
@@ -191,17 +248,20 @@ OUTCOME_TEXT = {"supported": {"en": "supported", "zh": "支持"},
 
 def fmt_diff(e: Estimate, scale: float = 100.0, unit: str = " pp") -> str:
     s = f"{e.value * scale:+.2f}{unit}"
-    return s + (f" [{e.low * scale:+.2f}, {e.high * scale:+.2f}]" if e.has_interval else "")
+    if e.has_interval:
+        return s + f" [{e.low * scale:+.2f}, {e.high * scale:+.2f}]"
+    return s + (f" (noise ±{e.noise * scale:.2f})" if e.noise is not None else "")
 
 
 # -- the rules --------------------------------------------------------------------------------------
 
 def _order(a: Side, b: Side):
-    """(degraded, healthy, test difference degraded - healthy) or None when test accuracy does not differ."""
-    d = difference(a.test_acc, b.test_acc)
+    """((worse, better), test difference worse - better), or (None, difference) when the test
+    accuracies do not differ beyond noise."""
+    d = compare(a, b, "test_acc")
     if d.sign == 0:
         return None, d
-    return ((a, b) if d.sign < 0 else (b, a)), (d if d.sign < 0 else difference(b.test_acc, a.test_acc))
+    return ((a, b) if d.sign < 0 else (b, a)), (d if d.sign < 0 else compare(b, a, "test_acc"))
 
 
 def _single(*sides: Side) -> bool:
@@ -220,6 +280,10 @@ def _degradation(h: str, subject: str, a: Side, b: Side, needs_train: bool = Fal
     have = a.test_acc and b.test_acc and (not needs_train or (a.clean_train_acc and b.clean_train_acc))
     if not have:
         return _verdict(h, subject, None, "inconclusive", "no_data", {}, single), None, None, single
+    stuck = [s.label for s in (a, b) if s.did_not_learn]
+    if stuck:
+        nums = {"did_not_learn": stuck, "_fmt": {"nl": {"en": " and ".join(stuck), "zh": "和".join(stuck)}}}
+        return _verdict(h, subject, None, "inconclusive", "did_not_learn", nums, single), None, None, single
     pair, dtest = _order(a, b)
     nums = {"test_diff": dtest.as_dict(), "_fmt": {"dtest": fmt_diff(dtest)}}
     if pair is None:
@@ -233,8 +297,8 @@ def h1(subject: str, a: Side, b: Side) -> Verdict:
     if early:
         return early
     worse, better = pair
-    dtrain = difference(worse.clean_train_acc, better.clean_train_acc)
-    dgap = difference(worse.gap, better.gap)
+    dtrain = compare(worse, better, "clean_train_acc")
+    dgap = compare(worse, better, "gap")
     nums.update(clean_train_diff=dtrain.as_dict(), gap_diff=dgap.as_dict())
     nums["_fmt"].update(dtrain=fmt_diff(dtrain), dgap=fmt_diff(dgap))
     if dtrain.sign < 0:
@@ -268,13 +332,13 @@ def _symptom_fmt(side: Side, symptom: str, e: Estimate | None) -> dict:
     """The symptom in each language, with the ratio (10^mean log10 median) or the diverged count."""
     name = SYMPTOM_TEXT[symptom]
     if side.diverged:
-        return {"en": f"{name['en']}, {side.diverged} run(s) diverged", "zh": f"{name['zh']},{side.diverged} 次训练发散"}
+        return {"en": f"{name['en']}, {side.diverged} run(s) diverged", "zh": f"{name['zh']}，{side.diverged} 次训练发散"}
     if e is None:
         return name
     ratio = f"{10 ** e.value:.2e}"
     if e.has_interval:
         ratio += f" [{10 ** e.low:.2e}, {10 ** e.high:.2e}]"
-    return {"en": f"{name['en']}, ratio {ratio}", "zh": f"{name['zh']},比值 {ratio}"}
+    return {"en": f"{name['en']}, ratio {ratio}", "zh": f"{name['zh']}，比值 {ratio}"}
 
 
 def h2(subject: str, a: Side, b: Side) -> Verdict:

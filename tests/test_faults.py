@@ -1,0 +1,306 @@
+"""Faults (issue 16): a full disk while writing run.json, telemetry, a checkpoint or a probe file,
+and results from other data. Each ends in one line and a non-zero exit, leaves the previous
+file as it was and no temp file behind, and the same command resumes once the fault is gone."""
+import errno
+import fnmatch
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY, assert_one_line_error, cli, status_json
+from resdeg import atomic
+
+FAST = ["--protocol", "smoke", "--device", "cpu", "--quiet", *TINY, "--set", "width_mult=0.125",
+        "--set", "image_size=32"]
+SYNTH = ["run", *FAST, "--dataset", "synthetic"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # two busy cores: one intra-op thread trains these tiny nets ~50x faster than two that wait on each other
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class Fault:
+    """Makes the atomic writes of files whose name matches `pattern` fail with `code`, at
+    `stage`: "write" (after half of the data went out: a partial write), "fsync" or "replace".
+    The first `skip` matching writes succeed. Only resdeg.atomic's calls are affected."""
+
+    def __init__(self, monkeypatch, pattern: str, stage: str = "write", code: int = errno.ENOSPC, skip: int = 0):
+        self.pattern, self.code, self.skip, self.seen, self.fired = pattern, code, skip, set(), 0
+        real = {"write": os.write, "fsync": os.fsync, "replace": os.replace}[stage]
+
+        def matches(name: str) -> bool:
+            base = os.path.basename(name)
+            if not (base.endswith(".tmp") and fnmatch.fnmatch(base, f".{pattern}.*")):
+                return False
+            self.seen.add(base)
+            return len(self.seen) > self.skip
+
+        def fail():
+            self.fired += 1
+            raise OSError(self.code, os.strerror(self.code))
+
+        if stage == "replace":
+            def fake(src, dst, *a, **k):
+                if matches(str(src)):
+                    fail()
+                return real(src, dst, *a, **k)
+        else:
+            def fake(fd, *a):
+                try:
+                    name = os.readlink(f"/proc/self/fd/{fd}")
+                except OSError:
+                    name = ""
+                if matches(name):
+                    if stage == "write" and len(a[0]) > 1:
+                        real(fd, bytes(a[0][: len(a[0]) // 2]))  # half of it reached the disk
+                    fail()
+                return real(fd, *a)
+        monkeypatch.setattr(atomic.os, stage, fake)
+
+
+def temp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".write-test-")]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+
+
+# -- atomic writes, one by one -------------------------------------------------------------------
+
+@pytest.mark.parametrize("stage", ["write", "fsync", "replace"])
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_failed_write_keeps_the_old_file_and_names_the_target(tmp_path, monkeypatch, stage, code):
+    target = tmp_path / "run.json"
+    target.write_bytes(b"the old file")
+    Fault(monkeypatch, "run.json", stage, code)
+    with pytest.raises(OSError) as e:
+        atomic.atomic_write_json(target, {"new": "x" * 100_000})
+    assert e.value.errno == code and e.value.filename == str(target)
+    assert target.read_bytes() == b"the old file"
+    assert temp_files(tmp_path) == []
+
+
+def test_no_inode_for_the_temp_file(tmp_path, monkeypatch):
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", full)
+    with pytest.raises(OSError) as e:
+        atomic.atomic_write_bytes(tmp_path / "model.pt", b"x")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "model.pt")
+
+
+def test_short_writes_are_completed(tmp_path, monkeypatch):
+    real = os.write
+    monkeypatch.setattr(atomic.os, "write", lambda fd, data: real(fd, bytes(data[:7])))  # 7 bytes at a time
+    atomic.atomic_write_bytes(tmp_path / "f", bytes(range(256)) * 10)
+    assert (tmp_path / "f").read_bytes() == bytes(range(256)) * 10
+
+
+def test_savez_is_deterministic(tmp_path, monkeypatch):
+    # same arrays, same bytes (zipfile dates entries 1980-01-01): rewriting unchanged telemetry on
+    # resume keeps the sha256 run.json pins
+    import time
+
+    arrays = {"loss": np.arange(5, dtype=np.float32), "stages": np.array(["stage0", "stage1"])}
+    atomic.atomic_savez(tmp_path / "a.npz", **arrays)
+    first = (tmp_path / "a.npz").read_bytes()
+    later = time.time() + 86_400
+    monkeypatch.setattr(time, "time", lambda: later)  # a zip entry's default timestamp is "now"
+    atomic.atomic_savez(tmp_path / "a.npz", **arrays)
+    assert (tmp_path / "a.npz").read_bytes() == first
+    with np.load(tmp_path / "a.npz", allow_pickle=False) as z:
+        assert z["loss"].tolist() == [0, 1, 2, 3, 4] and z["stages"].tolist() == ["stage0", "stage1"]
+
+
+# -- through the CLI: a full disk in the middle of a run -----------------------------------------
+
+def _partial_run(results: Path, monkeypatch) -> Path:
+    """A run of 2 epochs interrupted (Ctrl-C) after its first: run.json, telemetry, checkpoint."""
+    from resdeg.train import Trainer
+
+    real = Trainer.train_epoch
+
+    def stop_at_second(self, epoch, bar):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, epoch, bar)
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "train_epoch", stop_at_second)
+        r = cli(*SYNTH, "--set", "epochs=2", "--results", results, expect=130)
+    assert "interrupted" in r.stderr
+    (folder,) = {p.parent for p in results.glob("*/*/*/run.json")}
+    assert json.loads((folder / "run.json").read_text())["epochs_done"] == 1
+    assert {"run.json", "telemetry.npz", "checkpoint.pt"} <= set(snapshot(folder))
+    return folder
+
+
+@pytest.mark.parametrize("file", ["run.json", "telemetry.npz", "checkpoint.pt"])
+def test_disk_full_while_resuming(tmp_path, monkeypatch, file):
+    results = tmp_path / "r"
+    folder = _partial_run(results, monkeypatch)
+    before = snapshot(folder)
+    with monkeypatch.context() as m:
+        fault = Fault(m, file)
+        r = cli(*SYNTH, "--set", "epochs=2", "--results", results, expect=None)
+    assert fault.fired
+    assert_one_line_error(r, "no space left on device while writing", str(folder / file), "run the same command again")
+    after = snapshot(folder)
+    if file == "checkpoint.pt":  # epoch 2 trained, its checkpoint refused: epoch 1's stays, run.json still says 1
+        assert after["checkpoint.pt"] == before["checkpoint.pt"]
+    assert after == before or file == "checkpoint.pt" and after.keys() == before.keys()
+    assert temp_files(tmp_path) == []
+    (row,) = status_json(results)
+    assert row["status"] == "partial" and row["epochs_done"] == 1
+    cli(*SYNTH, "--set", "epochs=2", "--results", results)  # space again: it resumes and finishes
+    (row,) = status_json(results)
+    assert row["status"] == "done" and row["epochs_done"] == 2
+
+
+def test_read_only_and_forbidden_disk_are_one_line(tmp_path, monkeypatch):
+    results = tmp_path / "r"
+    folder = _partial_run(results, monkeypatch)
+    before = snapshot(folder)
+    for code, fragment in ((errno.EROFS, "is on a read-only file system"), (errno.EACCES, "permission denied")):
+        with monkeypatch.context() as m:
+            Fault(m, "run.json", "replace", code)
+            r = cli(*SYNTH, "--set", "epochs=2", "--results", results, expect=None)
+        assert_one_line_error(r, fragment, str(folder / "run.json"))
+        assert snapshot(folder) == before and temp_files(tmp_path) == []
+
+
+@pytest.mark.xfail(strict=True, reason="store/train (lead): telemetry.npz is rewritten before run.json; when "
+                   "run.json then fails, the run reads as corrupt and only --force (losing the checkpoint) redoes it")
+def test_disk_full_at_the_end_of_an_epoch_keeps_the_run_resumable(tmp_path, monkeypatch):
+    results = tmp_path / "r"
+    _partial_run(results, monkeypatch)
+    Fault(monkeypatch, "run.json", skip=1)  # the resume's first run.json goes through; epoch 2's does not
+    r = cli(*SYNTH, "--set", "epochs=2", "--results", results, expect=None)
+    assert_one_line_error(r, "no space left on device")
+    (row,) = status_json(results)
+    assert row["status"] == "partial", row["problem"]
+
+
+@pytest.mark.xfail(strict=True, reason="train (lead): run.json says done before model.pt is written; when model.pt "
+                   "fails the run is cached as done without weights (they sit in checkpoint.pt) and cannot be probed")
+def test_disk_full_while_writing_the_weights_keeps_them(tmp_path, monkeypatch):
+    results = tmp_path / "r"
+    folder = _partial_run(results, monkeypatch)
+    with monkeypatch.context() as m:
+        Fault(m, "model.pt")
+        assert_one_line_error(cli(*SYNTH, "--set", "epochs=2", "--results", results, expect=None),
+                              "no space left on device", "model.pt")
+    cli(*SYNTH, "--set", "epochs=2", "--results", results)  # space again
+    assert (folder / "model.pt").exists()
+
+
+def test_disk_full_while_writing_a_probe(tmp_path, monkeypatch):
+    results = tmp_path / "r"
+    cli(*SYNTH, "--set", "epochs=1", "--results", results)
+    cli("probe", "--results", results, "--probe-images", "40", "--device", "cpu", "--quiet")
+    (folder,) = {p.parent for p in results.glob("*/*/*/run.json")}
+    (probe,) = folder.glob("probe-*.json")
+    before = snapshot(folder)
+    fault = Fault(monkeypatch, "probe-*.json")
+    r = cli("probe", "--results", results, "--probe-images", "40", "--device", "cpu", "--quiet", "--force",
+            expect=None)
+    assert fault.fired
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    (line,) = [x for x in r.stderr.splitlines() if x.startswith("resdeg: error:")]
+    assert "no space left on device" in line.lower() and folder.name in line, r.stderr
+    assert snapshot(folder) == before and temp_files(tmp_path) == []
+
+
+# -- stale results: the same command on other data ----------------------------------------------
+
+def _folder(root: Path, seed: int) -> Path:
+    for s, split in enumerate(("train", "test")):
+        for c in ("cat", "dog"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(4):
+                px = np.random.default_rng(seed * 100 + s * 10 + i).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+                Image.fromarray(px).save(root / split / c / f"{i}.png")
+    return root
+
+
+def test_cached_run_from_other_data_is_refused(tmp_path, monkeypatch):
+    from resdeg.data import load_dataset
+
+    monkeypatch.setenv("RESDEG_CACHE", str(tmp_path / "cache"))
+    a, b = _folder(tmp_path / "A", 1), _folder(tmp_path / "B", 2)
+    results = tmp_path / "r"
+    cmd = ["run-all", *FAST, "--set", "epochs=1", "--dataset", "imagefolder", "--models", "resnet18",
+           "--variants", "FULL", "--no-probe", "--no-report", "--results", results]
+    cli(*cmd, "--data-dir", a)
+    (run_json,) = results.glob("*/*/*/run.json")
+    stored = run_json.read_bytes()
+    fa, fb = load_dataset("imagefolder", a).fingerprint, load_dataset("imagefolder", b).fingerprint
+    assert fa != fb
+
+    r = cli(*cmd, "--data-dir", b, expect=None)
+    assert_one_line_error(r, str(run_json.parent), f"fingerprint {fa[:12]}", f"fingerprint {fb[:12]}",
+                          "point --data-dir at the data it was trained on", "another --results")
+    assert "(cached)" not in r.stderr
+    assert run_json.read_bytes() == stored
+
+    # --dry-run loads no data: it plans from the store alone
+    with monkeypatch.context() as m:
+        m.setattr("resdeg.data._listing_hash", lambda root: pytest.fail("--dry-run loaded data"))
+        assert "0 to train" in cli(*cmd, "--data-dir", b, "--dry-run").stdout
+
+    assert "(cached)" in cli(*cmd, "--data-dir", a).stderr  # the original data: cached, as before
+    assert run_json.read_bytes() == stored
+
+
+def test_partial_run_from_other_data_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESDEG_CACHE", str(tmp_path / "cache"))
+    a, b = _folder(tmp_path / "A", 1), _folder(tmp_path / "B", 3)
+    results = tmp_path / "r"
+    from resdeg.train import Trainer
+
+    real = Trainer.train_epoch
+
+    def stop_at_second(self, epoch, bar):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, epoch, bar)
+    base = ["run", *FAST, "--set", "epochs=2", "--dataset", "imagefolder", "--results", results]
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "train_epoch", stop_at_second)
+        cli(*base, "--data-dir", a, expect=130)
+    (folder,) = {p.parent for p in results.glob("*/*/*/run.json")}
+    before = snapshot(folder)
+    r = cli(*base, "--data-dir", b, expect=None)
+    assert_one_line_error(r, "was trained on other data", str(folder))
+    assert snapshot(folder) == before  # not resumed on B, checkpoint and run.json untouched
+
+
+def test_run_without_a_recorded_fingerprint_is_not_refused(tmp_path):
+    # runs whose run.json holds no fingerprint (none such is committed, but a hand-made store may)
+    from resdeg.data import check_recorded_data
+    from resdeg.runner import PlannedRun
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "run.json").write_text(json.dumps({"data": {"name": "synthetic"}}))
+
+    class Cfg:
+        dataset = "synthetic"
+    loaded = []
+    check_recorded_data([PlannedRun(Cfg, folder, "done")], load=lambda name: loaded.append(name))
+    assert loaded == []
+    (folder / "run.json").write_text(json.dumps({"data": {"fingerprint": "f" * 64}}))
+
+    class Data:
+        fingerprint, source = "f" * 64, "here"
+    assert check_recorded_data([PlannedRun(Cfg, folder, "done")], load=lambda name: Data)["synthetic"] is Data

@@ -1,0 +1,198 @@
+"""Executors and launchers: `run-all --jobs N` (worker processes), `--launcher submitit-local`
+(submitit's LocalExecutor) and `--launcher slurm` on a real single-node Slurm started here (skipped,
+with its reason, where one cannot start) train the same numbers as a sequential run-all; the
+submissions show in `resdeg status`; every bad input is one line."""
+import json
+import os
+import re
+import sys
+import time
+import warnings
+
+import pytest
+
+from conftest import TINY, assert_one_line_error, cli, status_json
+from resdeg.locks import LOCK_FILE
+from resdeg.store import read_run
+
+GRID = ["run-all", "--protocol", "smoke", "--dataset", "synthetic", "--quiet", *TINY, "--set", "width_mult=0.125",
+        "--set", "epochs=1", "--models", "resnet18", "--no-probe", "--no-report"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """CPU numbers depend on the torch thread count: here and in every process started, one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(before)
+
+
+def _numbers(results):
+    out = {}
+    for p in results.glob("*/*/*/run.json"):
+        run = read_run(p.parent)
+        out[p.parent.name] = (run.status, [{k: v for k, v in e.to_dict().items() if k != "wall_s"}
+                                           for e in run.epochs], run.telemetry.sha256)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The grid trained by a sequential run-all in this process, per variant list."""
+    cache = {}
+
+    def get(variants):
+        if variants not in cache:
+            import torch
+
+            torch.set_num_threads(1)
+            results = tmp_path_factory.mktemp("ref")
+            cli(*GRID, "--device", "cpu", "--variants", variants, "--results", results)
+            cache[variants] = _numbers(results)
+        return cache[variants]
+    return get
+
+
+def _no_leftovers(results):
+    for folder in {p.parent for p in results.glob("*/*/*/run.json")}:
+        assert not (folder / LOCK_FILE).exists()
+        assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_jobs_2_trains_what_jobs_1_trains(tmp_path, reference):
+    t0 = time.time()
+    out = cli(*GRID, "--device", "cpu", "--variants", "FULL,Nres", "--jobs", "2", "--results", tmp_path)
+    elapsed = time.time() - t0
+    assert _numbers(tmp_path) == reference("FULL,Nres")
+    assert len(re.findall(r"seed 42: done", out.stderr)) == 2
+    _no_leftovers(tmp_path)
+    print(f"\n--jobs 2: 2 runs in {elapsed:.1f}s")
+
+
+def test_submitit_local_wait_trains_what_run_all_trains_and_status_follows(tmp_path, reference):
+    t0 = time.time()
+    out = cli(*GRID, "--variants", "FULL,Nres", "--launcher", "submitit-local", "--wait", "--time", "10",
+              "--results", tmp_path)
+    elapsed = time.time() - t0
+    assert len(re.findall(r"^submitted resnet18-\w+-s42-\w+: job \d+$", out.stderr, re.M)) == 2
+    assert len(re.findall(r"seed 42: done", out.stderr)) == 2
+    assert _numbers(tmp_path) == reference("FULL,Nres")
+    rows = status_json(tmp_path)
+    assert [(r["status"], r["activity"]) for r in rows] == [("done", None)] * 2
+    for r in rows:
+        sub = json.loads((tmp_path / os.path.relpath(r["path"], tmp_path) / "submitted.json").read_text())
+        assert sub["job_id"] == r["job_id"] and sub["outcome"] == "trained" and sub["status"] == "done"
+    assert (tmp_path / ".slurm").is_dir()
+    _no_leftovers(tmp_path)
+    print(f"\nsubmitit-local --wait: 2 runs in {elapsed:.1f}s")
+
+
+def test_a_failing_run_is_one_line_after_the_others(tmp_path):
+    bad = ["--dataset", "imagefolder", "--data-dir", tmp_path / "nope", "--variants", "FULL",
+           "--results", tmp_path / "r"]
+    for launch in (["--jobs", "2"], ["--launcher", "submitit-local", "--wait"]):
+        r = cli(*GRID, *launch, *bad, expect=None)
+        assert r.exit_code == 1 and "Traceback" not in r.output
+        *lines, last = r.stderr.strip().splitlines()
+        assert re.fullmatch(r"resdeg: error: 1 run failed; first: resnet18-FULL-s42-\w+: --data-dir .*nope.*", last)
+        assert any(re.match(r"failed +resnet18-FULL-s42-\w+: ", ln) for ln in lines)  # said when it happened
+    (row,) = status_json(tmp_path / "r")
+    assert row["status"] == "new" and row["activity"].startswith("failed: job")
+
+
+# -- a real Slurm ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """A single-node Slurm started for these tests (tests/slurm_local.py), or a skip with its reason."""
+    from slurm_local import LocalSlurm, SlurmUnavailable
+
+    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"))
+    try:
+        env = cluster.start()
+    except SlurmUnavailable as e:
+        cluster.stop()
+        reason = f"no real Slurm here: {e}; the launcher is tested through submitit's local executor"
+        warnings.warn(reason)  # in pytest's warnings summary too, never silent
+        pytest.skip(reason)
+    yield env
+    cluster.stop()
+
+
+def test_real_slurm_wait_and_status(tmp_path, reference, slurm, monkeypatch):
+    for k, v in slurm.items():
+        monkeypatch.setenv(k, v)
+    results = tmp_path / "r"
+    # without --wait: the job id on stdout, and `resdeg status` shows the job
+    out = cli(*GRID, "--variants", "FULL", "--launcher", "slurm", "--time", "10", "--results", results)
+    (job,) = re.findall(r"^(\d+) resnet18-FULL-s42-\w+$", out.stdout, re.M)
+    (row,) = status_json(results)
+    assert row["job_id"] == job and re.match(r"(submitted: job|running on) ", row["activity"]), row
+    # with --wait: the job still queued or running is not submitted twice; the other one is
+    t0 = time.time()
+    out = cli(*GRID, "--variants", "FULL,Nres", "--launcher", "slurm", "--wait", "--time", "10", "--results",
+              results)
+    elapsed = time.time() - t0
+    assert re.search(rf"(queued +resnet18-FULL-s42-\w+: job {job} is still in the queue; not submitted again"
+                     rf"|done +resnet18-FULL-s42-\w+ \(cached\))", out.stderr), out.stderr
+    assert re.search(r"^submitted resnet18-Nres-s42-\w+: job \d+$", out.stderr, re.M)
+    deadline = time.time() + 180
+    while time.time() < deadline and [r["status"] for r in status_json(results)] != ["done", "done"]:
+        time.sleep(0.5)  # the first job, if --wait did not wait for it
+    rows = status_json(results)
+    assert [(r["status"], r["activity"]) for r in rows] == [("done", None)] * 2, rows
+    assert _numbers(results) == reference("FULL,Nres")
+    _no_leftovers(results)
+    print(f"\nreal Slurm: --wait {elapsed:.1f}s")
+
+
+# -- options and bad input ------------------------------------------------------------------------
+
+def test_dry_run_prints_the_sbatch_parameters_without_slurm(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch: a dry run needs none
+    out = cli(*GRID, "--launcher", "slurm", "--dry-run", "--partition", "gpu", "--gpus-per-run", "1",
+              "--time", "1-02:30:00", "--slurm-extra", "account=abc", "--slurm-extra", "cpus-per-task=8",
+              "--results", tmp_path / "r").stdout
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1", "#SBATCH --time=1590",
+                 "#SBATCH --account=abc", "#SBATCH --cpus-per-task=8", "#SBATCH --array=0-3%4",
+                 "#SBATCH --job-name=resdeg"):
+        assert line in out, out
+    assert "4 to train" in out and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--jobs", "0"], "--jobs 0: must be at least 1"),
+    (["--launcher", "nosuch"], "--launcher 'nosuch': choose one of local, slurm, submitit-local"),
+    (["--partition", "gpu"], "--partition goes with --launcher slurm"),
+    (["--wait"], "--wait goes with --launcher slurm"),
+    (["--launcher", "slurm", "--jobs", "2"], "--jobs is for the local launcher"),
+    (["--launcher", "slurm", "--time-limit", "5"], "--time-limit is for local runs"),
+    (["--launcher", "slurm", "--time", "soon"], "--time 'soon': expected"),
+    (["--launcher", "slurm", "--slurm-extra", "account"], "--slurm-extra 'account': expected KEY=VALUE"),
+    (["--launcher", "slurm", "--gpus-per-run", "-1"], "--gpus-per-run -1"),
+])
+def test_bad_launcher_input_is_one_line(tmp_path, args, fragment):
+    r = cli(*GRID, *args, "--results", tmp_path / "r", expect=None)
+    assert_one_line_error(r, fragment)
+    assert not (tmp_path / "r").exists()
+
+
+def test_slurm_or_submitit_missing_names_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    r = cli(*GRID, "--launcher", "slurm", "--results", tmp_path / "r", expect=None)
+    assert_one_line_error(r, "sbatch is not on PATH", "slurm-client")
+    monkeypatch.setitem(sys.modules, "submitit", None)  # as if not installed
+    r = cli(*GRID, "--launcher", "slurm", "--results", tmp_path / "r", expect=None)
+    assert_one_line_error(r, "needs the Python package submitit", "pip install submitit")
+    assert not list((tmp_path / "r").rglob("*.json"))
+
+
+def test_read_only_store_is_one_line(tmp_path):
+    ro = "/proc/resdeg-store"  # a file system nobody can write, root included
+    for args in (["--jobs", "2"], ["--launcher", "submitit-local"], ["--launcher", "submitit-local", "--wait"]):
+        r = cli(*GRID, *args, "--results", ro, expect=None)
+        assert_one_line_error(r, ro)
