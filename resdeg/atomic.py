@@ -74,9 +74,14 @@ def atomic_torch_save(obj, path: str | Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def atomic_savez(path: str | Path, **arrays) -> None:
+def npz_bytes(**arrays) -> bytes:
+    """A compressed .npz of the arrays, in memory (deterministic: zip entries carry a fixed 1980 timestamp)."""
     import numpy as np
 
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)  # deterministic: zip entries carry a fixed 1980 timestamp
-    atomic_write_bytes(path, buf.getvalue())
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def atomic_savez(path: str | Path, **arrays) -> None:
+    atomic_write_bytes(path, npz_bytes(**arrays))

@@ -265,6 +265,8 @@ def run_all(protocol, dataset, data_dir, results, overrides, device, precision, 
         executor = SubmititLauncher(results, cluster="local" if launcher == "submitit-local" else "slurm",
                                     partition=partition, gpus_per_run=gpus_per_run or 0,
                                     time=slurm_time or DEFAULT_TIME, extra=parse_extra(slurm_extra))
+        if not dry_run:
+            executor.check_available()  # before anything is planned or written
         over = parse_overrides(overrides) | ({"precision": precision} if precision else {})
         # configured (precision resolved) for the device of the nodes: a GPU when --gpus-per-run > 0
         cfgs = [make_config(protocol, over, device_type="cuda" if gpus_per_run else "cpu", model=m, variant=v, seed=s,

@@ -208,6 +208,12 @@ class SubmititLauncher(Executor):
             lines = [f"#SBATCH --{k.replace('_', '-')}={v}" for k, v in sorted(self.parameters().items())]
             return "\n".join(lines + [f"(submitit's own script not available: {e})"])
 
+    def check_available(self) -> None:
+        """One line naming what to install when submitit (or, for Slurm, its commands) is missing."""
+        require_submitit()
+        if self.cluster == "slurm":
+            require_slurm()
+
     def _executor(self):
         submitit = require_submitit()
         logging.getLogger("submitit").setLevel(logging.ERROR)  # its sacct warnings; states are followed here
@@ -282,7 +288,7 @@ class SubmititLauncher(Executor):
         from .locks import LOCK_FILE
 
         outcomes, pending, missing = [], list(jobs), {}
-        pause = min(1.0, self.poll_s)  # short at first (quick jobs, tests), then every poll_s
+        pause = min(0.5, self.poll_s)  # short at first (quick jobs, tests), then up to poll_s
         with StoreProgress([t for t, _ in jobs], progress, log) as bars:
             try:
                 while pending:
@@ -301,7 +307,8 @@ class SubmititLauncher(Executor):
                     bars.poll(postfix=f"{running} running, {len(pending) - running} queued")
                     if pending:
                         time.sleep(pause)
-                        pause = min(self.poll_s, pause * 1.5)
+                        if self.cluster == "slurm":  # squeue: not too often; local processes: cheap to ask
+                            pause = min(self.poll_s, pause * 1.5)
             except KeyboardInterrupt:
                 bars.log(f"stopped waiting; {len(pending)} job(s) go on (`resdeg status` follows them)")
                 raise
@@ -375,9 +382,12 @@ def annotate_status(results: str | Path, rows: list[dict]) -> list[dict]:
             row.update(model=parts[0], variant=parts[1], seed=int(parts[2][1:]))
         rows.append(row)
         by_path[folder] = row
+    subs = {folder: read_submission(folder) for folder in by_path}
+    waiting = {s["job_id"] for s in subs.values() if s and s.get("launcher") == "slurm" and not s.get("ended")}
+    live = _squeue(waiting) if waiting and shutil.which("squeue") else None  # None: cannot tell
     for folder, row in by_path.items():
         state, info, why = lock_state(folder)
-        sub = read_submission(folder)
+        sub = subs[folder]
         row["job_id"] = (info.job_id if info and state == "held" and info.job_id else None) or (sub or {}).get("job_id")
         if state == "held":
             row["activity"] = f"running on {info.host}"
@@ -385,7 +395,10 @@ def annotate_status(results: str | Path, rows: list[dict]) -> list[dict]:
             row["activity"] = f"stale lock: {why}"
         elif sub and row["status"] in ("new", "partial"):
             outcome = sub.get("outcome")
-            if not sub.get("ended"):
+            if not sub.get("ended") and live is not None and sub["job_id"] not in live and sub["job_id"] in waiting:
+                row["activity"] = f"lost: job {sub['job_id']} left the queue without a result (cancelled? see " \
+                                  f"{sub.get('log_dir') or 'its log'}; run-all again to resubmit)"
+            elif not sub.get("ended"):
                 row["activity"] = f"submitted: job {sub['job_id']}"
             elif outcome == "trained":  # stopped before the job's time limit
                 row["activity"] = f"out of time: job {sub['job_id']} (resumable: submit again)"

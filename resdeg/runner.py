@@ -395,7 +395,10 @@ def train_and_probe(planned: list[PlannedRun], device_name: str, results: str | 
 
         check_probe_images([p.cfg for p in planned], probe_settings)  # before hours of training, not after
     from .data import check_recorded_data
-    check_recorded_data(planned, data_dir)  # a cached or partial run trained on other data: refused (issue 16)
+    # a cached or partial run trained on other data: refused (issue 16)
+    checked = check_recorded_data(planned, data_dir)
+    if isinstance(executor, Sequential):
+        executor.datasets.update(checked)  # train on the very data that was checked (worker processes load their own)
     deadline = time.time() + 60 * time_limit if time_limit else None
     for p in planned:
         if p.state in ("done", "diverged"):

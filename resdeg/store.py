@@ -1,8 +1,12 @@
 """Result store: one folder per run, `run.json` (schema-versioned, validated on every read)
-and `telemetry.npz` (per-step arrays) beside it; checkpoints and weights stay out of git.
+and the per-step telemetry beside it; checkpoints and weights stay out of git.
 
     results/<protocol>/<dataset>/<model>-<variant>-s<seed>-<config hash>/
-        run.json  telemetry.npz  [checkpoint.pt while unfinished]  [model.pt when finished]
+        run.json  telemetry-<sha>.npz  [checkpoint.pt while unfinished]  [model.pt when finished]
+
+The telemetry file is named by its content and pinned by run.json: a new one is written beside
+the old, run.json is switched to it, then the old one is removed. A crash or a full disk between
+the two writes leaves run.json pointing at a file that is still there.
 """
 from __future__ import annotations
 
@@ -16,12 +20,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .atomic import atomic_savez
+from .atomic import atomic_write_bytes, npz_bytes
 from .config import CONFIG_SCHEMA, Config
 from .errors import ResdegError
 from .records import CorruptRecord, Fields, Record, read_record, require, write_record
 
-RUN_FILE, TELEMETRY_FILE, CHECKPOINT_FILE, WEIGHTS_FILE = "run.json", "telemetry.npz", "checkpoint.pt", "model.pt"
+RUN_FILE, CHECKPOINT_FILE, WEIGHTS_FILE = "run.json", "checkpoint.pt", "model.pt"
+TELEMETRY_GLOB = "telemetry*.npz"  # telemetry-<sha>.npz (runs before it had content names: telemetry.npz)
 STATUSES = ("partial", "done", "diverged")
 # per-step telemetry: name -> per-stage (2-D) or per-step (1-D)
 TELEMETRY_ARRAYS = {"step": 1, "epoch": 1, "loss": 1,
@@ -183,16 +188,25 @@ def read_run(folder: str | Path) -> RunRecord:
 
 
 def write_run(folder: str | Path, run: RunRecord) -> None:
-    write_record(Path(folder) / RUN_FILE, run)
+    """Write run.json, then remove telemetry files it no longer points at."""
+    folder = Path(folder)
+    write_record(folder / RUN_FILE, run)
+    keep = run.telemetry.file if run.telemetry else None
+    for old in folder.glob(TELEMETRY_GLOB):
+        if old.name != keep:
+            old.unlink(missing_ok=True)
 
 
 # -- telemetry.npz ----------------------------------------------------------------------------
 
 def write_telemetry(folder: str | Path, stages: list[str], arrays: dict[str, np.ndarray]) -> TelemetryEntry:
-    """Write the per-step arrays; return the run.json entry that pins them (file + sha256)."""
-    path = Path(folder) / TELEMETRY_FILE
-    atomic_savez(path, stages=np.array(stages), **arrays)
-    return TelemetryEntry(TELEMETRY_FILE, _sha256(path), int(len(arrays["step"])), tuple(stages), tuple(sorted(arrays)))
+    """Write the per-step arrays under a name made of their hash; return the run.json entry that
+    pins them (file + sha256). The previous file stays until run.json no longer needs it."""
+    data = npz_bytes(stages=np.array(stages), **arrays)
+    sha = hashlib.sha256(data).hexdigest()
+    name = f"telemetry-{sha[:12]}.npz"
+    atomic_write_bytes(Path(folder) / name, data)
+    return TelemetryEntry(name, sha, int(len(arrays["step"])), tuple(stages), tuple(sorted(arrays)))
 
 
 def read_telemetry(folder: str | Path) -> dict[str, np.ndarray]:
@@ -201,17 +215,18 @@ def read_telemetry(folder: str | Path) -> dict[str, np.ndarray]:
     run = read_run(folder)
     if not run.telemetry:
         raise CorruptRun(f"{folder.name}: this run recorded no telemetry")
+    name = run.telemetry.file
     try:
-        with np.load(folder / TELEMETRY_FILE, allow_pickle=False) as z:
+        with np.load(folder / name, allow_pickle=False) as z:
             out = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise CorruptRun(f"{TELEMETRY_FILE} is unreadable ({type(e).__name__})") from None
+        raise CorruptRun(f"{name} is unreadable ({type(e).__name__})") from None
     n, s = len(out.get("step", [])), len(out.get("stages", []))
     for name, ndim in TELEMETRY_ARRAYS.items():
         require(name in out and out[name].ndim == ndim and len(out[name]) == n,
-                f"{TELEMETRY_FILE}: array {name!r} missing or misshapen")
+                f"{run.telemetry.file}: array {name!r} missing or misshapen")
         if ndim == 2:
-            require(out[name].shape[1] == s, f"{TELEMETRY_FILE}: {name} has not one column per stage")
+            require(out[name].shape[1] == s, f"{run.telemetry.file}: {name} has not one column per stage")
     return out
 
 

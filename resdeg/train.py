@@ -336,15 +336,18 @@ class Trainer:
             atomic_torch_save(self._checkpoint_state(), self.folder / CHECKPOINT_FILE)
             if self.diverged_at is not None:
                 return self._finish("diverged")
-            run = self.save("partial" if epoch + 1 < cfg.epochs else "done")
+            if epoch + 1 < cfg.epochs:
+                run = self.save("partial")
         if len(self.history) == cfg.epochs:
             return self._finish("done")
         return run
 
     def _finish(self, status: str) -> RunRecord:
-        run = self.save(status)
+        # Weights before the record that says "done": a failure in between leaves a partial run
+        # with its checkpoint, which the next command finishes, never a done run without weights.
         if status == "done":
             atomic_torch_save(self.model.state_dict(), self.folder / WEIGHTS_FILE)
+        run = self.save(status)
         (self.folder / CHECKPOINT_FILE).unlink(missing_ok=True)
         if self.telemetry:
             self.telemetry.remove()

@@ -106,18 +106,19 @@ class LocalSlurm:
         if self.env:
             subprocess.run(["scancel", "--user", str(os.getuid())], env={**os.environ, **self.env},
                            capture_output=True, timeout=30)
-        for pid_file in reversed(self.pid_files):
+        pids = []
+        for pid_file in self.pid_files:
             try:
                 pid = int(pid_file.read_text().split()[0])
+                os.kill(pid, signal.SIGTERM)
+                pids.append(pid)
             except (OSError, ValueError, IndexError):
                 continue
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
-            for _ in range(100):  # up to 10 s for a clean exit
+        deadline = time.time() + 15  # a clean exit
+        for pid in pids:
+            while time.time() < deadline:
                 try:
                     os.kill(pid, 0)
                 except ProcessLookupError:
                     break
-                time.sleep(0.1)
+                time.sleep(0.05)

@@ -157,9 +157,9 @@ def test_compile_matches_eager_step_by_step_and_end_to_end(tmp_path):
            "--set", "epochs=1", "--set", "compile=true", "--results", tmp_path / "results"]
     cli(*run)
     (row,) = status_json(tmp_path / "results")
-    doc = read_run(row["path"])
-    assert doc["status"] == "done" and doc["config"]["compile"] is True
-    assert doc["config_hash"] == dataclasses.replace(cfg, epochs=1).hash
+    run = read_run(row["path"])
+    assert run.status == "done" and run.config.compile is True
+    assert run.config_hash == dataclasses.replace(cfg, epochs=1).hash
 
 
 def test_bench_cli_writes_a_consistent_json(tmp_path):
@@ -167,16 +167,16 @@ def test_bench_cli_writes_a_consistent_json(tmp_path):
     result = cli("bench", "--device", "cpu", "--set", "width_mult=0.0625", "--set", "image_size=32",
                  "--batch-size", "4", "--steps", "2", "--warmup", "1", "--repeats", "1", "--projection-steps", "1",
                  "--workers", "0", "--out", out)
-    doc = read_bench(out)
-    loops = doc["loops"]
-    a, b, c = (loops[k]["images_per_s"] for k in ("engine_telemetry", "engine_no_telemetry", "reference"))
-    assert doc["ratios"]["a_over_c"] == pytest.approx(a / c) and doc["ratios"]["a_over_b"] == pytest.approx(a / b)
-    assert loops["reference"]["repeat_seconds"][0] == pytest.approx(2 * 4 / c, rel=1e-3)
-    assert all(r["model_flops_utilisation"] is None for r in loops.values())  # no peak on a CPU
-    assert doc["train_flops_per_image"] > 0 and doc["environment"]["device_type"] == "cpu"
-    assert set(doc["projection"]) == {"seed", "cifar"}
-    assert set(doc["projection"]["seed"]["models"]) == {"resnet18", "resnet50"}
-    assert "a/c =" in result.stdout and "projected seed study" in result.stdout
+    doc = read_bench(out)  # the typed, validated record
+    assert set(doc.loops) == {"engine_telemetry", "engine_no_telemetry", "reference"}
+    assert all(r.model_flops_utilisation is None for r in doc.loops.values())  # no peak on a CPU
+    assert doc.loops["reference"].workers == 0 and doc.loops["engine_telemetry"].eval_images_per_s > 0
+    assert doc.train_flops_per_image > 0 and doc.environment["device_type"] == "cpu"
+    assert set(doc.projection) == {"seed", "cifar"}
+    assert set(doc.projection["seed"]["models"]) == {"resnet18", "resnet50"}
+    # what is printed is what is stored
+    assert f"a/c = {doc.ratios.a_over_c:.2f}x" in result.stdout and "projected seed study" in result.stdout
+    assert f"{doc.loops['reference'].images_per_s:>10.1f}" in result.stdout
 
 
 def test_bench_rejects_bad_settings_in_one_line(tmp_path):

@@ -1,5 +1,6 @@
 """The CLI end to end, and every bad input: one line, non-zero exit, no traceback, nothing written."""
 import json
+import re
 import os
 from pathlib import Path
 
@@ -15,7 +16,8 @@ SMOKE = ["--protocol", "smoke", "--dataset", "synthetic", "--device", "cpu", "--
 def test_run_all_smoke_synthetic_end_to_end(tmp_path):
     # the whole chain: train, probe (100 images keep the suite fast), render the report
     docs = tmp_path / "docs"
-    cli("run-all", "--protocol", "smoke", "--dataset", "synthetic", "--results", tmp_path / "r",
+    small = [*TINY, "--set", "width_mult=0.25"]  # the smoke grid, cut to CI size: every stage still runs
+    cli("run-all", "--protocol", "smoke", "--dataset", "synthetic", "--results", tmp_path / "r", *small,
         "--probe-images", "100", "--docs", docs)
     assert (docs / "en").is_dir() and (docs / "zh").is_dir()
     tmp_path = tmp_path / "r"
@@ -31,15 +33,17 @@ def test_run_all_smoke_synthetic_end_to_end(tmp_path):
         assert tel["act_grad_mean_abs"].shape == (2 * doc["summary"]["steps_per_epoch"], 5)
         assert np.isfinite(tel["act_grad_mean_abs"]).all()
         # the per-step losses average (batch-weighted) to the epoch's running train loss
-        sizes = np.diff(np.minimum(np.arange(0, 1024 + 64, 64), 1024))
+        n, bs = doc["data"]["train_used"], doc["config"]["batch_size"]
+        sizes = np.diff(np.minimum(np.arange(0, n + bs, bs), n))
         for e in (1, 2):
             mean = np.average(tel["loss"][tel["epoch"] == e], weights=sizes)
             assert mean == pytest.approx(doc["epochs"][e - 1]["train_loss"], rel=1e-4)
         assert len(list(Path(r["path"]).glob("probe-*.json"))) == 1
     full = next(r for r in rows if r["model"] == "resnet18" and r["variant"] == "FULL")
-    assert full["test_acc"] > 0.5  # the synthetic classes are learnable
+    assert full["test_acc"] > 0.3  # the synthetic classes are learnable, even by a narrow net in 2 epochs
     # a second run-all trains nothing
-    again = cli("run-all", "--protocol", "smoke", "--dataset", "synthetic", "--results", tmp_path, "--dry-run")
+    again = cli("run-all", "--protocol", "smoke", "--dataset", "synthetic", "--results", tmp_path, *small,
+                "--dry-run")
     assert "0 to train, 8 cached" in again.stdout
     table = cli("status", "--results", tmp_path).stdout
     assert table.count("done") == 8
@@ -71,7 +75,7 @@ def test_set_changes_the_config_hash(tmp_path):
     (["--set", "augment=maybe"], "expected bool"),
     (["--set", "nokey"], "expected key=value"),
     (["--dataset", "mnist"], "dataset='mnist' is not one of"),
-    (["--precision", "bf16"], "needs a CUDA device"),
+    (["--set", "precision=fp16"], "precision='fp16' is not one of"),
 ])
 def test_bad_input_gives_one_line_error(tmp_path, args, fragment):
     base = ["run", "--protocol", "smoke", "--dataset", "synthetic", "--device", "cpu", "--quiet"]
@@ -145,7 +149,8 @@ def test_corrupt_entry_is_reported_and_only_redone_with_force(tmp_path, damage):
     if damage == "truncate":
         run_json.write_text(text[: len(text) // 2])
     elif damage == "telemetry":
-        (folder / "telemetry.npz").write_bytes(b"garbage")
+        (telemetry,) = folder.glob("telemetry-*.npz")
+        telemetry.write_bytes(b"garbage")
     else:
         doc = json.loads(text)
         if damage == "edit_config":
@@ -169,14 +174,23 @@ def test_corrupt_entry_is_reported_and_only_redone_with_force(tmp_path, damage):
 
 def test_no_temp_files_left_behind(tmp_path):
     folder = _one_run(tmp_path)
-    assert sorted(p.name for p in folder.iterdir()) == ["model.pt", "run.json", "telemetry.npz"]
+    names = sorted(p.name for p in folder.iterdir())
+    assert names[:2] == ["model.pt", "run.json"] and len(names) == 3 and re.fullmatch(r"telemetry-[0-9a-f]{12}\.npz", names[2])
 
 
-def test_help_explains_every_command():
-    out = cli("--help").stdout
-    for command in ("run", "run-all", "status"):
-        assert command in out
-    assert "--set" in cli("run-all", "--help").stdout
+def test_help_explains_every_command_and_option():
+    import click
+
+    from resdeg.cli import main
+
+    overview = cli("--help").stdout
+    for name, command in main.commands.items():
+        assert name in overview and command.help, name
+        out = cli(name, "--help").stdout
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.hidden:
+                assert param.help and len(param.help) > 10, f"resdeg {name} {param.opts[0]}: no help text"
+                assert param.opts[0] in out
 
 
 def test_divergence_is_a_result_and_the_grid_goes_on(tmp_path):

@@ -141,11 +141,12 @@ def _partial_run(results: Path, monkeypatch) -> Path:
     assert "interrupted" in r.stderr
     (folder,) = {p.parent for p in results.glob("*/*/*/run.json")}
     assert json.loads((folder / "run.json").read_text())["epochs_done"] == 1
-    assert {"run.json", "telemetry.npz", "checkpoint.pt"} <= set(snapshot(folder))
+    names = set(snapshot(folder))
+    assert {"run.json", "checkpoint.pt"} <= names and len([n for n in names if n.startswith("telemetry-")]) == 1
     return folder
 
 
-@pytest.mark.parametrize("file", ["run.json", "telemetry.npz", "checkpoint.pt"])
+@pytest.mark.parametrize("file", ["run.json", "telemetry-*.npz", "checkpoint.pt"])
 def test_disk_full_while_resuming(tmp_path, monkeypatch, file):
     results = tmp_path / "r"
     folder = _partial_run(results, monkeypatch)
@@ -154,7 +155,8 @@ def test_disk_full_while_resuming(tmp_path, monkeypatch, file):
         fault = Fault(m, file)
         r = cli(*SYNTH, "--set", "epochs=2", "--results", results, expect=None)
     assert fault.fired
-    assert_one_line_error(r, "no space left on device while writing", str(folder / file), "run the same command again")
+    named = str(folder / file).split("*")[0]  # the message names the file (a telemetry file by its hash)
+    assert_one_line_error(r, "no space left on device while writing", named, "run the same command again")
     after = snapshot(folder)
     if file == "checkpoint.pt":  # epoch 2 trained, its checkpoint refused: epoch 1's stays, run.json still says 1
         assert after["checkpoint.pt"] == before["checkpoint.pt"]
@@ -179,20 +181,20 @@ def test_read_only_and_forbidden_disk_are_one_line(tmp_path, monkeypatch):
         assert snapshot(folder) == before and temp_files(tmp_path) == []
 
 
-@pytest.mark.xfail(strict=True, reason="store/train (lead): telemetry.npz is rewritten before run.json; when "
-                   "run.json then fails, the run reads as corrupt and only --force (losing the checkpoint) redoes it")
 def test_disk_full_at_the_end_of_an_epoch_keeps_the_run_resumable(tmp_path, monkeypatch):
     results = tmp_path / "r"
     _partial_run(results, monkeypatch)
-    Fault(monkeypatch, "run.json", skip=1)  # the resume's first run.json goes through; epoch 2's does not
-    r = cli(*SYNTH, "--set", "epochs=2", "--results", results, expect=None)
+    with monkeypatch.context() as m:
+        Fault(m, "run.json", skip=1)  # the resume's first run.json goes through; epoch 2's does not
+        r = cli(*SYNTH, "--set", "epochs=2", "--results", results, expect=None)
     assert_one_line_error(r, "no space left on device")
     (row,) = status_json(results)
     assert row["status"] == "partial", row["problem"]
+    cli(*SYNTH, "--set", "epochs=2", "--results", results)  # space again: it resumes and finishes
+    (row,) = status_json(results)
+    assert row["status"] == "done" and row["epochs_done"] == 2
 
 
-@pytest.mark.xfail(strict=True, reason="train (lead): run.json says done before model.pt is written; when model.pt "
-                   "fails the run is cached as done without weights (they sit in checkpoint.pt) and cannot be probed")
 def test_disk_full_while_writing_the_weights_keeps_them(tmp_path, monkeypatch):
     results = tmp_path / "r"
     folder = _partial_run(results, monkeypatch)

@@ -5,6 +5,7 @@ submissions show in `resdeg status`; every bad input is one line."""
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 import warnings
@@ -147,7 +148,18 @@ def test_real_slurm_wait_and_status(tmp_path, reference, slurm, monkeypatch):
     assert [(r["status"], r["activity"]) for r in rows] == [("done", None)] * 2, rows
     assert _numbers(results) == reference("FULL,Nres")
     _no_leftovers(results)
-    print(f"\nreal Slurm: --wait {elapsed:.1f}s")
+    # a job cancelled in the queue or while it runs: status says so (lost, or its lock is stale)
+    out = cli(*GRID, "--variants", "Nbn", "--launcher", "slurm", "--time", "10", "--results", results)
+    (job,) = re.findall(r"^(\d+) resnet18-Nbn-s42-\w+$", out.stdout, re.M)
+    subprocess.run(["scancel", job], check=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        row = next(r for r in status_json(results) if r["variant"] == "Nbn")
+        if re.match(r"(lost: job|stale lock: process \d+ on this host is gone)", row["activity"] or ""):
+            break
+        time.sleep(0.5)
+    assert re.match(r"(lost: job|stale lock)", row["activity"] or ""), row
+    print(f"\nreal Slurm: --wait {elapsed:.1f}s; cancelled job: {row['activity']}")
 
 
 # -- options and bad input ------------------------------------------------------------------------
@@ -188,11 +200,23 @@ def test_slurm_or_submitit_missing_names_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "submitit", None)  # as if not installed
     r = cli(*GRID, "--launcher", "slurm", "--results", tmp_path / "r", expect=None)
     assert_one_line_error(r, "needs the Python package submitit", "pip install submitit")
-    assert not list((tmp_path / "r").rglob("*.json"))
+    assert not (tmp_path / "r").exists()
 
 
-def test_read_only_store_is_one_line(tmp_path):
-    ro = "/proc/resdeg-store"  # a file system nobody can write, root included
+@pytest.fixture
+def read_only_store(tmp_path):
+    """A folder on a read-only file system (a read-only tmpfs where this process may mount one;
+    else a folder under /proc, which nobody can create, root included)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)],
+                             capture_output=True).returncode == 0
+    yield (ro / "results") if mounted else "/proc/resdeg-store"
+    if mounted:
+        subprocess.run(["umount", str(ro)], check=True)
+
+
+def test_read_only_store_is_one_line(read_only_store):
     for args in (["--jobs", "2"], ["--launcher", "submitit-local"], ["--launcher", "submitit-local", "--wait"]):
-        r = cli(*GRID, *args, "--results", ro, expect=None)
-        assert_one_line_error(r, ro)
+        r = cli(*GRID, *args, "--results", read_only_store, expect=None)
+        assert_one_line_error(r, str(read_only_store), "not writable")

@@ -356,7 +356,7 @@ def test_adding_runs_regenerates_everything_and_removes_old_reports(tmp_path):
     make_results(results, seeds=(2,), epochs=2, models=("resnet18",), protocol="native")
     build_report(results, docs, log=lambda m: None)
     assert os.readlink(docs / "_report") != first and not (docs / first).exists()
-    assert [p.name for p in docs.glob(".report-2*")] == [os.readlink(docs / "_report")]
+    assert [p.name for p in docs.glob("_report-2*")] == [os.readlink(docs / "_report")]
     new_hashes = {e.run.config_hash for e in scan(results) if e.run.seed == 2}
     assert all(h in page(docs, "zh", "reproducibility") for h in new_hashes)
     assert "| resnet18 | FULL | 2 |" in page(docs, "en", "native/h1")
@@ -384,7 +384,7 @@ def test_a_killed_report_leaves_the_old_report_or_the_new_one(tmp_path):
         if now != old:  # the new report, whole: every file differs from the old one
             assert all(a != b for a, b in zip(now, old))
     build_report(results, docs, log=lambda m: None)  # the next report cleans up what the killed ones left
-    assert [p.name for p in docs.glob(".report-2*")] == [os.readlink(docs / "_report")]
+    assert [p.name for p in docs.glob("_report-2*")] == [os.readlink(docs / "_report")]
     assert _report_state(docs) != old
 
 

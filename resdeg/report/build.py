@@ -1,7 +1,7 @@
 """`resdeg report`: cached results -> figures, data downloads and pages in docs/, for both languages.
 
 The generated part of docs/ (en/, zh/, downloads/, site-nav.json) is a set of symlinks into
-docs/_report, itself a symlink to one folder `.report-<stamp>` that holds a whole report. A new
+docs/_report, itself a symlink to one folder `_report-<stamp>` that holds a whole report. A new
 report is rendered into a fresh folder, then `_report` is switched to it with one atomic
 rename: a report killed at any point leaves docs/ showing either the old report or the new one,
 never a mix. Two reports at once are kept apart by a lock. Hand-written files (docs/assets/)
@@ -27,7 +27,8 @@ from . import verdicts as V
 from .collect import Store, StudyResults, load_store
 
 GENERATED = ("en", "zh", "downloads", "site-nav.json")
-CURRENT = "_report"  # docs/_report -> .report-<stamp>: the one name switched atomically
+CURRENT = "_report"  # docs/_report -> _report-<stamp>: the one name switched atomically
+PREFIX = "_report-2"  # report folders are named by the date they were made
 MARKER = ".resdeg-generated"  # in every report folder: only such folders are ever replaced
 VERDICTS_SCHEMA, VERDICTS_SCHEMA_VERSION = "resdeg.verdicts", 2
 LOCK_FOLDER = ".report-lock"
@@ -154,7 +155,7 @@ def _publish(new: Path, docs: Path) -> None:
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(target)
         os.replace(tmp, p)
-    for old in docs.glob(".report-2*"):  # report folders are named by their date
+    for old in docs.glob(f"{PREFIX}*"):
         if old != new and old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
 
@@ -178,7 +179,7 @@ def build_report(results: str | Path, docs: str | Path = "docs", protocol: str |
     docs.mkdir(parents=True, exist_ok=True)
     _check_generated(docs)
     with _lock(docs, log):
-        new = docs / f".report-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        new = docs / f"_report-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         shutil.rmtree(new, ignore_errors=True)
         try:
             n_fig, n_pages = _render(store, new)
