@@ -316,7 +316,8 @@ def report(results, docs, protocol, dataset):
 
 
 @main.command()
-@click.option("--results", default="results", show_default=True, type=click.Path(file_okay=False))
+@click.option("--results", default="results", show_default=True, type=click.Path(file_okay=False),
+              help="Result store folder (read only).")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array, one object per run.")
 def status(results, as_json):
     """Every run in the result store: done / diverged / partial / corrupt."""
@@ -400,7 +401,8 @@ def probe(results, run_folder, protocol, dataset, models, variants, seeds, probe
 @click.option("--model", default="resnet18", show_default=True, help=f"One of {', '.join(ARCHS)}.")
 @click.option("--variant", default="FULL", show_default=True, help=f"One of {', '.join(VARIANTS)}.")
 @click.option("--protocol", default="seed", show_default=True, help=f"One of {', '.join(PROTOCOLS)}.")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="Where to time the loops (auto: CUDA when available).")
 @click.option("--batch-size", type=int, default=None,
               help="[default: the protocol's; 8 with --quick on a CPU]")
 @click.option("--steps", type=int, default=None, help="Timed steps per repeat [default: 10 CPU / 50 GPU; --quick 3 / 10].")

@@ -105,9 +105,10 @@ PROTOCOLS: dict[str, dict] = {
     "cifar": dict(stem="cifar", conv_bias=False, image_size=32, mean=CIFAR_MEAN, std=CIFAR_STD,
                   augment=True, epochs=30, momentum=0.9, weight_decay=5e-4, nesterov=True,
                   schedule="cosine", warmup_epochs=1.0, precision="auto", deterministic=False),
-    # A pipeline check for two CPU cores: 32 px, a data subset, two epochs. Not evidence, but it learns.
-    "smoke": dict(image_size=32, mean=CIFAR_MEAN, std=CIFAR_STD, train_images=SMOKE_TRAIN, test_images=1000,
-                  clean_train_images=1000, epochs=2, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4,
+    # A pipeline check for two CPU cores: half-width nets at 32 px, a data subset, two epochs. Not
+    # evidence, but it learns (ResNet18 FULL above 25% test accuracy on CIFAR-10).
+    "smoke": dict(width_mult=0.5, image_size=32, mean=CIFAR_MEAN, std=CIFAR_STD, train_images=SMOKE_TRAIN,
+                  test_images=1000, clean_train_images=1000, epochs=2, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4,
                   schedule="cosine", precision="auto"),
 }
 

@@ -44,12 +44,12 @@ def _no_probe_written(folder):
 def test_probe_writes_every_criterion_for_every_stage(trained):
     results, folder, out = trained
     assert "probed" in out.stderr and "500 images" in out.stderr
-    doc = read_probe(folder)
-    assert doc is not None and doc["status"] == "done" and doc["reason"] is None
+    doc = read_probe(folder).to_dict()
+    assert doc["status"] == "done" and doc["reason"] is None
     assert doc["images"] == 500 and doc["classes_present"] == 10
     assert doc["stages"] == STAGES and doc["settings"] == ProbeSettings().to_dict()
     assert probe_path(folder).name == f"probe-{doc['settings_hash']}.json"
-    assert doc["stage_shapes"]["stage0"] == [16, 16, 16] and doc["stage_shapes"]["stage4"] == [128, 2, 2]
+    assert doc["stage_shapes"]["stage0"] == [32, 8, 8] and doc["stage_shapes"]["stage4"] == [256, 1, 1]
     assert list(doc["criteria"]) == list(CRITERIA) and doc["criterion_errors"] == {}
     for name, per_stage in doc["criteria"].items():
         assert list(per_stage) == STAGES
@@ -89,14 +89,14 @@ def test_cached_probe_is_reused_and_changed_settings_reprobe(trained, run_copy):
     assert probe_path(folder).read_bytes() == before  # not rewritten (wall_s and created would change)
     other = cli("probe", "--results", results, "--device", "cpu", "--quiet", "--probe-images", "60")
     assert "probed" in other.stderr
-    small = read_probe(folder, ProbeSettings(probe_images=60))
+    small = read_probe(folder, ProbeSettings(probe_images=60)).to_dict()
     assert small["images"] == 60 and small["settings_hash"] != ProbeSettings().hash
     assert len(list(folder.glob("probe-*.json"))) == 2 and probe_path(folder).read_bytes() == before
     (row,) = status_json(results)
     assert row["probed"] is True
     # --force redoes it, to the same numbers (CPU, deterministic)
     cli("probe", "--run", folder, "--device", "cpu", "--quiet", "--force", "--probe-images", "60")
-    redone = read_probe(folder, ProbeSettings(probe_images=60))
+    redone = read_probe(folder, ProbeSettings(probe_images=60)).to_dict()
     assert redone["created"] >= small["created"] and redone["wall_s"] != small["wall_s"]
     assert redone["criteria"] == small["criteria"] and redone["signal"] == small["signal"]
 
@@ -109,7 +109,7 @@ def test_diverged_run_is_skipped_with_its_reason(run_copy):
     (folder / "model.pt").unlink()  # a diverged run keeps no weights
     out = cli("probe", "--results", results, "--device", "cpu", "--quiet")
     assert "skipped (run diverged at step 3)" in out.stderr
-    probe = read_probe(folder)
+    probe = read_probe(folder).to_dict()
     assert probe["status"] == "skipped" and probe["reason"] == "run diverged at step 3"
     assert probe["stages"] == [] and probe["images"] == 0
     (row,) = status_json(results)
@@ -124,7 +124,7 @@ def test_non_finite_weights_are_skipped(run_copy):
     torch.save(state, folder / "model.pt")
     out = cli("probe", "--run", folder, "--device", "cpu", "--quiet")
     assert "skipped (non-finite weights)" in out.stderr
-    assert read_probe(folder)["reason"] == "non-finite weights"
+    assert read_probe(folder).to_dict()["reason"] == "non-finite weights"
 
 
 @pytest.mark.parametrize("damage,args,fragments", [
@@ -166,41 +166,41 @@ def test_bulk_probe_reports_problems_and_goes_on(run_copy):
     r = cli("probe", "--results", results, "--device", "cpu", "--quiet", "--probe-images", "30", expect=None)
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert r.stderr.strip().splitlines()[-1].startswith("resdeg: error: 1 run not probed")
-    assert read_probe(folder, ProbeSettings(probe_images=30))["status"] == "done"  # the good run was probed
+    assert read_probe(folder, ProbeSettings(probe_images=30)).to_dict()["status"] == "done"  # the good run was probed
     assert _no_probe_written(broken)
     filtered = cli("probe", "--results", results, "--device", "cpu", "--quiet", "--probe-images", "30",
                    "--variants", "nres")
     assert "no finished runs to probe" in filtered.stderr
 
 
-def test_fewer_than_two_classes_and_undefined_criteria(tmp_path):
-    """An image folder whose test split lists class a first: the first 3 probe images hold one
-    class (a user mistake); with 4, class b has one image, too few for the linear probe's split."""
+def test_probe_images_are_balanced_and_undefined_criteria_are_said(tmp_path):
+    """An image folder whose test split lists class a first, and class b has a single test image:
+    3 probe images still hold both classes (a class-balanced subset, not "the first 3"), and the
+    linear probe, which needs two images of a class to split them, is undefined, with its reason."""
     from PIL import Image
 
     root = tmp_path / "imgs"
-    for split in ("train", "test"):
-        for c, colour in (("a", (200, 30, 30)), ("b", (30, 30, 200))):
+    for split, n_b in (("train", 3), ("test", 1)):
+        for c, colour, n in (("a", (200, 30, 30), 3), ("b", (30, 30, 200), n_b)):
             (root / split / c).mkdir(parents=True)
-            for i in range(3):
+            for i in range(n):
                 Image.new("RGB", (8, 8), tuple(v + 10 * i for v in colour)).save(root / split / c / f"{i}.png")
     results = tmp_path / "results"
     cli("run", "--protocol", "smoke", "--dataset", "imagefolder", "--data-dir", root, "--device", "cpu", "--quiet",
         *TINY, "--set", "epochs=1", "--results", results)
     (folder,) = {p.parent for p in results.glob("*/*/*/run.json")}
     probe = ["probe", "--run", folder, "--data-dir", root, "--device", "cpu", "--quiet"]
-    assert_one_line_error(cli(*probe, "--probe-images", "3", expect=None), "single class", "--probe-images")
-    assert _no_probe_written(folder)
-    out = cli(*probe, "--probe-images", "4")
+    out = cli(*probe, "--probe-images", "3")
     assert "undefined" in out.stderr
-    doc = read_probe(folder, ProbeSettings(probe_images=4))
-    assert doc["classes_present"] == 2
+    doc = read_probe(folder, ProbeSettings(probe_images=3)).to_dict()
+    assert doc["classes_present"] == 2 and sorted(doc["image_indices"]) in ([0, 1, 3], [0, 2, 3], [1, 2, 3])
     assert doc["criteria"]["linear_probe_acc"] == {s: None for s in STAGES}
     assert all("single sample" in doc["criterion_errors"]["linear_probe_acc"][s] for s in STAGES)
     assert all(v is not None for v in doc["criteria"]["fisher_trace_ratio"].values())
+    assert_one_line_error(cli(*probe, "--probe-images", "5", expect=None), "exceeds the 4 test images")
     # another image folder is not the data this run was trained on
-    (root / "test" / "b" / "2.png").unlink()
-    assert_one_line_error(cli(*probe, "--probe-images", "5", "--force", expect=None), "not the data")
+    (root / "test" / "a" / "2.png").unlink()
+    assert_one_line_error(cli(*probe, "--probe-images", "3", "--force", expect=None), "not the data")
 
 
 @pytest.mark.parametrize("damage", ["truncate", "schema_version", "settings", "null_without_reason",
@@ -238,7 +238,7 @@ def test_damaged_probe_file_is_reported_not_used(trained, run_copy, damage):
         few = ProbeSettings(probe_images=30)
         probe_path(folder, few).write_text(text[:100])
         cli("probe", "--run", folder, "--device", "cpu", "--quiet", "--force", "--probe-images", "30")
-        assert read_probe(folder, few)["status"] == "done"
+        assert read_probe(folder, few).to_dict()["status"] == "done"
 
 
 def test_run_all_trains_then_probes(tmp_path):
@@ -252,6 +252,6 @@ def test_run_all_trains_then_probes(tmp_path):
     assert _no_probe_written(folder)
     out = cli(*grid, "--probe-images", "40")
     assert "cached" in out.stderr and "probed" in out.stderr
-    assert read_probe(folder, ProbeSettings(probe_images=40))["status"] == "done"
+    assert read_probe(folder, ProbeSettings(probe_images=40)).to_dict()["status"] == "done"
     again = cli(*grid, "--probe-images", "40").stderr.splitlines()
     assert any("seed 42: cached" in line and "40 images" in line for line in again), again

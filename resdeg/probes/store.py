@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from ..errors import ResdegError
 from ..records import CorruptRecord, Fields, Record, read_record, require, write_record
-from ..store import RunEntry, RunRecord, scan
+from ..store import RunEntry, RunRecord, read_run, scan
 from .criteria import CRITERIA
 
 PROBE_SCHEMA = "resdeg.probe"
@@ -164,7 +164,7 @@ class ProbeRecord(Record):
         for phase, stats in self.signal.items():
             require(set(stats) == set(SIGNAL_KEYS), f"signal.{phase} needs {SIGNAL_KEYS}")
             for key, values in stats.items():
-                require(set(values) <= set(stages), f"signal.{phase}.{key}: unknown stage")
+                require(set(values) == set(stages) if done else not values, f"signal.{phase}.{key}: not one value per stage")
         if done and self.version >= 2:
             require(len(self.image_indices) == self.images, "image_indices: not one index per probe image")
             require(set(self.blocks) == set(SIGNAL_PHASES) and set(self.effective_rank) == set(SIGNAL_PHASES),
@@ -195,7 +195,7 @@ def read_probe(folder: str | Path, settings: ProbeSettings | None = None,
     path = probe_path(folder, settings)
     if not path.exists():
         return None
-    probe = _read(path, run.config_hash if run is not None else None)
+    probe = _read(path, (run or read_run(folder)).config_hash)
     if probe.settings != settings:
         raise CorruptProbe(f"{path.name}: settings differ from the ones asked for")
     return probe
@@ -271,7 +271,7 @@ def status_rows(results: str | Path) -> list[dict]:
     for entry in scan(results):
         row = entry.row()
         found = find_probe(entry.path, entry.run) if entry.run is not None else None
-        row["probed"] = bool(found and found.probe)
+        row["probed"] = bool(found and (found.probe or found.skipped))  # a skipped probe is a result too
         row["probe_problem"] = found.note if found and found.note and found.note.startswith("probe unusable") else None
         rows.append(row)
     return rows
