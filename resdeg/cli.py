@@ -9,7 +9,8 @@ import click
 
 from .config import PROTOCOLS, make_config, parse_overrides
 from .errors import ResdegError
-from .models import ARCHS, VARIANTS
+from .models import ARCHS
+from .study import VARIANTS
 
 STUDY_MODELS = ("resnet18", "resnet50")
 

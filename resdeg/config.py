@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass, field, fields
 
 from .errors import ResdegError
-from .models import ARCHS, canonical_variant
+from .models import ARCHS
+from .study import canonical_variant
 
 # 2: subsets class-balanced (data.fixed_subset), precision stored resolved (never "auto").
 # Runs written under schema 1 keep their hash: the store checks each against its own schema.

@@ -47,7 +47,7 @@ ARCHS: dict[str, tuple[str, tuple[int, ...]]] = {
     "resnet110": ("cifar_basic", (18, 18, 18)),
 }
 from .errors import ResdegError
-from .study import VARIANTS, canonical_variant  # noqa: F401  (variants are declared in study.py)
+from .study import VARIANTS  # variants are declared in study.py
 
 INITS = ("default", "fixup", "skipinit")
 

@@ -23,6 +23,20 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("RESDEG_DOCS", str(tmp_path_factory.getbasetemp() / "docs"))
 
 
+@pytest.fixture
+def one_thread(monkeypatch):
+    """One torch thread here and in every process a test starts. Tiny tensors: extra intra-op
+    threads only add sync cost, which explodes on a busy machine; and CPU numbers depend on the
+    thread count, so processes compared with each other must use the same one."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(threads)
+
+
 def cli(*args, expect: int | None = 0):
     """Run `resdeg ARGS` in-process; check the exit code when `expect` is given."""
     from resdeg.cli import main

@@ -54,11 +54,9 @@ def assert_refused(root: Path, tmp_path: Path, *fragments):
 def _own_cache(tmp_path, monkeypatch):
     # every test decodes its own folder: a per-test cache keeps them independent
     monkeypatch.setenv("RESDEG_CACHE", str(tmp_path / "cache"))
-    # two busy cores: one intra-op thread trains these tiny nets far faster than two that wait on each other
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny nets train fastest on one thread
 
 
 def png16(path: Path, rgb: np.ndarray) -> None:

@@ -13,13 +13,7 @@ from resdeg.probes import criteria as cr
 from resdeg.probes.criteria import CRITERIA, ProbeInputError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: extra threads only add sync cost, which explodes on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one thread (conftest)
 
 
 def gaussian_classes(n_per_class, means, sigma=1.0, seed=0):

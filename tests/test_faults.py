@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from conftest import TINY, assert_one_line_error, cli, status_json
@@ -20,13 +19,7 @@ FAST = ["--protocol", "smoke", "--device", "cpu", "--quiet", *TINY, "--set", "wi
 SYNTH = ["run", *FAST, "--dataset", "synthetic"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # two busy cores: one intra-op thread trains these tiny nets ~50x faster than two that wait on each other
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one thread (conftest)
 
 
 class Fault:

@@ -11,8 +11,8 @@ from torch import nn
 from resdeg.config import make_config
 from resdeg.data import synthetic_dataset
 from resdeg.errors import ResdegError
-from resdeg.models import (VARIANTS, BasicBlock, InputBiasedLinear, ScalarBias, ScalarScale, build_model,
-                           canonical_variant, fixup_factor)
+from resdeg.models import BasicBlock, InputBiasedLinear, ScalarBias, ScalarScale, build_model, fixup_factor
+from resdeg.study import VARIANTS, canonical_variant
 from resdeg.train import Trainer
 
 NEW = ("Fixup", "SkipInit")

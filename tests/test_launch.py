@@ -20,16 +20,7 @@ GRID = ["run-all", "--protocol", "smoke", "--dataset", "synthetic", "--quiet", *
         "--set", "epochs=1", "--models", "resnet18", "--no-probe", "--no-report"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """CPU numbers depend on the torch thread count: here and in every process started, one."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread, here and in subprocesses
 
 
 def _numbers(results):

@@ -166,17 +166,7 @@ def _numbers(folder):
     return run.status, epochs, run.telemetry.sha256
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """CPU numbers depend on the torch thread count: the reference and every process use 1
-    (and one thread per process is also the fast choice on 2 cores shared by 2 processes)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # for the processes started here
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread, here and in subprocesses
 
 
 def test_run_all_skips_a_run_locked_by_a_live_process_and_says_so(tmp_path):

@@ -26,7 +26,7 @@ def test_every_model_and_variant_builds_and_trains_a_step(arch, variant):
 
 
 def test_variant_names_are_case_insensitive():
-    from resdeg.models import canonical_variant
+    from resdeg.study import canonical_variant
     assert [canonical_variant(v) for v in ("full", "NRES", "nbn", "NBoth")] == ["FULL", "Nres", "Nbn", "Nboth"]
 
 

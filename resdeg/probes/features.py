@@ -19,7 +19,6 @@ from ..data import Dataset, preprocess, probe_subset, test_subset
 from ..errors import ResdegError
 from ..models import ResNet, model_from_config
 from .signal import block_signal
-from .signal import effective_rank as effective_rank  # noqa: PLC0414  (re-exported for the probe)
 from .store import SIGNAL_KEYS, BlockSignal
 
 PROBE_BATCH = 100  # images per forward pass: bounds the memory inside a stage at 224 px

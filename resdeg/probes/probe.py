@@ -24,8 +24,8 @@ from ..models import model_from_config
 from ..records import CorruptRecord
 from ..store import RUN_FILE, WEIGHTS_FILE, RunRecord, read_run
 from . import criteria
-from .features import (block_signals, effective_rank, initial_model, prepare_cpu, probe_images, signal_propagation,
-                       stage_features)
+from .features import block_signals, initial_model, prepare_cpu, probe_images, signal_propagation, stage_features
+from .signal import effective_rank
 from .store import SIGNAL_KEYS, SIGNAL_PHASES, ProbedRun, ProbeRecord, ProbeSettings, read_probe, write_probe
 
 
@@ -275,7 +275,7 @@ def finished_runs(results: str | Path, protocol=None, dataset=None, models=None,
                   log: Callable[[str], None] = print) -> tuple[list[Path], list[str]]:
     """The done or diverged run folders under results/ that pass the filters, and the corrupt
     ones (as problems); unfinished runs are mentioned, not probed."""
-    from ..models import canonical_variant
+    from ..study import canonical_variant
     from ..store import scan
 
     if not Path(results).is_dir():

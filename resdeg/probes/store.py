@@ -77,10 +77,6 @@ class ProbeSettings:
         return dataclasses.replace(self, **changes)
 
 
-def probe_path(folder: str | Path, settings: ProbeSettings | None = None) -> Path:
-    return Path(folder) / f"probe-{(settings or ProbeSettings()).hash}.json"
-
-
 @dataclass(frozen=True)
 class ProbedRun(Fields):
     """Which run a probe belongs to."""

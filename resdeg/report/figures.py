@@ -268,11 +268,11 @@ def headline(store: Store, lang: str, path: Path) -> None:
 H1_KEYS = ("train_acc", "clean_train_acc", "test_acc")
 
 
-@figure("h1-accuracy", "h1", per_model=True, needs=_has_epochs)
-def h1_accuracy(sr: StudyResults, lang: str, path: Path, model: str) -> None:
-    """Running train, eval-mode train and test accuracy per epoch of one model's variants."""
+def _accuracy_per_epoch(path: Path, lang: str, sr: StudyResults, model: str, keys, title) -> None:
+    """One panel per accuracy key: every variant of `model` per epoch (mean over seeds, ± std band),
+    chance dotted; `title(labels, key)` names each panel."""
     def body(fig, axes, t):
-        for col, key in enumerate(H1_KEYS):
+        for col, key in enumerate(keys):
             ax = axes[0, col]
             for v in sr.variants:
                 c = A.epoch_curves(sr, model, v, key)
@@ -280,13 +280,19 @@ def h1_accuracy(sr: StudyResults, lang: str, path: Path, model: str) -> None:
                     _line(ax, c["epoch"], np.multiply(c["mean"], 100), np.multiply(c["std"], 100), v,
                           _variant_label(sr, model, v, t), max(c["n"]))
             _chance(ax, sr, t)
-            ax.set_title(t[key], fontsize=9.5)
+            ax.set_title(title(t, key), fontsize=9.5)
             ax.set_xlabel(t["epoch"])
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylim(0, 101)
         axes[0, 0].set_ylabel(t["acc"])
         _legend_below(fig, axes)
-    _draw(path, lang, 1, 3, 3.3, body)
+    _draw(path, lang, 1, len(keys), 3.3 if len(keys) > 2 else 3.4, body)
+
+
+@figure("h1-accuracy", "h1", per_model=True, needs=_has_epochs)
+def h1_accuracy(sr: StudyResults, lang: str, path: Path, model: str) -> None:
+    """Running train, eval-mode train and test accuracy per epoch of one model's variants."""
+    _accuracy_per_epoch(path, lang, sr, model, H1_KEYS, lambda t, key: t[key])
 
 
 # -- H2 ----------------------------------------------------------------------------------------------
@@ -538,21 +544,7 @@ def depth_final(sr: StudyResults, lang: str, path: Path) -> None:
 @figure("bn-accuracy", "batchnorm", per_model=True, needs=_has_epochs)
 def bn_accuracy(sr: StudyResults, lang: str, path: Path, model: str) -> None:
     """Train accuracy in eval mode and test accuracy per epoch of every variant of one depth."""
-    def body(fig, axes, t):
-        for col, key in enumerate(("clean_train_acc", "test_acc")):
-            ax = axes[0, col]
-            for v in sr.variants:
-                c = A.epoch_curves(sr, model, v, key)
-                if c["epoch"]:
-                    _line(ax, c["epoch"], np.multiply(c["mean"], 100), np.multiply(c["std"], 100), v,
-                          _variant_label(sr, model, v, t), max(c["n"]))
-            _chance(ax, sr, t)
-            ax.set_title(f"{model}: {t[key]}")
-            ax.set_xlabel(t["epoch"])
-            ax.set_ylim(0, 101)
-        axes[0, 0].set_ylabel(t["acc"])
-        _legend_below(fig, axes)
-    _draw(path, lang, 1, 2, 3.4, body)
+    _accuracy_per_epoch(path, lang, sr, model, ("clean_train_acc", "test_acc"), lambda t, key: f"{model}: {t[key]}")
 
 
 @figure("bn-signal", "batchnorm", per_model=True, needs=_has_blocks)
