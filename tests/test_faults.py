@@ -1,10 +1,16 @@
 """Faults (issue 16): a full disk while writing run.json, telemetry, a checkpoint or a probe file,
-and results from other data. Each ends in one line and a non-zero exit, leaves the previous
-file as it was and no temp file behind, and the same command resumes once the fault is gone."""
+results from other data, SIGKILL during a probe or a site build, a truncated checkpoint and files
+from a newer resdeg. Each ends in one line and a non-zero exit, leaves the previous file as it was
+and no temp file behind, and the same command resumes once the fault is gone."""
 import errno
 import fnmatch
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -299,3 +305,99 @@ def test_run_without_a_recorded_fingerprint_is_not_refused(tmp_path):
     class Data:
         fingerprint, source = "f" * 64, "here"
     assert check_recorded_data([PlannedRun(Cfg, folder, "done")], load=lambda name: Data)["synthetic"] is Data
+
+
+# -- SIGKILL in the middle of a probe or a site build; damaged checkpoints and newer files ---------
+
+# `resdeg` whose probe SIGKILLs its own process while scoring the 3rd stage
+PROBE_KILLER = """
+import os, signal, sys
+from resdeg.probes import probe
+from resdeg.cli import main
+count, score = [0], probe.score_stage
+def score_stage(*args, **kwargs):
+    count[0] += 1
+    if count[0] == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return score(*args, **kwargs)
+probe.score_stage = score_stage
+main(sys.argv[1:])
+"""
+
+
+def test_a_killed_probe_leaves_no_probe_and_the_next_one_works(tmp_path):
+    results = tmp_path / "r"
+    cli(*SYNTH, "--set", "epochs=1", "--results", results)
+    (folder,) = {p.parent for p in results.glob("*/*/*/run.json")}
+    before = snapshot(folder)
+    args = ["probe", "--results", str(results), "--probe-images", "40", "--device", "cpu", "--quiet"]
+    proc = subprocess.run([sys.executable, "-c", PROBE_KILLER, *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert snapshot(folder) == before and temp_files(tmp_path) == []  # no probe, no half of one
+    (row,) = status_json(results)
+    assert row["status"] == "done" and row["probed"] is False
+    cli(*args)
+    assert len(list(folder.glob("probe-*.json"))) == 1
+
+
+def test_a_killed_site_build_leaves_docs_untouched_and_the_next_build_works(tmp_path):
+    from report_fixture import make_results
+
+    from resdeg.report import build_report
+
+    root = Path(__file__).resolve().parent.parent
+    project = tmp_path / "project"
+    shutil.copytree(root / "docs" / "assets", project / "docs" / "assets")
+    hook = root / "resdeg" / "report" / "mkdocs_hooks.py"
+    (project / "mkdocs.yml").write_text((root / "mkdocs.yml").read_text().replace("resdeg/report/mkdocs_hooks.py",
+                                                                                  str(hook)))
+    build_report(make_results(tmp_path / "results", seeds=(1,), epochs=2, models=("resnet18",)),
+                 project / "docs", log=lambda m: None)
+    listing = lambda: sorted((p.relative_to(project).as_posix(), p.stat().st_size)  # noqa: E731
+                             for p in (project / "docs").rglob("*") if p.is_file())
+    before = listing()
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    build = [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(project / "mkdocs.yml")]
+    proc = subprocess.Popen(build, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (project / "site").exists() and time.time() < deadline:  # killed once it writes the site
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert listing() == before  # mkdocs only reads docs/
+    done = subprocess.run(build, cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (project / "site" / "index.html").exists() and (project / "site" / "zh" / "index.html").exists()
+
+
+def test_a_truncated_checkpoint_is_one_line_and_force_starts_over(tmp_path, monkeypatch):
+    results = tmp_path / "r"
+    folder = _partial_run(results, monkeypatch)
+    ckpt = folder / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    damaged = snapshot(folder)
+    r = cli(*SYNTH, "--set", "epochs=2", "--results", results, expect=None)
+    assert_one_line_error(r, "unusable checkpoint", "--force")
+    assert snapshot(folder) == damaged  # reported, not used, not touched
+    cli(*SYNTH, "--set", "epochs=2", "--results", results, "--force")
+    (row,) = status_json(results)
+    assert row["status"] == "done" and row["epochs_done"] == 2
+
+
+def test_files_from_a_newer_resdeg_are_reported_not_used(tmp_path):
+    results = tmp_path / "r"
+    cli(*SYNTH, "--set", "epochs=1", "--results", results)
+    cli("probe", "--results", results, "--probe-images", "40", "--device", "cpu", "--quiet")
+    (folder,) = {p.parent for p in results.glob("*/*/*/run.json")}
+    (probe_file,) = folder.glob("probe-*.json")
+    doc = json.loads(probe_file.read_text())
+    doc["schema_version"] += 1
+    probe_file.write_text(json.dumps(doc))
+    status = cli("status", "--results", results)
+    assert "corrupt probe" in status.stderr and "written by a newer resdeg" in status.stderr
+    run_json = folder / "run.json"
+    doc = json.loads(run_json.read_text())
+    doc["schema_version"] += 1
+    run_json.write_text(json.dumps(doc))
+    (row,) = status_json(results)
+    assert row["status"] == "corrupt" and "newer resdeg" in row["problem"]

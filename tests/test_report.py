@@ -467,3 +467,24 @@ def test_run_all_trains_probes_then_renders_the_report(tmp_path):
         assert e.run.config_hash in page(tmp_path / "docs", "zh", "reproducibility")
         probe = json.loads(next(e.path.glob("probe-*.json")).read_text())  # written by `resdeg probe`
         assert f"{probe['criteria']['fisher_trace_ratio']['stage0']:.4g} →" in h3
+
+
+def test_the_rendered_report_builds_a_strict_site(rendered, tmp_path):
+    """Every link between the generated pages resolves: `mkdocs build --strict` fails on a broken one."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    project = tmp_path / "project"
+    shutil.copytree(rendered.docs, project / "docs", symlinks=True)
+    shutil.copytree(root / "docs" / "assets", project / "docs" / "assets")
+    hook = root / "resdeg" / "report" / "mkdocs_hooks.py"
+    (project / "mkdocs.yml").write_text((root / "mkdocs.yml").read_text().replace("resdeg/report/mkdocs_hooks.py",
+                                                                                  str(hook)))
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(project / "mkdocs.yml")],
+                          cwd=project, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    for page in ("index", "depth/degradation", "batchnorm/batchnorm", "native/h1"):
+        assert (project / "site" / f"{page}.html").exists() and (project / "site" / "zh" / f"{page}.html").exists()
