@@ -488,3 +488,25 @@ def test_the_rendered_report_builds_a_strict_site(rendered, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     for page in ("index", "depth/degradation", "batchnorm/batchnorm", "native/h1"):
         assert (project / "site" / f"{page}.html").exists() and (project / "site" / "zh" / f"{page}.html").exists()
+
+
+def test_every_download_has_a_data_dictionary_entry_and_is_in_the_archive(rendered):
+    import zipfile
+
+    from resdeg.report.downloads import ARCHIVE, DICTIONARY
+
+    downloads = rendered.docs / "downloads"
+    files = [p for p in downloads.rglob("*") if p.is_file() and p.name != ARCHIVE]
+    assert files
+    with zipfile.ZipFile(downloads / ARCHIVE) as z:
+        assert sorted(z.namelist()) == sorted(p.relative_to(downloads).as_posix() for p in files)
+    for path in files:
+        assert path.name in DICTIONARY, path.name
+        if path.suffix == ".csv":
+            header = path.read_text().splitlines()[0].split(",")
+            assert header == list(DICTIONARY[path.name][1]), path.name  # every column, in order
+    for lang in LANGS:
+        repro = page(rendered.docs, lang, "reproducibility")
+        assert f"](../downloads/{ARCHIVE})" in repro
+        for name, (_, columns) in DICTIONARY.items():
+            assert f"**`{name}`**" in repro and all(f"| `{c}` |" in repro for c in columns)

@@ -18,6 +18,7 @@ from ..probes.store import ProbeSettings
 from ..study import PAGES, VARIANTS
 from . import analysis as A
 from . import answer as answers
+from . import downloads as D
 from . import verdicts as V
 from .collect import Store, StudyResults, depth
 
@@ -128,7 +129,7 @@ def base_context(store: Store, lang: str) -> dict:
         "probe_defaults": ProbeSettings(), "count": lambda n, en: count(n, en, lang), "depth": depth,
         "version": __version__, "repository": REPOSITORY, "original_note": ORIGINAL_NOTE,
         "today": datetime.now(timezone.utc).date().isoformat(), "data_kind": data_kind,
-        "model_table": model_table, "commands": commands,
+        "model_table": model_table, "commands": commands, "dictionary": D.DICTIONARY, "archive": D.ARCHIVE,
     }
 
 

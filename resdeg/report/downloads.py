@@ -1,0 +1,162 @@
+"""The data behind every figure and table, as CSV and JSON in docs/downloads/, with a data
+dictionary (one entry per file and column, in both languages) and one archive of everything."""
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from pathlib import Path
+
+from ..atomic import atomic_write_bytes, atomic_write_json
+from . import analysis as A
+from . import verdicts as V
+from .collect import Store, StudyResults
+
+VERDICTS_SCHEMA, VERDICTS_SCHEMA_VERSION = "resdeg.verdicts", 2
+ARCHIVE = "resdeg-data.zip"
+
+# file -> (what it holds, {column: meaning}), in English and Chinese. The pages print it; a column
+# a writer adds without an entry here fails tests/test_report.py.
+_RUN = {"model": ("model", "模型"), "variant": ("variant (see the setup page)", "变体（见实验设置页）"),
+        "seed": ("random seed", "随机种子")}
+DICTIONARY = {
+    "runs.csv": (("one row per run", "每次训练一行"), {
+        "folder": ("result folder, relative to results/", "结果目录（相对于 results/）"),
+        "protocol": ("protocol", "协议"), **_RUN,
+        "config_hash": ("hash of every setting that changes results", "所有影响结果的设置的哈希"),
+        "status": ("done or diverged", "done（完成）或 diverged（发散）"),
+        "epochs_done": ("epochs trained", "已训练的轮次"),
+        "train_acc": ("final running train accuracy (train mode, over the epoch's batches), fraction",
+                      "最后一轮训练中的准确率（训练模式，对本轮各批次累计），小数"),
+        "clean_train_acc": ("final train accuracy in eval mode on the fixed training subset, fraction",
+                            "最后一轮在固定训练子集上、评估模式下的训练集准确率，小数"),
+        "test_acc": ("final test accuracy, fraction", "最后一轮测试准确率，小数"),
+        "diverged_at_step": ("first step with a non-finite loss (empty: none)", "损失首次出现非有限值的步数（空：没有）"),
+        "wall_s": ("training wall time, seconds", "训练用时，秒"),
+        "probe_file": ("the probe file used (empty: none)", "所用的探针文件（空：没有）")}),
+    "h1_epochs.csv": (("one row per run and epoch", "每次训练每个轮次一行"), {
+        **_RUN, "config_hash": ("config hash of the run", "该次训练的配置哈希"), "epoch": ("epoch, from 1", "轮次，从 1 开始"),
+        "train_loss": ("mean training loss over the epoch's batches", "本轮各批次训练损失的平均"),
+        "train_acc": ("running train accuracy", "训练中的准确率"),
+        "clean_train_acc": ("train accuracy in eval mode", "评估模式下的训练集准确率"),
+        "test_loss": ("mean test loss", "平均测试损失"), "test_acc": ("test accuracy", "测试准确率"),
+        "lr": ("learning rate at the epoch's last step", "本轮最后一步的学习率"),
+        "wall_s": ("wall time of the epoch, seconds", "本轮用时，秒")}),
+    "h2_gradient_steps.csv": (("one row per run and training step", "每次训练每个训练步一行"), {
+        **_RUN, "step": ("training step, from 0", "训练步，从 0 开始"),
+        "g_first_stage": ("mean |dL/d output| of the first stage", "第一个阶段输出梯度的平均绝对值"),
+        "g_last_stage": ("mean |dL/d output| of the last stage", "最后一个阶段输出梯度的平均绝对值")}),
+    "h2_stage_medians.csv": (("one row per run and stage", "每次训练每个阶段一行"), {
+        **_RUN, "stage": ("stage", "阶段"),
+        "median_grad": ("median over steps of mean |dL/d stage output|", "阶段输出梯度平均绝对值在各步的中位数")}),
+    "h3_separability.csv": (("one row per run, criterion and stage", "每次训练、每个判据、每个阶段一行"), {
+        **_RUN, "criterion": ("separability criterion (method page)", "可分性判据（见方法页）"),
+        "stage": ("stage", "阶段"), "value": ("its value (empty: undefined there)", "判据值（空：该处无定义）")}),
+    "signal.csv": (("one row per run, phase and stage", "每次训练、每个时刻、每个阶段一行"), {
+        **_RUN, "phase": ("init (untrained net, same seed) or trained", "init（同一种子的未训练网络）或 trained（训练后）"),
+        "stage": ("stage", "阶段"), "act_mean": ("mean of the activations", "激活值的均值"),
+        "act_std": ("standard deviation of the activations", "激活值的标准差"),
+        "grad_mean": ("mean of dL/d(stage output)", "阶段输出梯度的均值"),
+        "grad_std": ("standard deviation of dL/d(stage output)", "阶段输出梯度的标准差")}),
+    "blocks.csv": (("one row per run, phase and residual block", "每次训练、每个时刻、每个残差块一行"), {
+        **_RUN, "phase": ("init or trained", "init 或 trained"), "block": ("block (e.g. stage2.3)", "残差块（如 stage2.3）"),
+        "stage": ("its stage", "所在阶段"), "index": ("its index in the stage", "在阶段中的序号"),
+        "sq_mean": ("average channel squared mean of its output", "输出的通道均值平方的平均"),
+        "variance": ("average channel variance of its output", "输出的通道方差的平均"),
+        "branch_variance": ("average channel variance of its residual branch before the add",
+                            "残差分支在相加之前的通道方差的平均"),
+        "stage_effective_rank": ("effective rank of its stage's features", "所在阶段特征的有效秩")}),
+    "verdicts.json": (("every comparison with its H1, H2 and H3 verdicts, the deciding numbers and the rules "
+                       "(JSON, schema resdeg.verdicts)", "每组比较的 H1、H2、H3 判定、判定依据和规则（JSON，schema 为 resdeg.verdicts）"), {}),
+}
+
+
+def _csv(path: Path, header: list[str], rows) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def _g(x) -> str:
+    return "" if x is None else f"{x:.6g}"
+
+
+KEYS = ("model", "variant", "seed")
+
+
+def _runs_csv(path: Path, runs) -> None:
+    _csv(path, ["folder", "protocol", *KEYS, "config_hash", "status", "epochs_done", "train_acc", "clean_train_acc",
+                "test_acc", "diverged_at_step", "wall_s", "probe_file"],
+         ([r.rel, r.record.protocol, r.model, r.variant, r.seed, r.config_hash, r.status, len(r.epochs),
+           _g(r.final and r.final.train_acc), _g(r.final and r.final.clean_train_acc), _g(r.final and r.final.test_acc),
+           r.record.diverged_at_step if r.record.diverged_at_step is not None else "", _g(r.record.summary.wall_s),
+           r.probe_file or ""] for r in runs))
+
+
+def _verdict_rows(sr: StudyResults) -> list[dict]:
+    return [{"study": sr.name, "protocol": sr.protocol, "subject": row["subject"], "kind": row["kind"],
+             "component": row["component"], "verdicts": {h: v.as_dict() for h, v in row["verdicts"].items()}}
+            for row in A.all_verdicts(sr)]
+
+
+def write_study_downloads(sr: StudyResults, out: Path) -> dict[str, list[str]]:
+    """The data behind every figure and table of a study's pages, as CSV; page -> file names."""
+    _runs_csv(out / "runs.csv", sr.runs)
+    fields = ("train_loss", "train_acc", "clean_train_acc", "test_loss", "test_acc", "lr", "wall_s")
+    _csv(out / "h1_epochs.csv", [*KEYS, "config_hash", "epoch", *fields],
+         ([r.model, r.variant, r.seed, r.config_hash, e.epoch, *(_g(getattr(e, f)) for f in fields)]
+          for r in sr.runs for e in r.epochs))
+
+    def steps():
+        for r in sr.runs:
+            g = A.grad_series(r)
+            if g is not None:
+                for i, (first, last) in enumerate(zip(g[:, 0], g[:, -1])):
+                    yield r.model, r.variant, r.seed, i, f"{first:.4g}", f"{last:.4g}"
+    _csv(out / "h2_gradient_steps.csv", [*KEYS, "step", "g_first_stage", "g_last_stage"], steps())
+    _csv(out / "h2_stage_medians.csv", [*KEYS, "stage", "median_grad"],
+         ([r.model, r.variant, r.seed, s, _g(v)] for r in sr.runs for s, v in A.stage_medians(r).items()))
+    _csv(out / "h3_separability.csv", [*KEYS, "criterion", "stage", "value"],
+         ([r.model, r.variant, r.seed, c, s, _g(v)] for r in sr.probed for c, per in r.probe.criteria.items()
+          for s, v in per.items()))
+    sig = ("act_mean", "act_std", "grad_mean", "grad_std")
+    _csv(out / "signal.csv", [*KEYS, "phase", "stage", *sig],
+         ([r.model, r.variant, r.seed, ph, s, *(_g(r.probe.signal[ph][k].get(s)) for k in sig)]
+          for r in sr.probed for ph in ("init", "trained") for s in r.probe.stages))
+    _csv(out / "blocks.csv", [*KEYS, "phase", "block", "stage", "index", "sq_mean", "variance", "branch_variance",
+                              "stage_effective_rank"],
+         ([r.model, r.variant, r.seed, ph, b.name, b.stage, b.index, _g(b.sq_mean), _g(b.variance),
+           _g(b.branch_variance), _g(r.probe.effective_rank.get(ph, {}).get(b.stage))]
+          for r in sr.probed for ph, blocks in r.probe.blocks.items() for b in blocks))
+    atomic_write_json(out / "verdicts.json", {
+        "schema": VERDICTS_SCHEMA, "schema_version": VERDICTS_SCHEMA_VERSION, "rules_version": V.RULES_VERSION,
+        "rules": V.RULES, "study": sr.name, "protocol": sr.protocol, "dataset": sr.dataset,
+        "comparisons": _verdict_rows(sr)})
+    return {"h1": ["h1_epochs.csv", "runs.csv"], "h2": ["h2_gradient_steps.csv", "h2_stage_medians.csv"],
+            "h3": ["h3_separability.csv"], "signal": ["signal.csv"],
+            "degradation": ["runs.csv", "h1_epochs.csv", "verdicts.json"],
+            "batchnorm": ["runs.csv", "h1_epochs.csv", "blocks.csv", "verdicts.json"]}
+
+
+def write_site_downloads(store: Store, out: Path) -> dict[str, list[str]]:
+    _runs_csv(out / "runs.csv", store.runs)
+    atomic_write_json(out / "verdicts.json", {
+        "schema": VERDICTS_SCHEMA, "schema_version": VERDICTS_SCHEMA_VERSION, "rules_version": V.RULES_VERSION,
+        "rules": V.RULES, "comparisons": [row for sr in store.studies for row in _verdict_rows(sr)]})
+    return {"index": ["verdicts.json", "runs.csv"]}
+
+
+
+
+def write_archive(out: Path) -> str:
+    """Every download in one zip (fixed timestamps: the same data give the same bytes)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for path in sorted(p for p in out.rglob("*") if p.is_file()):
+            info = zipfile.ZipInfo(path.relative_to(out).as_posix(), date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(info, path.read_bytes())
+    atomic_write_bytes(out / ARCHIVE, buf.getvalue())
+    return ARCHIVE
