@@ -58,9 +58,9 @@ def ratio_text(est) -> str:
     return out + (f" [{10 ** est.low:.2e}, {10 ** est.high:.2e}]" if est.has_interval else "")
 
 
-def diff(e, scale: float = 100.0) -> str:
+def diff(e, lang: str = "en") -> str:
     """A difference with its uncertainty: an interval with seeds, the noise floor with one."""
-    return "—" if e is None else V.fmt_diff(e, scale)
+    return "—" if e is None else V.fmt_diff(e, lang)
 
 
 def count(n: int, en: str, lang: str) -> str:

@@ -246,11 +246,19 @@ OUTCOME_TEXT = {"supported": {"en": "supported", "zh": "支持"},
                 "inconclusive": {"en": "inconclusive", "zh": "无法判定"}}
 
 
-def fmt_diff(e: Estimate, scale: float = 100.0, unit: str = " pp") -> str:
+def fmt_diff(e: Estimate, lang: str = "en", scale: float = 100.0) -> str:
+    """A difference of accuracies in points, with its 95% interval or, for one seed, its noise floor."""
+    unit = " pp" if lang == "en" else " 个百分点"
     s = f"{e.value * scale:+.2f}{unit}"
     if e.has_interval:
         return s + f" [{e.low * scale:+.2f}, {e.high * scale:+.2f}]"
-    return s + (f" (noise ±{e.noise * scale:.2f})" if e.noise is not None else "")
+    if e.noise is None:
+        return s
+    return s + (f" (noise ±{e.noise * scale:.2f})" if lang == "en" else f"（噪声 ±{e.noise * scale:.2f}）")
+
+
+def fmt_both(e: Estimate) -> dict:
+    return {lang: fmt_diff(e, lang) for lang in ("en", "zh")}
 
 
 # -- the rules --------------------------------------------------------------------------------------
@@ -285,7 +293,7 @@ def _degradation(h: str, subject: str, a: Side, b: Side, needs_train: bool = Fal
         nums = {"did_not_learn": stuck, "_fmt": {"nl": {"en": " and ".join(stuck), "zh": "和".join(stuck)}}}
         return _verdict(h, subject, None, "inconclusive", "did_not_learn", nums, single), None, None, single
     pair, dtest = _order(a, b)
-    nums = {"test_diff": dtest.as_dict(), "_fmt": {"dtest": fmt_diff(dtest)}}
+    nums = {"test_diff": dtest.as_dict(), "_fmt": {"dtest": fmt_both(dtest)}}
     if pair is None:
         return _verdict(h, subject, None, "inconclusive", "no_degradation", nums, single), None, None, single
     return None, pair, nums, single
@@ -300,7 +308,7 @@ def h1(subject: str, a: Side, b: Side) -> Verdict:
     dtrain = compare(worse, better, "clean_train_acc")
     dgap = compare(worse, better, "gap")
     nums.update(clean_train_diff=dtrain.as_dict(), gap_diff=dgap.as_dict())
-    nums["_fmt"].update(dtrain=fmt_diff(dtrain), dgap=fmt_diff(dgap))
+    nums["_fmt"].update(dtrain=fmt_both(dtrain), dgap=fmt_both(dgap))
     if dtrain.sign < 0:
         return _verdict("H1", subject, pair, "not_supported", "worse_on_train", nums, single)
     if dgap.sign > 0:
