@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -34,7 +33,7 @@ from .models import model_from_config
 from .records import CorruptRecord, Fields, Record, read_record, require, write_record
 from .study import default_grid
 from .reference import DEFAULT_WORKERS, ReferenceLoop, reference_loader
-from .train import Trainer, environment, epoch_generator, evaluate, numerics, resolve_precision
+from .train import Engine, environment, epoch_generator, evaluate, numerics, resolve_precision
 
 BENCH_SCHEMA = "resdeg.bench"
 BENCH_SCHEMA_VERSION = 1
@@ -122,9 +121,8 @@ def _summary(seconds: list[float], steps: int, batch: int) -> dict:
             "batch_size": batch, "repeat_seconds": list(seconds)}
 
 
-def _warm_trainer(cfg, data: Dataset, device: torch.device, steps: int, warmup: int) -> Trainer:
-    with tempfile.TemporaryDirectory() as tmp:  # a trainer needs a folder; the benchmark writes none
-        trainer = Trainer(cfg, data, Path(tmp), device, progress=False)
+def _warm_engine(cfg, data: Dataset, device: torch.device, steps: int, warmup: int) -> Engine:
+    trainer = Engine(cfg, data, device)  # the engine alone: no run folder, nothing written
     assert trainer.steps_per_epoch == steps, "bench_data sizes the data set to whole steps"
     bs = cfg.batch_size
     gen = epoch_generator(cfg.seed, 0, device)
@@ -137,7 +135,7 @@ def _warm_trainer(cfg, data: Dataset, device: torch.device, steps: int, warmup: 
     return trainer
 
 
-def _eval_rate(trainer: Trainer, repeats: int) -> float:
+def _eval_rate(trainer: Engine, repeats: int) -> float:
     """Forward-only images/s in eval mode: the per-epoch test and clean-train scoring."""
     seconds = []
     for _ in range(1 + repeats):  # the first is a warm-up
@@ -152,24 +150,23 @@ def _eval_rate(trainer: Trainer, repeats: int) -> float:
 
 def time_engines(cfgs: list, data: Dataset, device: torch.device, steps: int, warmup: int,
                  repeats: int) -> list[dict]:
-    """Each config's engine, timed over its own epoch loop (Trainer.train_epoch and the one host
+    """Each config's engine, timed over its own epoch loop (Engine.train_epoch and the one host
     copy per epoch). The repeats interleave (a, b, a, b, ...), so that a change in the machine's
     load falls on every config alike; the first config's eval rate is measured too."""
-    trainers = [_warm_trainer(cfg, data, device, steps, warmup) for cfg in cfgs]
+    trainers = [_warm_engine(cfg, data, device, steps, warmup) for cfg in cfgs]
     seconds = [[] for _ in trainers]
     for r in range(repeats):
         for trainer, secs in zip(trainers, seconds):
             sync(device)
             t0 = time.perf_counter()
             trainer.train_epoch(r + 1, None)
-            trainer.collect_steps(r + 1)
+            trainer.take_steps(r + 1)
             sync(device)
             secs.append(time.perf_counter() - t0)
     out = [_summary(secs, steps, cfg.batch_size) for secs, cfg in zip(seconds, cfgs)]
     out[0]["eval_images_per_s"] = _eval_rate(trainers[0], repeats)
     for trainer in trainers:
-        if trainer.telemetry:
-            trainer.telemetry.remove()
+        trainer.close()
     return out
 
 

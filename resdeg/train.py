@@ -1,7 +1,10 @@
-"""Training one run: epochs of SGD on device-resident data, telemetry, a checkpoint per epoch.
+"""Training one run, in two layers: `Engine` computes (epochs of SGD on device-resident data,
+telemetry in device buffers; no files, no process-wide state) and `Trainer` keeps the run folder
+(checkpoint per epoch, resume, run.json, telemetry file). `numerics` sets the process-wide torch
+flags a run needs, in one place, and restores them.
 
 Resume is exact on CPU: each epoch's shuffle and augmentation come from a generator seeded
-by (seed, epoch), and the checkpoint holds model, optimiser, history and RNG states, so a
+by (seed, epoch), and the checkpoint holds model, optimiser, history and per-step arrays, so a
 killed run restarts its unfinished epoch and reaches the numbers it would have had.
 """
 from __future__ import annotations
@@ -158,11 +161,13 @@ def _finite(v: float):
     return v if math.isfinite(v) else None
 
 
-class Trainer:
-    """Trains one config into one run folder, resuming from its checkpoint if there is one."""
+class Engine:
+    """The computation of one run, with no files and no process-wide state: config, data and
+    device in; the model, optimiser and subsets on the device; per epoch an `Epoch` record and
+    the per-step telemetry out. `Trainer` puts it in a run folder; `resdeg bench` times it bare."""
 
-    def __init__(self, cfg, data: Dataset, folder: Path, device: torch.device, progress: bool = True):
-        self.cfg, self.data, self.folder, self.device, self.progress = cfg, data, Path(folder), device, progress
+    def __init__(self, cfg, data: Dataset, device: torch.device):
+        self.cfg, self.data, self.device = cfg, data, device
         self.precision = resolve_precision(cfg, device)
         # channels_last pays on CPUs too (oneDNN's blocked kernels): ResNet-20 805 -> 1014 img/s here.
         self.channels_last = cfg.channels_last
@@ -190,37 +195,15 @@ class Trainer:
                                    **extra)
         self.telemetry = StageTelemetry(self.model, self.steps_per_epoch, device) if cfg.telemetry else None
         self.loss_buf = torch.zeros(self.steps_per_epoch, device=device)
-        self.history: list[Epoch] = []
-        self.steps: dict[str, list[np.ndarray]] = {k: [] for k in TELEMETRY_ARRAYS}
-        self.diverged_at: int | None = None
-        self.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        self.env = environment(device, self.precision)
 
-    # -- checkpoint -------------------------------------------------------------------------
-    def _checkpoint_state(self) -> dict:
-        return {"config_hash": self.cfg.hash, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
-                "history": [e.to_dict() for e in self.history], "steps": self.steps, "created": self.created}
+    @property
+    def stage_names(self) -> list[str]:
+        return [name for name, _ in self.model.stages()]
 
-    def resume(self) -> bool:
-        path = self.folder / CHECKPOINT_FILE
-        if not path.exists():
-            return False
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
-            if state["config_hash"] != self.cfg.hash:
-                raise ValueError("checkpoint belongs to another config")
-            self.model.load_state_dict(state["model"])
-            self.opt.load_state_dict(state["opt"])
-            history = [Epoch.from_dict(e) for e in state["history"]]
-        except Exception as e:
-            raise ResdegError(f"{path}: unusable checkpoint ({e}); rerun with --force to start over") from None
-        self.history, self.steps, self.created = history, state["steps"], state["created"]
-        losses = np.concatenate(self.steps["loss"]) if self.steps["loss"] else np.zeros(0)
-        bad = np.flatnonzero(~np.isfinite(losses))
-        self.diverged_at = int(np.concatenate(self.steps["step"])[bad[0]]) if len(bad) else None
-        return True
+    def data_used(self) -> dict:
+        return {**self.data.describe(), "train_used": len(self.train_y), "test_used": len(self.test_y),
+                "clean_train_used": len(self.clean_y)}
 
-    # -- one epoch --------------------------------------------------------------------------
     def train_step(self, x_u8: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
                    lr: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One SGD step on a uint8 batch already on the device; returns (loss, logits), detached.
@@ -240,6 +223,7 @@ class Trainer:
         return loss.detach(), logits.detach()
 
     def train_epoch(self, epoch: int, bar: tqdm | None) -> tuple[float, float, float]:
+        """(running train accuracy, mean train loss, last learning rate) of one epoch; one host sync."""
         cfg = self.cfg
         self.model.train()
         gen = epoch_generator(cfg.seed, epoch, self.device)
@@ -261,19 +245,83 @@ class Trainer:
         acc, mean_loss = (torch.stack([correct, loss_sum]) / len(self.train_y)).tolist()  # the epoch's sync
         return acc, mean_loss, lr
 
-    def collect_steps(self, epoch: int) -> None:
-        """Copy this epoch's per-step device buffers to the host (one transfer per epoch)."""
+    def take_steps(self, epoch: int) -> dict[str, np.ndarray]:
+        """This epoch's per-step device buffers as host arrays (one transfer per epoch)."""
         n = self.steps_per_epoch
         arrays = {"loss": self.loss_buf[:n].to("cpu", copy=True).numpy(),
                   "step": np.arange(epoch * n, (epoch + 1) * n, dtype=np.int64),
                   "epoch": np.full(n, epoch + 1, dtype=np.int32)}
         if self.telemetry:
             arrays.update(self.telemetry.take_epoch())
-        for k, v in arrays.items():
-            self.steps[k].append(v)
-        bad = np.flatnonzero(~np.isfinite(arrays["loss"]))
-        if len(bad):
-            self.diverged_at = int(arrays["step"][bad[0]])
+        return arrays
+
+    def run_epoch(self, epoch: int, bar: tqdm | None = None) -> tuple[Epoch, dict[str, np.ndarray]]:
+        """Train one epoch, then score the clean-train subset and the test set in eval mode."""
+        t0 = time.perf_counter()
+        train_acc, train_loss, lr = self.train_epoch(epoch, bar)
+        steps = self.take_steps(epoch)
+        clean_acc, _ = evaluate(self.model, self.clean_x, self.clean_y, self.cfg, self.precision, self.channels_last)
+        test_acc, test_loss = evaluate(self.model, self.test_x, self.test_y, self.cfg, self.precision,
+                                       self.channels_last)
+        record = Epoch(epoch=epoch + 1, train_loss=_finite(train_loss), train_acc=train_acc,
+                       clean_train_acc=clean_acc, test_loss=_finite(test_loss), test_acc=test_acc, lr=lr,
+                       wall_s=round(time.perf_counter() - t0, 3), steps=self.steps_per_epoch)
+        return record, steps
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+
+    def close(self) -> None:
+        if self.telemetry:
+            self.telemetry.remove()
+
+
+def first_nonfinite_step(steps: dict[str, list[np.ndarray]]) -> int | None:
+    """The first step whose loss is not finite, or None."""
+    if not steps["loss"]:
+        return None
+    losses = np.concatenate(steps["loss"])
+    bad = np.flatnonzero(~np.isfinite(losses))
+    return int(np.concatenate(steps["step"])[bad[0]]) if len(bad) else None
+
+
+class Trainer:
+    """The run-folder layer around an `Engine`: resume from the checkpoint, train the remaining
+    epochs with a checkpoint per epoch, and keep run.json and the telemetry file up to date."""
+
+    def __init__(self, cfg, data: Dataset, folder: Path, device: torch.device, progress: bool = True):
+        self.cfg, self.folder, self.device, self.progress = cfg, Path(folder), device, progress
+        self.engine = Engine(cfg, data, device)
+        self.history: list[Epoch] = []
+        self.steps: dict[str, list[np.ndarray]] = {k: [] for k in TELEMETRY_ARRAYS}
+        self.diverged_at: int | None = None
+        self.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.env = environment(device, self.engine.precision)
+
+    # -- checkpoint -------------------------------------------------------------------------
+    def _checkpoint_state(self) -> dict:
+        return {"config_hash": self.cfg.hash, **self.engine.state(),
+                "history": [e.to_dict() for e in self.history], "steps": self.steps, "created": self.created}
+
+    def resume(self) -> bool:
+        path = self.folder / CHECKPOINT_FILE
+        if not path.exists():
+            return False
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+            if state["config_hash"] != self.cfg.hash:
+                raise ValueError("checkpoint belongs to another config")
+            self.engine.load_state(state)
+            history = [Epoch.from_dict(e) for e in state["history"]]
+        except Exception as e:
+            raise ResdegError(f"{path}: unusable checkpoint ({e}); rerun with --force to start over") from None
+        self.history, self.steps, self.created = history, state["steps"], state["created"]
+        self.diverged_at = first_nonfinite_step(self.steps)
+        return True
 
     # -- the run ----------------------------------------------------------------------------
     def record(self, status: str, telemetry: TelemetryEntry | None) -> RunRecord:
@@ -281,24 +329,22 @@ class Trainer:
         tests = [e.test_acc for e in self.history]
         return RunRecord(
             config=self.cfg, config_hash=self.cfg.hash, config_schema=CONFIG_SCHEMA, environment=self.env,
-            data={**self.data.describe(), "train_used": len(self.train_y), "test_used": len(self.test_y),
-                  "clean_train_used": len(self.clean_y)},
-            status=status, epochs_done=len(self.history), epochs=tuple(self.history),
+            data=self.engine.data_used(), status=status, epochs_done=len(self.history), epochs=tuple(self.history),
             diverged_at_step=self.diverged_at,
             summary=Summary(train_acc=last and last.train_acc, clean_train_acc=last and last.clean_train_acc,
                             test_acc=last and last.test_acc, test_loss=last and last.test_loss,
                             best_test_acc=max(tests) if tests else None,
-                            parameters=sum(p.numel() for p in self.model.parameters()),
-                            steps_per_epoch=self.steps_per_epoch,
+                            parameters=sum(p.numel() for p in self.engine.model.parameters()),
+                            steps_per_epoch=self.engine.steps_per_epoch,
                             wall_s=round(sum(e.wall_s for e in self.history), 3)),
             telemetry=telemetry, created=self.created,
             updated=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def save(self, status: str) -> RunRecord:
         tel = None
-        if self.telemetry and self.history:
-            stages = [name for name, _ in self.model.stages()]
-            tel = write_telemetry(self.folder, stages, {k: np.concatenate(v) for k, v in self.steps.items()})
+        if self.cfg.telemetry and self.history:
+            tel = write_telemetry(self.folder, self.engine.stage_names,
+                                  {k: np.concatenate(v) for k, v in self.steps.items()})
         run = self.record(status, tel)
         write_run(self.folder, run)
         return run
@@ -319,19 +365,15 @@ class Trainer:
         for epoch in range(len(self.history), cfg.epochs):
             if deadline is not None and epoch_s is not None and time.time() + epoch_s > deadline:
                 break
-            t0 = time.perf_counter()
-            bar = tqdm(total=self.steps_per_epoch, desc=f"{cfg.model} {cfg.variant} s{cfg.seed} "
+            bar = tqdm(total=self.engine.steps_per_epoch, desc=f"{cfg.model} {cfg.variant} s{cfg.seed} "
                        f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False, disable=None if self.progress else True)
-            train_acc, train_loss, lr = self.train_epoch(epoch, bar)
+            record, steps = self.train_epoch(epoch, bar)
             bar.close()
-            self.collect_steps(epoch)
-            clean_acc, _ = evaluate(self.model, self.clean_x, self.clean_y, cfg, self.precision, self.channels_last)
-            test_acc, test_loss = evaluate(self.model, self.test_x, self.test_y, cfg, self.precision,
-                                           self.channels_last)
-            epoch_s = time.perf_counter() - t0
-            self.history.append(Epoch(epoch=epoch + 1, train_loss=_finite(train_loss), train_acc=train_acc,
-                                      clean_train_acc=clean_acc, test_loss=_finite(test_loss), test_acc=test_acc,
-                                      lr=lr, wall_s=round(epoch_s, 3), steps=self.steps_per_epoch))
+            epoch_s = record.wall_s
+            self.history.append(record)
+            for k, v in steps.items():
+                self.steps[k].append(v)
+            self.diverged_at = first_nonfinite_step(self.steps)
             # Checkpoint first: run.json and telemetry are always rebuilt from it on resume.
             atomic_torch_save(self._checkpoint_state(), self.folder / CHECKPOINT_FILE)
             if self.diverged_at is not None:
@@ -342,13 +384,16 @@ class Trainer:
             return self._finish("done")
         return run
 
+    def train_epoch(self, epoch: int, bar: tqdm | None) -> tuple[Epoch, dict[str, np.ndarray]]:
+        """One epoch of the engine (a seam for tests that interrupt a run between epochs)."""
+        return self.engine.run_epoch(epoch, bar)
+
     def _finish(self, status: str) -> RunRecord:
         # Weights before the record that says "done": a failure in between leaves a partial run
         # with its checkpoint, which the next command finishes, never a done run without weights.
         if status == "done":
-            atomic_torch_save(self.model.state_dict(), self.folder / WEIGHTS_FILE)
+            atomic_torch_save(self.engine.model.state_dict(), self.folder / WEIGHTS_FILE)
         run = self.save(status)
         (self.folder / CHECKPOINT_FILE).unlink(missing_ok=True)
-        if self.telemetry:
-            self.telemetry.remove()
+        self.engine.close()
         return run

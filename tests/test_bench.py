@@ -15,7 +15,7 @@ from resdeg.errors import ResdegError
 from resdeg.reference import ReferenceLoop, reference_loader, reference_transform
 from resdeg.store import read_run
 from resdeg.telemetry import StageTelemetry
-from resdeg.train import Trainer, epoch_generator, evaluate
+from resdeg.train import Engine, epoch_generator, evaluate
 
 CPU = torch.device("cpu")
 # torch.compile may reorder floating-point sums (convolution weight gradients, BatchNorm
@@ -32,7 +32,7 @@ def _tiny_cfg(**over):
 
 
 def _trainer(cfg, data, tmp_path):
-    return Trainer(cfg, data, tmp_path / "run", CPU, progress=False)
+    return Engine(cfg, data, CPU)
 
 
 def test_reference_and_engine_compute_the_same_losses_and_stage_gradients(tmp_path):
@@ -214,7 +214,7 @@ def test_engine_steps_never_wait_for_the_gpu(tmp_path, protocol):
     torch's sync debug mode turns any host synchronisation inside it into an error."""
     cfg = make_config(protocol, {"width_mult": 0.125, "image_size": 64, "batch_size": 16}, model="resnet18",
                       dataset="synthetic")
-    trainer = Trainer(cfg, synthetic_dataset(64, 16), tmp_path / "run", torch.device("cuda"), progress=False)
+    trainer = Engine(cfg, synthetic_dataset(64, 16), torch.device("cuda"))
     gen = epoch_generator(cfg.seed, 0, trainer.device)
     x, y = trainer.train_x[:16], trainer.train_y[:16]
     trainer.train_step(x, y, gen, lr=cfg.lr)

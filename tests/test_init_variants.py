@@ -13,7 +13,7 @@ from resdeg.data import synthetic_dataset
 from resdeg.errors import ResdegError
 from resdeg.models import BasicBlock, InputBiasedLinear, ScalarBias, ScalarScale, build_model, fixup_factor
 from resdeg.study import VARIANTS, canonical_variant
-from resdeg.train import Trainer
+from resdeg.train import Engine
 
 NEW = ("Fixup", "SkipInit")
 # He CIFAR nets at full width (their Fixup scale depends on depth only); ImageNet-style nets narrow.
@@ -217,7 +217,7 @@ def test_variants_train_through_config_and_trainer(variant, tmp_path):
                                 "batch_size": 16, "precision": "fp32"},
                       model="resnet20", variant=variant.lower(), dataset="synthetic")
     assert cfg.variant == variant
-    trainer = Trainer(cfg, synthetic_dataset(32, 16), tmp_path / "run", torch.device("cpu"), progress=False)
+    trainer = Engine(cfg, synthetic_dataset(32, 16), torch.device("cpu"))
     assert any(isinstance(m, ScalarScale) for m in trainer.model.modules())
     before = [p.detach().clone() for p in trainer.model.parameters()]
     loss, logits = trainer.train_step(trainer.train_x[:16], trainer.train_y[:16])

@@ -21,13 +21,13 @@ KILLER = """
 import os, signal, sys
 from resdeg import train
 from resdeg.cli import main
-count, kill_at, step = [0], int(os.environ["KILL_AT_STEP"]), train.Trainer.train_step
+count, kill_at, step = [0], int(os.environ["KILL_AT_STEP"]), train.Engine.train_step
 def train_step(self, *args, **kwargs):
     count[0] += 1
     if count[0] == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
     return step(self, *args, **kwargs)
-train.Trainer.train_step = train_step
+train.Engine.train_step = train_step
 main(sys.argv[1:])
 """
 
