@@ -58,7 +58,8 @@ LABELS = {
            "plain": "plain (Nres)", "residual": "residual (FULL)", "lower_better": "(lower = more separable)",
            "block": "residual block", "sq_mean": "average channel squared mean", "variance": "average channel variance",
            "branch_variance": "residual branch variance (before the add)", "rank": "effective rank",
-           "test_marker": "test", "train_marker": "train (eval mode)"},
+           "test_marker": "test", "train_marker": "train (eval mode)",
+           "sep": ", ", "colon": ": ", "paren": " ({})", "seed_range": "{lo}-{hi} seeds", "plain_short": "plain", "residual_short": "residual"},
     "zh": {"epoch": "训练轮次", "step": "训练步数", "stage": "阶段", "acc": "准确率（%）", "err": "错误率（%）",
            "train_acc": "训练准确率（训练模式，逐批统计）", "clean_train_acc": "训练集准确率（评估模式）",
            "test_acc": "测试准确率", "train_err": "训练错误率（逐批统计）", "test_err": "测试错误率",
@@ -71,7 +72,8 @@ LABELS = {
            "plain": "普通网络（Nres）", "residual": "残差网络（FULL）", "lower_better": "（越小越可分）",
            "block": "残差块", "sq_mean": "通道均值平方的平均", "variance": "通道方差的平均",
            "branch_variance": "残差分支方差（相加之前）", "rank": "有效秩",
-           "test_marker": "测试集", "train_marker": "训练集（评估模式）"},
+           "test_marker": "测试集", "train_marker": "训练集（评估模式）",
+           "sep": "，", "colon": "：", "paren": "（{}）", "seed_range": "{lo}–{hi} 个种子", "plain_short": "普通", "residual_short": "残差"},
 }
 CRITERION_NAMES = {
     "en": {"fisher_trace_ratio": "Fisher tr(S_B)/tr(S_W), per image", "fisher_channel_maps": "Fisher, per channel map",
@@ -191,8 +193,18 @@ def _seed_label(n: int, t: dict) -> str:
     return t["seed"] if n == 1 else t["n_seeds"].format(n=n)
 
 
+def _log_y(ax, min_ratio: float = 10.0) -> None:
+    """Log scale whose range spans at least `min_ratio`: a nearly constant series then looks flat
+    instead of filling the panel with noise in the fourth digit, and the axis keeps readable ticks."""
+    ax.set_yscale("log")
+    lo, hi = ax.dataLim.y0, ax.dataLim.y1
+    if np.isfinite(lo) and np.isfinite(hi) and 0 < lo and hi / lo < min_ratio:
+        centre = np.sqrt(lo * hi)
+        ax.set_ylim(centre / np.sqrt(min_ratio), centre * np.sqrt(min_ratio))
+
+
 def _variant_label(sr: StudyResults, model: str, variant: str, t: dict) -> str:
-    return f"{variant} ({_seed_label(len(sr.cell(model, variant)), t)})"
+    return variant + t["paren"].format(_seed_label(len(sr.cell(model, variant)), t))
 
 
 def _line(ax, x, mean, std, variant, label, n_max, colour=None, ls=None, marker=None):
@@ -468,8 +480,8 @@ def signal_std(sr: StudyResults, lang: str, path: Path) -> None:
             for col, phase in enumerate(("init", "trained")):
                 ax = axes[row, col]
                 _stage_lines(ax, sr, model, t, lambda r: A.signal_values(r, phase))
-                ax.set_yscale("log")
-                ax.set_title(f"{model}: {t[phase]}")
+                _log_y(ax)
+                ax.set_title(f"{model}{t['colon']}{t[phase]}")
                 ax.set_xlabel(t["stage"])
             axes[row, 0].set_ylabel(t["act_std"])
         _legend_below(fig, axes)
@@ -487,9 +499,9 @@ def _depth_lines(ax, sr: StudyResults, key: str, t: dict, as_error: bool = True)
             if not c["epoch"]:
                 continue
             mean = 100 * (1 - np.asarray(c["mean"])) if as_error else 100 * np.asarray(c["mean"])
-            kind = t["plain"] if v == "Nres" else t["residual"]
+            kind = t["plain_short"] if v == "Nres" else t["residual_short"]
             _line(ax, c["epoch"], mean, 100 * np.asarray(c["std"]), v,
-                  f"{depth(model)}, {kind.split(' ')[0]} ({_seed_label(max(c['n']), t)})", max(c["n"]),
+                  f"{depth(model)}{t['sep']}{kind}" + t["paren"].format(_seed_label(max(c["n"]), t)), max(c["n"]),
                   colour=colour, ls=ls, marker="")
 
 
@@ -528,8 +540,8 @@ def depth_final(sr: StudyResults, lang: str, path: Path) -> None:
                 if xs:
                     colour, ls, marker = STYLE[v]
                     ax.errorbar(xs, mids, yerr=[lows, highs], color=colour, ls=ls, marker=marker, ms=5, lw=1.6,
-                                capsize=3, label=f"{label}, {_seed_label(max(ns), t)}" if min(ns) == max(ns)
-                                else f"{label}, {min(ns)}-{max(ns)} seeds")
+                                capsize=3, label=label + t["sep"] + (_seed_label(max(ns), t) if min(ns) == max(ns)
+                                                          else t["seed_range"].format(lo=min(ns), hi=max(ns))))
             ax.set_xticks([depth(m) for m in sr.models])
             ax.set_title(t[title])
             ax.set_xlabel(t["depth"])
@@ -544,7 +556,7 @@ def depth_final(sr: StudyResults, lang: str, path: Path) -> None:
 @figure("bn-accuracy", "batchnorm", per_model=True, needs=_has_epochs)
 def bn_accuracy(sr: StudyResults, lang: str, path: Path, model: str) -> None:
     """Train accuracy in eval mode and test accuracy per epoch of every variant of one depth."""
-    _accuracy_per_epoch(path, lang, sr, model, ("clean_train_acc", "test_acc"), lambda t, key: f"{model}: {t[key]}")
+    _accuracy_per_epoch(path, lang, sr, model, ("clean_train_acc", "test_acc"), lambda t, key: f"{model}{t['colon']}{t[key]}")
 
 
 @figure("bn-signal", "batchnorm", per_model=True, needs=_has_blocks)
@@ -563,7 +575,7 @@ def bn_signal(sr: StudyResults, lang: str, path: Path, model: str) -> None:
                     if len(vals):
                         vals = np.where(vals > 0, vals, np.nan)
                         _line(ax, np.arange(1, len(vals) + 1), vals, 0, v, _variant_label(sr, model, v, t), 1)
-                ax.set_yscale("log")
+                _log_y(ax)
                 ax.set_title(f"{t[key]}\n{t[phase]}", fontsize=9)
                 ax.set_xlabel(t["block"])
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -588,8 +600,8 @@ def bn_rank(sr: StudyResults, lang: str, path: Path) -> None:
                         _line(ax, range(len(stages)), [ranks[s] if ranks[s] is not None else np.nan for s in stages],
                               0, v, _variant_label(sr, model, v, t), 1)
                         ax.set_xticks(range(len(stages)), [s.replace("stage", "") for s in stages])
-                ax.set_yscale("log")
-                ax.set_title(f"{model}: {t[phase]}")
+                _log_y(ax)
+                ax.set_title(f"{model}{t['colon']}{t[phase]}")
                 ax.set_xlabel(t["stage"])
             axes[row, 0].set_ylabel(t["rank"])
         _legend_below(fig, axes)
