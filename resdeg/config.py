@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field, fields
 
 from .errors import ResdegError
-from .models import ARCHS
+from .models import ARCHS, WEIGHT_INITS
 from .study import canonical_variant
 
 # 2: subsets class-balanced (data.fixed_subset), precision stored resolved (never "auto").
@@ -35,6 +35,9 @@ class Config:
     stem: str = "imagenet"
     width_mult: float = 1.0
     conv_bias: bool = True
+    # base initialisation (models.WEIGHT_INITS). Added after schema 2: hashed only when not the
+    # default, so the runs that predate it keep their hash.
+    weight_init: str = field(default="pytorch", metadata={"hash_unless_default": True})
     # input pipeline (all on the training device)
     image_size: int = 224
     mean: tuple = (0.5, 0.5, 0.5)
@@ -74,7 +77,8 @@ class Config:
     def hash_for(self, schema: int) -> str:
         """The hash under a config schema (older runs are checked against their own)."""
         hashed = {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)
-                  if f.metadata.get("hash", True)}
+                  if f.metadata.get("hash", True)
+                  and not (f.metadata.get("hash_unless_default") and getattr(self, f.name) == f.default)}
         blob = json.dumps({"schema": schema, **hashed}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -87,7 +91,7 @@ def _jsonable(v):
     return list(v) if isinstance(v, tuple) else v
 
 
-# He et al.'s recipe (SGD 0.1, momentum 0.9, wd 1e-4, batch 128, pad-4 crop + flip, lr /10 at 50%
+# He et al.'s recipe (He init, SGD 0.1, momentum 0.9, wd 1e-4, batch 128, pad-4 crop + flip, lr /10 at 50%
 # and 75%), shortened from about 164 epochs to what two CPU cores run in a session (README).
 DEPTH_EPOCHS = 15
 SMOKE_TRAIN = 4000
@@ -99,11 +103,11 @@ PROTOCOLS: dict[str, dict] = {
     "native": dict(image_size=32),
     # The degradation experiment itself (He et al. 2015, Fig. 6) on their CIFAR nets; bf16 where
     # the hardware has it. Per-channel normalisation (He subtracted the per-pixel mean).
-    "depth": dict(model="resnet20", stem="cifar", conv_bias=False, image_size=32, mean=CIFAR_MEAN, std=CIFAR_STD,
+    "depth": dict(model="resnet20", stem="cifar", conv_bias=False, weight_init="he", image_size=32, mean=CIFAR_MEAN, std=CIFAR_STD,
                   augment=True, epochs=DEPTH_EPOCHS, momentum=0.9, weight_decay=1e-4, schedule="multistep",
                   precision="auto", deterministic=False),
     # The CIFAR-native setup the field uses: cheap (32 px), augmented, momentum + wd, cosine.
-    "cifar": dict(stem="cifar", conv_bias=False, image_size=32, mean=CIFAR_MEAN, std=CIFAR_STD,
+    "cifar": dict(stem="cifar", conv_bias=False, weight_init="he", image_size=32, mean=CIFAR_MEAN, std=CIFAR_STD,
                   augment=True, epochs=30, momentum=0.9, weight_decay=5e-4, nesterov=True,
                   schedule="cosine", warmup_epochs=1.0, precision="auto", deterministic=False),
     # A pipeline check for two CPU cores: half-width nets at 32 px, a data subset, two epochs. Not
@@ -117,6 +121,7 @@ CHOICES = {
     "stem": ("imagenet", "cifar"),
     "schedule": ("constant", "cosine", "multistep"),
     "precision": ("auto", "bf16", "fp32"),
+    "weight_init": WEIGHT_INITS,
     "dataset": DATASETS,
 }
 # More images than any data set holds (a count above the set's size means all of it); a bound keeps

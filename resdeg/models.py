@@ -24,6 +24,13 @@ Initialisations (`init`), for residual nets without normalisation only:
   so that SkipInit differs from Nbn by alpha alone.
 Either makes every residual branch output exactly zero at initialisation: the net starts as
 its shortcut path.
+
+The base initialisation of the weights (`weight_init`) is a protocol's choice:
+- "pytorch": PyTorch's defaults (convs at variance 1/(3 fan_in)), as the original study ran;
+- "he": He et al.'s (2015, "Delving deep into rectifiers") normal init of every conv, variance
+  2/fan_out as torchvision's ResNet, which He et al.'s CIFAR recipe uses. Without BatchNorm it
+  keeps the signal's scale through depth, where PyTorch's default shrinks it by about 0.8 per layer.
+Fixup starts from "he" whatever `weight_init` says (its rule 1).
 """
 from __future__ import annotations
 
@@ -50,6 +57,7 @@ from .errors import ResdegError
 from .study import VARIANTS  # variants are declared in study.py
 
 INITS = ("default", "fixup", "skipinit")
+WEIGHT_INITS = ("pytorch", "he")
 
 
 NormLayer = Callable[[int], nn.Module]
@@ -223,10 +231,12 @@ class ResNet(nn.Module):
 
 def build_model(arch: str, residual: bool = True, norm: bool = True, stem: str = "imagenet",
                 num_classes: int = 10, width_mult: float = 1.0, conv_bias: bool = True,
-                init: str = "default") -> ResNet:
+                init: str = "default", weight_init: str = "pytorch") -> ResNet:
     """Build any architecture of ARCHS in any variant and initialisation (see the module's doc)."""
     if init not in INITS:
         raise ResdegError(f"unknown initialisation {init!r}; choose one of {', '.join(INITS)}")
+    if weight_init not in WEIGHT_INITS:
+        raise ResdegError(f"unknown weight initialisation {weight_init!r}; choose one of {', '.join(WEIGHT_INITS)}")
     if init != "default" and (norm or not residual):
         # Both are defined for residual nets without normalisation: on a plain net a zero branch
         # is a dead net.
@@ -256,6 +266,8 @@ def build_model(arch: str, residual: bool = True, norm: bool = True, stem: str =
             in_ch = width * block.expansion
         stages.append(nn.Sequential(*blocks))
     net = ResNet(stages, in_ch, num_classes, head_bias=fixup)
+    if weight_init == "he" or fixup:
+        _init_he(net)
     if fixup:
         _init_fixup(net)
     return net
@@ -267,13 +279,19 @@ def fixup_factor(n_branches: int, layers_per_branch: int) -> float:
 
 
 @torch.no_grad()
-def _init_fixup(net: ResNet) -> None:
-    blocks = [block for _, block in net.blocks()]
+def _init_he(net: ResNet) -> None:
     for module in net.modules():
         if isinstance(module, nn.Conv2d):
-            # Rule 1's "standard method": He init; fan_out as the authors' code. The stem and the
-            # projection shortcuts keep it unscaled.
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+@torch.no_grad()
+def _init_fixup(net: ResNet) -> None:
+    # Rule 1's "standard method" is _init_he (fan_out, as the authors' code); the stem and the
+    # projection shortcuts keep it unscaled.
+    blocks = [block for _, block in net.blocks()]
     for block in blocks:
         convs = block.branch_convs()
         factor = fixup_factor(len(blocks), len(convs))
@@ -286,4 +304,4 @@ def _init_fixup(net: ResNet) -> None:
 
 def model_from_config(cfg, num_classes: int) -> ResNet:
     return build_model(cfg.model, stem=cfg.stem, num_classes=num_classes, width_mult=cfg.width_mult,
-                       conv_bias=cfg.conv_bias, **VARIANTS[cfg.variant].model_kwargs())
+                       conv_bias=cfg.conv_bias, weight_init=cfg.weight_init, **VARIANTS[cfg.variant].model_kwargs())

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import make_config
+from ..config import PROTOCOLS, make_config
 from ..errors import ResdegError
 from ..models import ARCHS
 from ..probes.store import ProbeRecord, find_probe
@@ -168,9 +168,19 @@ def _setting(run: RunRecord) -> str:
     return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8]
 
 
+def _as_declared(run: RunRecord) -> bool:
+    """Whether the run has its protocol's settings as declared now (a protocol whose definition
+    changed, as `depth` gaining He's initialisation, leaves older runs in another setting)."""
+    declared = PROTOCOLS.get(run.protocol, {})
+    got = run.config.to_dict()
+    return all(got.get(k) == (list(v) if isinstance(v, tuple) else v)
+               for k, v in declared.items() if k != "model" and v != "auto")
+
+
 def load_store(results: str | Path, protocol: str | None = None, dataset: str | None = None) -> Store:
     """Every declared study with finished runs (filtered by protocol / data set when given). Per
-    study: the data set with most of its runs, and among settings the one with most runs. `smoke`
+    study, one data set and setting: preferably the protocol's settings as declared now, then the
+    one with most runs. `smoke`
     is shown only when no other study has results."""
     results = Path(results)
     entries = scan(results)
@@ -198,7 +208,8 @@ def load_store(results: str | Path, protocol: str | None = None, dataset: str | 
         by_key: dict[tuple[str, str], list] = {}
         for rel, e in members:
             by_key.setdefault((e.run.dataset, _setting(e.run)), []).append((rel, e))
-        key = max(by_key, key=lambda k: (len(by_key[k]), max(e.run.updated for _, e in by_key[k]), k))
+        key = max(by_key, key=lambda k: (all(_as_declared(e.run) for _, e in by_key[k]), len(by_key[k]),
+                                         max(e.run.updated for _, e in by_key[k]), k))
         runs = [_with_probe(Run(e.path, rel, e.run)) for rel, e in sorted(by_key[key], key=lambda re_: _order(re_[1].run))]
         studies.append(StudyResults(study, results, key[0], key[1], runs))
         used.update(rel for rel, _ in by_key[key])
