@@ -155,3 +155,52 @@ def test_a_non_editable_install_renders_the_report_from_outside_the_repository(t
     nav = json.loads((tmp_path / "docs" / "site-nav.json").read_text())
     assert {"section": {"en": "Smoke test (not evidence)", "zh": "冒烟测试（不是证据）"},
             "pages": ["smoke/h1.md", "smoke/h2.md", "smoke/h3.md", "smoke/signal.md"]} in nav
+
+
+# -- weight initialisation ------------------------------------------------------------------------------
+
+DEPTH_BEFORE_HE = Path(__file__).parent / "fixtures" / "depth-he-less" / "run.json"  # a depth run from before He init
+
+
+def test_depth_initialises_convs_as_he_and_older_runs_keep_their_hash():
+    from types import SimpleNamespace
+
+    from resdeg.config import Config
+    from resdeg.report.collect import _as_declared
+
+    old = json.loads(DEPTH_BEFORE_HE.read_text())
+    cfg = Config.from_dict(old["config"])
+    assert cfg.weight_init == "pytorch" and cfg.hash == old["config_hash"]  # the field is new: default unhashed
+    assert not _as_declared(SimpleNamespace(protocol="depth", config=cfg))
+    new = make_config("depth", device_type="cpu", model=cfg.model, variant=cfg.variant, dataset=cfg.dataset)
+    assert new.weight_init == "he" and new.hash != cfg.hash
+    assert _as_declared(SimpleNamespace(protocol="depth", config=new))
+    assert make_config("native").weight_init == "pytorch"  # the original study's PyTorch defaults
+
+
+@pytest.mark.parametrize("weight_init, variance", [("he", lambda fan_in, fan_out: 2 / fan_out),
+                                                   ("pytorch", lambda fan_in, fan_out: 1 / (3 * fan_in))])
+def test_conv_weights_have_the_variance_of_their_initialisation(weight_init, variance):
+    from resdeg.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model("resnet56", residual=False, norm=False, conv_bias=False, weight_init=weight_init)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 55
+    for conv in convs[1:]:  # the stem has too few weights for a tight estimate
+        out_ch, in_ch, kh, kw = conv.weight.shape
+        expected = variance(in_ch * kh * kw, out_ch * kh * kw)
+        assert conv.weight.var().item() == pytest.approx(expected, rel=0.2)
+
+
+def test_he_init_keeps_a_plain_net_without_batchnorm_alive_where_pytorch_defaults_do_not():
+    from resdeg.models import build_model
+
+    x = torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    rms = {}
+    for weight_init in ("he", "pytorch"):
+        torch.manual_seed(0)
+        net = build_model("resnet56", residual=False, norm=False, conv_bias=False, weight_init=weight_init)
+        with torch.no_grad():
+            rms[weight_init] = net.stage_outputs(x)["stage3"].pow(2).mean().sqrt().item()
+    assert rms["he"] > 1e-4 and rms["pytorch"] < 1e-15
