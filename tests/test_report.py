@@ -89,6 +89,8 @@ def test_single_seed_difference_within_the_noise_of_one_run_is_inconclusive():
     for rule in (V.h1, V.h2, V.h3):
         v = rule("c", a, b)
         assert (v.outcome, v.reason) == ("inconclusive", "no_degradation"), rule
+        assert v.numbers["test_diff"]["value"] == pytest.approx(-0.002)  # second minus first, as the pages say
+        assert v.explain("en").startswith("Test accuracies do not differ beyond noise (-0.20 pp")
     d = V.compare(b, a, "test_acc")
     assert d.sign == 0 and d.noise == pytest.approx(2 * math.sqrt(0.8 * 0.2 / 512 + 0.798 * 0.202 / 512), rel=0.01)
     # never less than 1 point, however many images

@@ -264,11 +264,11 @@ def fmt_both(e: Estimate) -> dict:
 # -- the rules --------------------------------------------------------------------------------------
 
 def _order(a: Side, b: Side):
-    """((worse, better), test difference worse - better), or (None, difference) when the test
-    accuracies do not differ beyond noise."""
+    """((worse, better), test difference worse - better), or (None, difference b - a: second minus
+    first, as every page states) when the test accuracies do not differ beyond noise."""
     d = compare(a, b, "test_acc")
     if d.sign == 0:
-        return None, d
+        return None, compare(b, a, "test_acc")
     return ((a, b) if d.sign < 0 else (b, a)), (d if d.sign < 0 else compare(b, a, "test_acc"))
 
 
