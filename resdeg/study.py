@@ -57,8 +57,13 @@ class Comparison:
 
     @property
     def subject(self) -> str:
+        return self.label("en")
+
+    def label(self, lang: str) -> str:
+        """'resnet20: FULL vs Nres' / 'resnet20：FULL 与 Nres' (same depth) or 'Nres: resnet20 vs resnet56'."""
         (m1, v1), (m2, v2) = self.reference, self.other
-        return f"{m1}: {v1} vs {v2}" if m1 == m2 else f"{v1}: {m1} vs {m2}"
+        head, a, b = (m1, v1, v2) if m1 == m2 else (v1, m1, m2)
+        return f"{head}: {a} vs {b}" if lang == "en" else f"{head}：{a} 与 {b}"
 
 
 # Same-depth ablations of the note's 2x2 grid: (reference, ablated, component removed)

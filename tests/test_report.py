@@ -21,6 +21,7 @@ from report_fixture import make_depth_results, make_results
 
 from resdeg.report import build_report
 from resdeg.report import verdicts as V
+from resdeg.report import zh_style
 from resdeg.report.pages import LANGS
 from resdeg.store import scan
 
@@ -512,3 +513,14 @@ def test_every_download_has_a_data_dictionary_entry_and_is_in_the_archive(render
         assert f"](../downloads/{ARCHIVE})" in repro
         for name, (_, columns) in DICTIONARY.items():
             assert f"**`{name}`**" in repro and all(f"| `{c}` |" in repro for c in columns)
+
+
+def test_comparisons_are_named_in_each_language():
+    from resdeg.study import Comparison
+
+    same_depth = Comparison("ablation", "residual", ("resnet20", "FULL"), ("resnet20", "Nres"))
+    deeper = Comparison("depth", "depth", ("resnet20", "Nres"), ("resnet56", "Nres"))
+    assert same_depth.label("en") == same_depth.subject == "resnet20: FULL vs Nres"
+    assert same_depth.label("zh") == "resnet20：FULL 与 Nres"
+    assert deeper.label("zh") == "Nres：resnet20 与 resnet56"
+    assert all(not zh_style.check(f"# t\n\n{c.label('zh')}。\n") for c in (same_depth, deeper))
