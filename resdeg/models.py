@@ -29,7 +29,8 @@ The base initialisation of the weights (`weight_init`) is a protocol's choice:
 - "pytorch": PyTorch's defaults (convs at variance 1/(3 fan_in)), as the original study ran;
 - "he": He et al.'s (2015, "Delving deep into rectifiers") normal init of every conv, variance
   2/fan_out as torchvision's ResNet, which He et al.'s CIFAR recipe uses. Without BatchNorm it
-  keeps the signal's scale through depth, where PyTorch's default shrinks it by about 0.8 per layer.
+  keeps the signal's scale through depth, where PyTorch's default shrinks it by about 0.4 per
+  conv + ReLU (its second moment by 6).
 Fixup starts from "he" whatever `weight_init` says (its rule 1).
 """
 from __future__ import annotations
