@@ -1,5 +1,6 @@
 """Signal propagation (resdeg/probes/signal.py): closed forms, effective rank, and what BatchNorm,
 Fixup and SkipInit predict for a deep ResNet at initialisation."""
+import copy
 import math
 
 import pytest
@@ -189,3 +190,23 @@ def test_eval_mode_measurement_uses_running_statistics():
     assert batch[0]["branch_variance"] == pytest.approx(1.0, abs=1e-3)
     assert abs(running[0]["branch_variance"] - 1.0) > 0.1
     assert model.training  # the mode is restored
+
+
+def test_features_at_initialisation_use_batch_statistics_without_touching_the_model():
+    from resdeg.config import make_config
+    from resdeg.models import build_model
+    from resdeg.probes.features import stage_features
+
+    cfg = make_config("depth", device_type="cpu")
+    x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    last = {}
+    for norm in (True, False):
+        torch.manual_seed(0)
+        net = build_model("resnet20", norm=norm, stem="cifar", conv_bias=False, weight_init="he")
+        before = copy.deepcopy(net.state_dict())
+        eval_mode = dict(stage_features(net, x, cfg, torch.device("cpu")))["stage3"].clone()
+        batch = dict(stage_features(net, x, cfg, torch.device("cpu"), batch_stats=True))["stage3"]
+        assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # running stats untouched
+        last[norm] = (eval_mode, batch)
+    assert not torch.allclose(*last[True])  # an untrained BatchNorm in eval mode is the identity: not what trains
+    assert torch.equal(*last[False])  # without BatchNorm the mode changes nothing

@@ -66,12 +66,14 @@ def initial_model(cfg, num_classes: int) -> ResNet:
 
 @torch.no_grad()
 def stage_features(model: ResNet, x_u8: torch.Tensor, cfg, device: torch.device,
-                   batch: int = PROBE_BATCH) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (stage name, float32 outputs (n, C, H, W) on `device`) for every stage, in eval mode.
+                   batch: int = PROBE_BATCH, batch_stats: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (stage name, float32 outputs (n, C, H, W) on `device`) for every stage, in eval mode,
+    or with BatchNorm on batch statistics (`batch_stats`, on a copy): an untrained net's running
+    statistics are still 0 and 1, so in eval mode its BatchNorm would be the identity.
 
     The yielded tensor is the next stage's input, so a caller must not modify it.
     """
-    model.eval()
+    model = copy.deepcopy(model).train() if batch_stats else model.eval()
     previous = None
     for name, stage in model.stages():
         out = None

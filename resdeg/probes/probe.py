@@ -189,7 +189,7 @@ def probe_run(folder: str | Path, settings: ProbeSettings, device: torch.device,
         for name, reason in stage_errors.items():
             errors.setdefault(name, {})[stage] = reason
     init = initial_model(cfg, data.num_classes).to(device)
-    for stage, feats in stage_features(init, x_u8, cfg, device):
+    for stage, feats in stage_features(init, x_u8, cfg, device, batch_stats=True):
         ranks["init"][stage] = _finite_or_none(effective_rank(feats))
         del feats
     signal = {"init": signal_propagation(init, x_u8, y, cfg, device),

@@ -24,7 +24,9 @@ from .criteria import CRITERIA
 PROBE_SCHEMA = "resdeg.probe"
 # 2: probe images are a class-balanced seeded subset (data.probe_subset), their indices are stored;
 #    per-block signal propagation and per-stage effective rank added
-PROBE_SCHEMA_VERSION = 2
+# 3: the effective rank at initialisation is taken with BatchNorm on batch statistics (version 2
+#    took it in eval mode, where an untrained BatchNorm is the identity)
+PROBE_SCHEMA_VERSION = 3
 PROBE_STATUSES = ("done", "skipped")
 # per stage, forward activations and dL/d(stage output); grad_mean_abs is the training telemetry's measure
 SIGNAL_KEYS = ("act_mean", "act_std", "grad_mean", "grad_std", "grad_mean_abs")
