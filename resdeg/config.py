@@ -64,7 +64,7 @@ class Config:
     compile: bool = field(default=False, metadata={"hash": False})
 
     def to_dict(self) -> dict:
-        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+        return {f.name: as_json_value(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
@@ -76,7 +76,7 @@ class Config:
 
     def hash_for(self, schema: int) -> str:
         """The hash under a config schema (older runs are checked against their own)."""
-        hashed = {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)
+        hashed = {f.name: as_json_value(getattr(self, f.name)) for f in fields(self)
                   if f.metadata.get("hash", True)
                   and not (f.metadata.get("hash_unless_default") and getattr(self, f.name) == f.default)}
         blob = json.dumps({"schema": schema, **hashed}, sort_keys=True)
@@ -87,7 +87,8 @@ class Config:
         return f"{self.model}-{self.variant}-s{self.seed}-{self.hash}"
 
 
-def _jsonable(v):
+def as_json_value(v):
+    """A field value as JSON stores it (tuples read back as lists)."""
     return list(v) if isinstance(v, tuple) else v
 
 

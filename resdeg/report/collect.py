@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import PROTOCOLS, make_config
+from ..config import PROTOCOLS, as_json_value, make_config
 from ..errors import ResdegError
 from ..models import ARCHS
 from ..probes.store import ProbeRecord, find_probe
@@ -173,7 +173,7 @@ def _as_declared(run: RunRecord) -> bool:
     changed, as `depth` gaining He's initialisation, leaves older runs in another setting)."""
     declared = PROTOCOLS.get(run.protocol, {})
     got = run.config.to_dict()
-    return all(got.get(k) == (list(v) if isinstance(v, tuple) else v)
+    return all(got.get(k) == as_json_value(v)
                for k, v in declared.items() if k != "model" and v != "auto")
 
 
