@@ -94,7 +94,9 @@ class Study:
                 out.append(Comparison("ablation", component, (model, ref), (model, other)))
         if self.kind != "batchnorm":
             for variant in self.variants:
-                for shallow, deep in _depth_pairs(self.models):
+                # pairs among the depths that have runs, so a missing depth leaves no gap
+                trained = [m for m in self.models if (m, variant) in present]
+                for shallow, deep in _depth_pairs(trained):
                     out.append(Comparison("depth", "depth", (shallow, variant), (deep, variant)))
         return [c for c in out if c.reference in present and c.other in present]
 

@@ -524,3 +524,15 @@ def test_comparisons_are_named_in_each_language():
     assert same_depth.label("zh") == "resnet20：FULL 与 Nres"
     assert deeper.label("zh") == "Nres：resnet20 与 resnet56"
     assert all(not zh_style.check(f"# t\n\n{c.label('zh')}。\n") for c in (same_depth, deeper))
+
+
+def test_depth_comparisons_pair_the_depths_that_have_runs():
+    from resdeg.study import STUDIES
+
+    depth = next(s for s in STUDIES if s.name == "depth")
+    present = {(m, v) for m in ("resnet20", "resnet32", "resnet56") for v in ("FULL", "Nres")} | {("resnet44", "FULL")}
+    pairs = {(c.reference[0], c.other[0], c.reference[1]) for c in depth.comparisons(present) if c.kind == "depth"}
+    # resnet44 has no plain run: plain 32 is compared with plain 56 directly, not skipped
+    assert pairs == {("resnet20", "resnet32", "FULL"), ("resnet32", "resnet44", "FULL"), ("resnet44", "resnet56", "FULL"),
+                     ("resnet20", "resnet56", "FULL"),
+                     ("resnet20", "resnet32", "Nres"), ("resnet32", "resnet56", "Nres"), ("resnet20", "resnet56", "Nres")}
