@@ -536,3 +536,14 @@ def test_depth_comparisons_pair_the_depths_that_have_runs():
     assert pairs == {("resnet20", "resnet32", "FULL"), ("resnet32", "resnet44", "FULL"), ("resnet44", "resnet56", "FULL"),
                      ("resnet20", "resnet56", "FULL"),
                      ("resnet20", "resnet32", "Nres"), ("resnet32", "resnet56", "Nres"), ("resnet20", "resnet56", "Nres")}
+
+
+def test_the_signal_figure_names_the_series_a_log_plot_cannot_show():
+    from resdeg.report.figures import hidden_series
+
+    ones, rising = np.ones(9), np.linspace(1, 3, 9)
+    series = {"FULL": ones, "Nres": ones * (1 + 1e-5), "Fixup": np.zeros(9), "SkipInit": np.zeros(9), "Nbn": rising}
+    zero, on_top = hidden_series(series)
+    assert zero == ["Fixup", "SkipInit"]
+    assert on_top == {"Nres": ["FULL"]}  # drawn over FULL; Nbn's own line is visible
+    assert hidden_series({"FULL": ones, "Nres": rising}) == ([], {})

@@ -59,7 +59,8 @@ LABELS = {
            "block": "residual block", "sq_mean": "average channel squared mean", "variance": "average channel variance",
            "branch_variance": "residual branch variance (before the add)", "rank": "effective rank",
            "test_marker": "test", "train_marker": "train (eval mode)",
-           "sep": ", ", "colon": ": ", "paren": " ({})", "seed_range": "{lo}-{hi} seeds", "plain_short": "plain", "residual_short": "residual"},
+           "sep": ", ", "colon": ": ", "paren": " ({})", "seed_range": "{lo}-{hi} seeds", "plain_short": "plain", "residual_short": "residual",
+           "list_sep": ", ", "zero_series": "{} = 0 (off the log scale)", "same_series": "{} on top of {}"},
     "zh": {"epoch": "训练轮次", "step": "训练步数", "stage": "阶段", "acc": "准确率（%）", "err": "错误率（%）",
            "train_acc": "训练准确率（训练模式，逐批统计）", "clean_train_acc": "训练集准确率（评估模式）",
            "test_acc": "测试准确率", "train_err": "训练错误率（逐批统计）", "test_err": "测试错误率",
@@ -73,7 +74,8 @@ LABELS = {
            "block": "残差块", "sq_mean": "通道均值平方的平均", "variance": "通道方差的平均",
            "branch_variance": "残差分支方差（相加之前）", "rank": "有效秩",
            "test_marker": "测试集", "train_marker": "训练集（评估模式）",
-           "sep": "，", "colon": "：", "paren": "（{}）", "seed_range": "{lo}–{hi} 个种子", "plain_short": "普通", "residual_short": "残差"},
+           "sep": "，", "colon": "：", "paren": "（{}）", "seed_range": "{lo}–{hi} 个种子", "plain_short": "普通", "residual_short": "残差",
+           "list_sep": "、", "zero_series": "{} 恒为 0（对数坐标上不显示）", "same_series": "{} 与 {} 重合"},
 }
 CRITERION_NAMES = {
     "en": {"fisher_trace_ratio": "Fisher tr(S_B)/tr(S_W), per image", "fisher_channel_maps": "Fisher, per channel map",
@@ -559,6 +561,22 @@ def bn_accuracy(sr: StudyResults, lang: str, path: Path, model: str) -> None:
     _accuracy_per_epoch(path, lang, sr, model, ("clean_train_acc", "test_acc"), lambda t, key: f"{model}{t['colon']}{t[key]}")
 
 
+def hidden_series(series: dict[str, np.ndarray], rtol: float = 1e-3) -> tuple[list[str], dict[str, list[str]]]:
+    """What a log-scale line plot of `series` (drawn in order) would hide: the series that are zero
+    everywhere (Fixup's and SkipInit's branches at initialisation), and for each series the ones
+    drawn before it that it covers exactly (BatchNorm sets FULL's and Nres's branches to variance 1)."""
+    zero = [v for v, vals in series.items() if not np.any(np.asarray(vals) > 0)]
+    drawn, on_top = {}, {}
+    for v, vals in series.items():
+        if v in zero:
+            continue
+        under = [w for w, prev in drawn.items() if len(prev) == len(vals) and np.allclose(prev, vals, rtol=rtol)]
+        if under:
+            on_top[v] = under
+        drawn[v] = np.asarray(vals)
+    return zero, on_top
+
+
 @figure("bn-signal", "batchnorm", per_model=True, needs=_has_blocks)
 def bn_signal(sr: StudyResults, lang: str, path: Path, model: str) -> None:
     """Signal propagation by residual block (Brock et al. 2021): average channel squared mean,
@@ -570,11 +588,20 @@ def bn_signal(sr: StudyResults, lang: str, path: Path, model: str) -> None:
         for row, phase in enumerate(("init", "trained")):
             for col, key in enumerate(keys):
                 ax = axes[row, col]
-                for v in sr.variants:
-                    names, vals = A.block_series(sr.cell(model, v), phase, key)
-                    if len(vals):
-                        vals = np.where(vals > 0, vals, np.nan)
-                        _line(ax, np.arange(1, len(vals) + 1), vals, 0, v, _variant_label(sr, model, v, t), 1)
+                series = {v: A.block_series(sr.cell(model, v), phase, key)[1] for v in sr.variants}
+                series = {v: vals for v, vals in series.items() if len(vals)}
+                zero, on_top = hidden_series(series)
+                for v, vals in series.items():
+                    if v not in zero:
+                        _line(ax, np.arange(1, len(vals) + 1), np.where(vals > 0, vals, np.nan), 0, v,
+                              _variant_label(sr, model, v, t), 1)
+                # say what the figure cannot show, rather than let a line vanish unexplained
+                notes = [t["same_series"].format(v, t["list_sep"].join(under)) for v, under in on_top.items()]
+                if zero:
+                    notes.append(t["zero_series"].format(t["list_sep"].join(zero)))
+                if notes:
+                    ax.text(0.03, 0.03, "\n".join(notes), transform=ax.transAxes, fontsize=7.5, va="bottom",
+                            color="#333333")
                 _log_y(ax)
                 ax.set_title(f"{t[key]}\n{t[phase]}", fontsize=9)
                 ax.set_xlabel(t["block"])
