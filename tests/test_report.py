@@ -287,6 +287,11 @@ def test_the_landing_page_answers_first_with_computed_sentences(rendered):
     example = h1.example()[2]
     assert example.explain("en") in answer_en and example.explain("zh") in zh
     assert "which is degradation" in answer_en  # plain 20 -> 56 is worse on the training set beyond noise
+    # a net that stops learning without BatchNorm is said so, not hidden in a count of undecided comparisons
+    bn_en = answer_en.split("What BatchNorm does.")[1]
+    assert "Without BatchNorm, " in bn_en and "resnet56-Nboth did not learn at all" in bn_en
+    assert "resnet56 Fixup trains as well within noise" in bn_en
+    assert "resnet56-Nboth 完全没有学会" in zh.split("批归一化的作用。")[1]
     assert "figures/headline.png" in en and en.index("## Results") < en.index("figures/headline.png")
 
 

@@ -75,6 +75,13 @@ class ComponentAnswer:
     def stuck(self) -> int:
         return sum(1 for e in self.effects if e["stuck"])
 
+    @property
+    def stopped_learning(self) -> list[str]:
+        """Nets that did not learn (or diverged) once the component was removed, where the net with it
+        learned: the plainest effect a component can have, which no accuracy difference can state."""
+        return [f'{e["other"].label}{" (diverged)" if e["other"].diverged else ""}' for e in self.effects
+                if e["other"].did_not_learn and not e["reference"].did_not_learn]
+
     def largest(self, key: str = "dtest"):
         live = [e for e in self.effects if not e["stuck"]]
         return min(live, key=lambda e: e[key].value, default=None)
