@@ -291,7 +291,7 @@ def test_the_landing_page_answers_first_with_computed_sentences(rendered):
     bn_en = answer_en.split("What BatchNorm does.")[1]
     assert "Without BatchNorm, " in bn_en and "resnet56-Nboth did not learn at all" in bn_en
     assert "resnet56 Fixup trains as well within noise" in bn_en
-    assert "resnet56-Nboth 完全没有学会" in zh.split("批归一化的作用。")[1]
+    assert "去掉批归一化后完全没有学会的网络：" in zh.split("批归一化的作用。")[1]
     assert "figures/headline.png" in en and en.index("## Results") < en.index("figures/headline.png")
 
 
@@ -309,8 +309,9 @@ def test_batchnorm_page_computes_its_statements(rendered):
     text = page(rendered.docs, "en", "batchnorm/batchnorm")
     assert "resnet56: the normalisation-free Fixup residual net trains as well as (within noise)" in text
     assert "resnet56-Nboth did not learn" in text
-    assert "resnet56-Nboth (plain net without BatchNorm) collapses at initialisation" in text
-    assert "resnet56-Nres (plain net with BatchNorm) does not collapse" in text
+    assert "resnet56-Nboth (plain net without BatchNorm) collapses in rank at initialisation and after training" in text
+    assert "resnet56-Nres (plain net with BatchNorm) does not collapse at initialisation or after training" in text
+    assert "Collapse rule: the last stage keeps less than 0.25" in text
     assert "93.0 ± 0.2" in text and "92.58 ± 0.08" in text
     blocks = list(csv.DictReader((rendered.docs / "downloads" / "batchnorm" / "blocks.csv").open()))
     assert {r["variant"] for r in blocks} == {"FULL", "Nres", "Nbn", "Fixup", "SkipInit", "Nboth"}
@@ -552,3 +553,16 @@ def test_the_signal_figure_names_the_series_a_log_plot_cannot_show():
     assert zero == ["Fixup", "SkipInit"]
     assert on_top == {"Nres": ["FULL"]}  # drawn over FULL; Nbn's own line is visible
     assert hidden_series({"FULL": ones, "Nres": rising}) == ([], {})
+
+
+def test_collapse_is_judged_in_rank_and_in_variance_per_phase():
+    from resdeg.report.analysis import collapse_groups, collapsed_in
+
+    c = lambda rank, var: {"rank_ratio": rank, "var_ratio": var}  # noqa: E731
+    assert collapsed_in(c(0.9, 0.5)) == ()
+    assert collapsed_in(c(0.2, 0.5)) == ("rank",)
+    assert collapsed_in(c(0.9, 5e-14)) == ("variance",) and collapsed_in(c(0.9, 2e3)) == ("variance",)
+    assert collapsed_in(c(0.1, 1e-4)) == ("rank", "variance")
+    assert collapsed_in(c(None, 1.0)) is None and collapsed_in(None) is None
+    assert collapse_groups({"init": c(0.9, 0.5), "trained": c(0.8, 2.0)}) == [(("init", "trained"), ())]
+    assert collapse_groups({"init": c(0.9, 0.5), "trained": c(0.9, 1e-12)}) == [(("init",), ()), (("trained",), ("variance",))]

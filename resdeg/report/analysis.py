@@ -248,12 +248,35 @@ def collapse(sr: StudyResults, model: str, variant: str, phase: str = "init") ->
             "var_ratio": float(var[-1] / var[0]) if var[0] > 0 else None}
 
 
+def collapse_by_phase(sr: StudyResults, model: str, variant: str) -> dict[str, dict]:
+    """`collapse` at initialisation and after training, for the phases that were measured."""
+    out = {phase: collapse(sr, model, variant, phase) for phase in ("init", "trained")}
+    return {phase: c for phase, c in out.items() if collapsed_in(c) is not None}
+
+
+def collapse_groups(by_phase: dict[str, dict]) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """(phases, what collapsed) with equal findings merged: [(("init", "trained"), ())] reads
+    'does not collapse at initialisation or after training'."""
+    groups: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
+    for phase, c in by_phase.items():
+        kind = collapsed_in(c)
+        if groups and groups[-1][1] == kind:
+            groups[-1] = (groups[-1][0] + (phase,), kind)
+        else:
+            groups.append(((phase,), kind))
+    return groups
+
+
 RANK_COLLAPSE = 0.25  # the last stage keeps less than a quarter of the first stage's effective rank
 VARIANCE_BLOWUP = 1e3  # ... or its variance changed by more than a factor 1000 over the blocks
 
 
-def collapses(c: dict | None) -> bool | None:
+def collapsed_in(c: dict | None) -> tuple[str, ...] | None:
+    """In what the net collapses by the rules above: () none, ("rank",), ("variance",) or both;
+    None when it was not measured."""
     if c is None or c["rank_ratio"] is None:
         return None
     v = c["var_ratio"]
-    return c["rank_ratio"] < RANK_COLLAPSE or (v is not None and (v > VARIANCE_BLOWUP or v < 1 / VARIANCE_BLOWUP))
+    return tuple(k for k, hit in (("rank", c["rank_ratio"] < RANK_COLLAPSE),
+                                  ("variance", v is not None and not 1 / VARIANCE_BLOWUP <= v <= VARIANCE_BLOWUP))
+                 if hit)
