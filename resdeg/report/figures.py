@@ -577,6 +577,15 @@ def hidden_series(series: dict[str, np.ndarray], rtol: float = 1e-3) -> tuple[li
     return zero, on_top
 
 
+def _note_hidden(ax, zero: list[str], on_top: dict[str, list[str]], t: dict) -> None:
+    """Say in the panel what it cannot show, rather than let a line vanish unexplained."""
+    notes = [t["same_series"].format(v, t["list_sep"].join(under)) for v, under in on_top.items()]
+    if zero:
+        notes.append(t["zero_series"].format(t["list_sep"].join(zero)))
+    if notes:
+        ax.text(0.03, 0.03, "\n".join(notes), transform=ax.transAxes, fontsize=7.5, va="bottom", color="#333333")
+
+
 @figure("bn-signal", "batchnorm", per_model=True, needs=_has_blocks)
 def bn_signal(sr: StudyResults, lang: str, path: Path, model: str) -> None:
     """Signal propagation by residual block (Brock et al. 2021): average channel squared mean,
@@ -595,13 +604,7 @@ def bn_signal(sr: StudyResults, lang: str, path: Path, model: str) -> None:
                     if v not in zero:
                         _line(ax, np.arange(1, len(vals) + 1), np.where(vals > 0, vals, np.nan), 0, v,
                               _variant_label(sr, model, v, t), 1)
-                # say what the figure cannot show, rather than let a line vanish unexplained
-                notes = [t["same_series"].format(v, t["list_sep"].join(under)) for v, under in on_top.items()]
-                if zero:
-                    notes.append(t["zero_series"].format(t["list_sep"].join(zero)))
-                if notes:
-                    ax.text(0.03, 0.03, "\n".join(notes), transform=ax.transAxes, fontsize=7.5, va="bottom",
-                            color="#333333")
+                _note_hidden(ax, zero, on_top, t)
                 _log_y(ax)
                 ax.set_title(f"{t[key]}\n{t[phase]}", fontsize=9)
                 ax.set_xlabel(t["block"])
@@ -620,13 +623,15 @@ def bn_rank(sr: StudyResults, lang: str, path: Path) -> None:
         for row, model in enumerate(models):
             for col, phase in enumerate(("init", "trained")):
                 ax = axes[row, col]
+                series = {}
                 for v in sr.variants:
                     ranks = A.rank_values(sr.cell(model, v), phase)
                     if ranks:
                         stages = list(ranks)
-                        _line(ax, range(len(stages)), [ranks[s] if ranks[s] is not None else np.nan for s in stages],
-                              0, v, _variant_label(sr, model, v, t), 1)
+                        series[v] = np.array([ranks[s] if ranks[s] is not None else np.nan for s in stages])
+                        _line(ax, range(len(stages)), series[v], 0, v, _variant_label(sr, model, v, t), 1)
                         ax.set_xticks(range(len(stages)), [s.replace("stage", "") for s in stages])
+                _note_hidden(ax, *hidden_series(series), t)
                 _log_y(ax)
                 ax.set_title(f"{model}{t['colon']}{t[phase]}")
                 ax.set_xlabel(t["stage"])
