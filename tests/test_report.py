@@ -110,6 +110,21 @@ def test_a_model_at_chance_did_not_learn_and_nothing_explains_it():
     assert not side("learnt", [0.13], [0.13], test_n=10_000).did_not_learn  # 3 points above chance
 
 
+def test_a_depth_pair_explains_only_the_deeper_nets_degradation():
+    # the shallower net is the worse one: as an ablation the rules judge it, as a depth pair they do not
+    shallow = side("resnet20", [0.70, 0.71, 0.69], [0.80, 0.81, 0.79], log_ratio=[0.0] * 3)
+    deep = side("resnet32", [0.80, 0.81, 0.79], [0.95, 0.96, 0.95], log_ratio=[0.0] * 3)
+    for rule in (V.h1, V.h2, V.h3):
+        assert rule("c", shallow, deep).reason != "deeper_not_worse"
+        v = rule("c", shallow, deep, depth=True)
+        assert (v.outcome, v.reason, v.worse, v.better) == ("inconclusive", "deeper_not_worse", "resnet20", "resnet32")
+        assert v.explain("en").startswith("The deeper net resnet32 is better on the test set (+10.00 pp")
+        assert "没有需要解释的退化" in v.explain("zh")
+        # the deeper net (second) worse: judged as before, the deeper net being the worse one
+        judged = rule("c", deep, shallow, depth=True)
+        assert judged.reason != "deeper_not_worse" and judged.worse == "resnet20"
+
+
 def ratios(x, n=3):
     return [math.log10(x) + d for d in (-0.05, 0.0, 0.05)][:n]
 

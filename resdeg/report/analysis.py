@@ -106,7 +106,8 @@ def all_verdicts(sr: StudyResults) -> list[dict]:
     for comp in sr.comparisons():
         a, b = side(sr, *comp.reference), side(sr, *comp.other)
         rows.append({"comparison": comp, "subject": comp.subject, "kind": comp.kind, "component": comp.component,
-                     "verdicts": {h: fn(comp.subject, a, b) for h, fn in V.RULE_FUNCTIONS.items()}})
+                     "verdicts": {h: fn(comp.subject, a, b, depth=comp.kind == "depth")
+                                  for h, fn in V.RULE_FUNCTIONS.items()}})
     return rows
 
 

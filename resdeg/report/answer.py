@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 from . import analysis as A
 from .collect import Store, StudyResults
 
-UNDECIDABLE = ("no_data", "did_not_learn", "no_degradation")
-
 
 @dataclass
 class HypothesisAnswer:
@@ -19,6 +17,7 @@ class HypothesisAnswer:
     inconclusive: list = field(default_factory=list)  # a difference beyond noise, but the rule cannot decide
     no_difference: int = 0  # comparisons whose test accuracies do not differ beyond noise
     did_not_learn: int = 0
+    deeper_better: int = 0  # depth comparisons where the deeper net is better: no degradation to explain
     single_seed: bool = False  # some deciding verdict rests on one seed
 
     @property
@@ -56,6 +55,8 @@ def hypotheses(store: Store) -> dict[str, HypothesisAnswer]:
                     ans.no_difference += 1
                 elif v.reason == "did_not_learn":
                     ans.did_not_learn += 1
+                elif v.reason == "deeper_not_worse":
+                    ans.deeper_better += 1
                 elif v.reason != "no_data":
                     getattr(ans, v.outcome).append((sr, row, v))
                     ans.single_seed |= v.single_seed and v.outcome != "inconclusive"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-RULES_VERSION = 2  # 2: single-seed noise rule, "did not learn"
+RULES_VERSION = 3  # 2: single-seed noise rule, "did not learn"; 3: a depth pair explains only degradation
 VANISH, EXPLODE = 1e-3, 1e3  # median g(first stage) / g(last stage) thresholds
 MIN_DIFFERENCE = 0.01  # a single run's difference counts only from one point of accuracy up
 
@@ -43,6 +43,12 @@ RULES = {
               "when the worse model loses information and the better one does not.",
         "zh": "若超过一半的可分性判据（k/m；nc1 越大越不可分）从最浅的阶段到最深的阶段下降，判该模型发生信息丢失。"
               "若较差模型发生信息丢失而较好模型没有，H3 可以解释两者的差异。",
+    },
+    "depth": {
+        "en": "In a depth comparison the hypotheses explain degradation only: they are judged when the deeper "
+              "net is the worse one. When the shallower net is worse, there is no degradation to explain.",
+        "zh": "在深度比较中，这些假说只用来解释退化：只有较深的网络是较差的模型时才作判定；"
+              "若较浅的网络更差，就没有需要解释的退化。",
     },
     "seeds": {
         "en": "With several seeds a difference counts only when its 95% t interval (Welch for two groups, "
@@ -219,6 +225,9 @@ REASONS = {
                       "zh": "{nl} 没有学会（测试准确率与随机猜测之差在噪声以内），不用任何假说解释它。"},
     "no_degradation": {"en": "Test accuracies do not differ beyond noise ({dtest}); there is nothing to explain.",
                        "zh": "两者的测试准确率之差没有超出噪声（{dtest}），没有需要解释的差异。"},
+    "deeper_not_worse": {"en": "The deeper net {h} is better on the test set ({dtest}): there is no degradation "
+                               "to explain.",
+                         "zh": "较深的网络 {h} 在测试集上更好（{dtest}），没有需要解释的退化。"},
     "worse_on_train": {"en": "{d} is worse on the training set too (train accuracy in eval mode {dtrain}): "
                              "not overfitting.",
                        "zh": "{d} 在训练集上同样更差（评估模式下的训练集准确率 {dtrain}），不是过拟合。"},
@@ -281,8 +290,9 @@ def _verdict(h, subject, pair, outcome, reason, numbers, single):
     return Verdict(h, subject, d, hl, outcome, reason, numbers, single)
 
 
-def _degradation(h: str, subject: str, a: Side, b: Side, needs_train: bool = False):
-    """The shared first steps of every rule: enough data? which model degraded?
+def _degradation(h: str, subject: str, a: Side, b: Side, needs_train: bool = False, depth: bool = False):
+    """The shared first steps of every rule: enough data? which model degraded? In a depth comparison
+    (`b` the deeper net) only the deeper net can have degraded: a worse shallower net is not explained.
     Returns (early verdict, None, None, single) or (None, (degraded, healthy), numbers, single)."""
     single = _single(a, b)
     have = a.test_acc and b.test_acc and (not needs_train or (a.clean_train_acc and b.clean_train_acc))
@@ -296,12 +306,16 @@ def _degradation(h: str, subject: str, a: Side, b: Side, needs_train: bool = Fal
     nums = {"test_diff": dtest.as_dict(), "_fmt": {"dtest": fmt_both(dtest)}}
     if pair is None:
         return _verdict(h, subject, None, "inconclusive", "no_degradation", nums, single), None, None, single
+    if depth and pair[0] is a:
+        up = compare(b, a, "test_acc")  # deeper minus shallower: second minus first, as the pages state
+        nums = {"test_diff": up.as_dict(), "_fmt": {"dtest": fmt_both(up)}}
+        return _verdict(h, subject, pair, "inconclusive", "deeper_not_worse", nums, single), None, None, single
     return None, pair, nums, single
 
 
-def h1(subject: str, a: Side, b: Side) -> Verdict:
+def h1(subject: str, a: Side, b: Side, depth: bool = False) -> Verdict:
     """Overfitting (STUDY §4 H1)."""
-    early, pair, nums, single = _degradation("H1", subject, a, b, needs_train=True)
+    early, pair, nums, single = _degradation("H1", subject, a, b, needs_train=True, depth=depth)
     if early:
         return early
     worse, better = pair
@@ -349,9 +363,9 @@ def _symptom_fmt(side: Side, symptom: str, e: Estimate | None) -> dict:
     return {"en": f"{name['en']}, ratio {ratio}", "zh": f"{name['zh']}，比值 {ratio}"}
 
 
-def h2(subject: str, a: Side, b: Side) -> Verdict:
+def h2(subject: str, a: Side, b: Side, depth: bool = False) -> Verdict:
     """Vanishing / exploding gradients (STUDY §4 H2)."""
-    early, pair, nums, single = _degradation("H2", subject, a, b)
+    early, pair, nums, single = _degradation("H2", subject, a, b, depth=depth)
     if early:
         return early
     worse, better = pair
@@ -394,9 +408,9 @@ def information_loss(side: Side) -> dict:
     return {"criteria": per, "k": k, "m": m, "outcome": outcome}
 
 
-def h3(subject: str, a: Side, b: Side) -> Verdict:
+def h3(subject: str, a: Side, b: Side, depth: bool = False) -> Verdict:
     """Information loss (STUDY §4 H3)."""
-    early, pair, nums, single = _degradation("H3", subject, a, b)
+    early, pair, nums, single = _degradation("H3", subject, a, b, depth=depth)
     if early:
         return early
     worse, better = pair
