@@ -320,6 +320,32 @@ def test_depth_page_says_plain_nets_degrade_and_residual_nets_do_not(rendered):
     assert "退化：在训练集上超出噪声地变差" in page(rendered.docs, "zh", "depth/degradation")
 
 
+def test_a_depth_study_with_more_seeds_at_some_depths_judges_each_pair_by_what_it_has(tmp_path):
+    """Seeds land a depth at a time: resnet20 has 3 seeds while resnet56 still has 1. The pair
+    within resnet20 gets a t interval, a pair across depths falls back to the single-seed rule,
+    and every table says how many seeds stand behind each number."""
+    from report_fixture import DEPTH_TARGETS, STAGES, write_fake_run
+
+    from resdeg.config import make_config
+
+    results = make_depth_results(tmp_path / "results", seeds=(1,))
+    for variant in ("FULL", "Nres", "Nbn"):
+        for seed in (2, 3):
+            cfg = make_config("depth", {"epochs": 4}, model="resnet20", variant=variant, seed=seed, dataset="synthetic")
+            write_fake_run(results, cfg, *DEPTH_TARGETS[("resnet20", variant)], stages=STAGES[:4])
+    build_report(results, tmp_path / "docs", log=lambda m: None)
+    text = page(tmp_path / "docs", "en", "depth/degradation")
+    table = text.split("## The degradation verdict")[1].split("## Beside")[0]
+    row = next(line for line in table.splitlines() if line.startswith("| Nres: resnet20 vs resnet56 "))
+    assert row.startswith("| Nres: resnet20 vs resnet56 | 1 |") and "(noise ±" in row and "[" not in row
+    assert "| plain-20 | 3 |" in text and "| plain-56 | 1 |" in text
+    assert re.search(r"\| plain-20 \| 3 \| [0-9.]+ ± [0-9.]+ \|", text)  # a spread over the three seeds
+    bn = page(tmp_path / "docs", "en", "batchnorm/batchnorm")
+    assert re.search(r"resnet20: FULL vs Nbn: without BatchNorm, train accuracy in eval mode [-+][0-9.]+ pp \[", bn)
+    assert re.search(r"resnet56: FULL vs Nbn: without BatchNorm, train accuracy in eval mode [-+][0-9.]+ pp \(noise", bn)
+    assert (tmp_path / "docs" / "en" / "depth" / "figures" / "depth-final.png").stat().st_size > 10_000
+
+
 def test_batchnorm_page_computes_its_statements(rendered):
     text = page(rendered.docs, "en", "batchnorm/batchnorm")
     assert "resnet56: the normalisation-free Fixup residual net trains as well as (within noise)" in text
