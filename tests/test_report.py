@@ -339,7 +339,7 @@ def test_a_depth_study_with_more_seeds_at_some_depths_judges_each_pair_by_what_i
     row = next(line for line in table.splitlines() if line.startswith("| Nres: resnet20 vs resnet56 "))
     assert row.startswith("| Nres: resnet20 vs resnet56 | 1 |") and "(noise ±" in row and "[" not in row
     assert "| plain-20 | 3 |" in text and "| plain-56 | 1 |" in text
-    assert re.search(r"\| plain-20 \| 3 \| [0-9.]+ ± [0-9.]+ \|", text)  # a spread over the three seeds
+    assert re.search(r"\| plain-20 \| 3 \| [0-9.]+ ± [0-9.]+ \| [0-9.]+ ± [0-9.]+ \|", text)  # test and train spread
     bn = page(tmp_path / "docs", "en", "batchnorm/batchnorm")
     assert re.search(r"resnet20: FULL vs Nbn: without BatchNorm, train accuracy in eval mode [-+][0-9.]+ pp \[", bn)
     assert re.search(r"resnet56: FULL vs Nbn: without BatchNorm, train accuracy in eval mode [-+][0-9.]+ pp \(noise", bn)
