@@ -333,13 +333,20 @@ def test_a_depth_study_with_more_seeds_at_some_depths_judges_each_pair_by_what_i
         for seed in (2, 3):
             cfg = make_config("depth", {"epochs": 4}, model="resnet20", variant=variant, seed=seed, dataset="synthetic")
             write_fake_run(results, cfg, *DEPTH_TARGETS[("resnet20", variant)], stages=STAGES[:4])
+    # a second plain-56 seed far from the first: 2 seeds whose spread leaves the interval across zero
+    cfg = make_config("depth", {"epochs": 4}, model="resnet56", variant="Nres", seed=2, dataset="synthetic")
+    write_fake_run(results, cfg, 0.86, 0.89, 0.0, stages=STAGES[:4])
     build_report(results, tmp_path / "docs", log=lambda m: None)
     text = page(tmp_path / "docs", "en", "depth/degradation")
     table = text.split("## The degradation verdict")[1].split("## Beside")[0]
-    row = next(line for line in table.splitlines() if line.startswith("| Nres: resnet20 vs resnet56 "))
-    assert row.startswith("| Nres: resnet20 vs resnet56 | 1 |") and "(noise ±" in row and "[" not in row
-    assert "| plain-20 | 3 |" in text and "| plain-56 | 1 |" in text
+    row = next(line for line in table.splitlines() if line.startswith("| FULL: resnet20 vs resnet56 "))
+    assert row.startswith("| FULL: resnet20 vs resnet56 | 1 |") and "(noise ±" in row and "[" not in row
+    assert "| plain-20 | 3 |" in text and "| residual-56 | 1 |" in text
     assert re.search(r"\| plain-20 \| 3 \| [0-9.]+ ± [0-9.]+ \| [0-9.]+ ± [0-9.]+ \|", text)  # test and train spread
+    # seeds on both sides but an interval straddling zero: undecided, never "no difference"
+    plain = next(line for line in table.splitlines() if line.startswith("| Nres: resnet20 vs resnet56 "))
+    assert plain.startswith("| Nres: resnet20 vs resnet56 | 2 |") and "[" in plain
+    assert "undecided: the 95% interval includes zero" in plain and "no difference" not in plain
     bn = page(tmp_path / "docs", "en", "batchnorm/batchnorm")
     assert re.search(r"resnet20: FULL vs Nbn: without BatchNorm, train accuracy in eval mode [-+][0-9.]+ pp \[", bn)
     assert re.search(r"resnet56: FULL vs Nbn: without BatchNorm, train accuracy in eval mode [-+][0-9.]+ pp \(noise", bn)

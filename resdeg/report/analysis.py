@@ -125,7 +125,8 @@ def effect(sr: StudyResults, comp: Comparison) -> dict:
 
 def degradation(sr: StudyResults) -> list[dict]:
     """Every depth comparison with its *degradation* verdict (He et al.'s sense): the deeper net is
-    worse on the training set than the shallower one of the same kind, beyond noise."""
+    worse on the training set than the shallower one of the same kind, beyond noise. With seeds on
+    both sides a 95% interval that straddles zero leaves it *undecided* (not "no difference")."""
     out = []
     for comp in sr.comparisons():
         if comp.kind != "depth":
@@ -135,6 +136,9 @@ def degradation(sr: StudyResults) -> list[dict]:
             continue
         sign = e["dtrain"].sign
         e["verdict"] = "inconclusive" if e["stuck"] else {-1: "degrades", 1: "improves", 0: "no_difference"}[sign]
+        if e["verdict"] == "no_difference" and e["dtrain"].has_interval:
+            e["verdict"] = "undecided"  # seeds too few or too spread: the interval straddles zero
+
         out.append(e)
     return out
 
