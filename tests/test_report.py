@@ -69,7 +69,7 @@ def test_h1_not_supported_when_the_degraded_model_is_worse_on_train_too():
 
 def test_h1_inconclusive_without_a_significant_test_difference():
     v = V.h1("c", side("a", [0.80, 0.70, 0.90], [0.9] * 3), side("b", [0.78, 0.88, 0.69], [0.9] * 3))
-    assert (v.outcome, v.reason, v.worse) == ("inconclusive", "no_degradation", None)
+    assert (v.outcome, v.reason, v.worse) == ("inconclusive", "undecided", None)  # seeds: an interval across zero
 
 
 def test_h1_inconclusive_when_the_gap_is_not_clearly_larger():
@@ -347,6 +347,9 @@ def test_a_depth_study_with_more_seeds_at_some_depths_judges_each_pair_by_what_i
     plain = next(line for line in table.splitlines() if line.startswith("| Nres: resnet20 vs resnet56 "))
     assert plain.startswith("| Nres: resnet20 vs resnet56 | 2 |") and "[" in plain
     assert "undecided: the 95% interval includes zero" in plain and "no difference" not in plain
+    h_row = text.split("## Do H2 and H3")[1]
+    h_row = next(line for line in h_row.splitlines() if line.startswith("| Nres: resnet20 vs resnet56 "))
+    assert h_row.count("The 95% interval of the test difference includes zero") == 3 and "do not differ" not in h_row
     bn = page(tmp_path / "docs", "en", "batchnorm/batchnorm")
     assert re.search(r"resnet20: FULL vs Nbn: without BatchNorm, train accuracy in eval mode [-+][0-9.]+ pp \[", bn)
     assert re.search(r"resnet56: FULL vs Nbn: without BatchNorm, train accuracy in eval mode [-+][0-9.]+ pp \(noise", bn)

@@ -17,6 +17,7 @@ class HypothesisAnswer:
     inconclusive: list = field(default_factory=list)  # a difference beyond noise, but the rule cannot decide
     no_difference: int = 0  # comparisons whose test accuracies do not differ beyond noise
     did_not_learn: int = 0
+    undecided: int = 0  # seeds on both sides, but the 95% interval of the test difference includes zero
     deeper_better: int = 0  # depth comparisons where the deeper net is better: no degradation to explain
     single_seed: bool = False  # some deciding verdict rests on one seed
 
@@ -55,6 +56,8 @@ def hypotheses(store: Store) -> dict[str, HypothesisAnswer]:
                     ans.no_difference += 1
                 elif v.reason == "did_not_learn":
                     ans.did_not_learn += 1
+                elif v.reason == "undecided":
+                    ans.undecided += 1
                 elif v.reason == "deeper_not_worse":
                     ans.deeper_better += 1
                 elif v.reason != "no_data":

@@ -225,6 +225,9 @@ REASONS = {
                       "zh": "{nl} 没有学会（测试准确率与随机猜测之差在噪声以内），不用任何假说解释它。"},
     "no_degradation": {"en": "Test accuracies do not differ beyond noise ({dtest}); there is nothing to explain.",
                        "zh": "两者的测试准确率之差没有超出噪声（{dtest}），没有需要解释的差异。"},
+    "undecided": {"en": "The 95% interval of the test difference includes zero ({dtest}): too uncertain to say "
+                        "which model is worse.",
+                  "zh": "测试准确率之差的 95% 区间包含零（{dtest}），还不能确定哪个模型更差。"},
     "deeper_not_worse": {"en": "The deeper net {h} is better on the test set ({dtest}): there is no degradation "
                                "to explain.",
                          "zh": "较深的网络 {h} 在测试集上更好（{dtest}），没有需要解释的退化。"},
@@ -304,8 +307,9 @@ def _degradation(h: str, subject: str, a: Side, b: Side, needs_train: bool = Fal
         return _verdict(h, subject, None, "inconclusive", "did_not_learn", nums, single), None, None, single
     pair, dtest = _order(a, b)
     nums = {"test_diff": dtest.as_dict(), "_fmt": {"dtest": fmt_both(dtest)}}
-    if pair is None:
-        return _verdict(h, subject, None, "inconclusive", "no_degradation", nums, single), None, None, single
+    if pair is None:  # with seeds on both sides an interval across zero is undecided, not "no difference"
+        reason = "undecided" if dtest.has_interval else "no_degradation"
+        return _verdict(h, subject, None, "inconclusive", reason, nums, single), None, None, single
     if depth and pair[0] is a:
         up = compare(b, a, "test_acc")  # deeper minus shallower: second minus first, as the pages state
         nums = {"test_diff": up.as_dict(), "_fmt": {"dtest": fmt_both(up)}}
