@@ -134,11 +134,9 @@ def degradation(sr: StudyResults) -> list[dict]:
         e = effect(sr, comp)
         if not e["complete"]:
             continue
-        sign = e["dtrain"].sign
-        e["verdict"] = "inconclusive" if e["stuck"] else {-1: "degrades", 1: "improves", 0: "no_difference"}[sign]
-        if e["verdict"] == "no_difference" and e["dtrain"].has_interval:
-            e["verdict"] = "undecided"  # seeds too few or too spread: the interval straddles zero
-
+        # an interval across zero (seeds on both sides) is undecided; within one run's noise, no difference
+        level = "undecided" if e["dtrain"].has_interval else "no_difference"
+        e["verdict"] = "inconclusive" if e["stuck"] else {-1: "degrades", 1: "improves", 0: level}[e["dtrain"].sign]
         out.append(e)
     return out
 

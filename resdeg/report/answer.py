@@ -9,6 +9,11 @@ from . import analysis as A
 from .collect import Store, StudyResults
 
 
+# reasons that leave nothing to explain -> the HypothesisAnswer counter the landing page states them by
+COUNTED = {"no_degradation": "no_difference", "did_not_learn": "did_not_learn", "undecided": "undecided",
+           "deeper_not_worse": "deeper_better"}
+
+
 @dataclass
 class HypothesisAnswer:
     name: str
@@ -52,14 +57,8 @@ def hypotheses(store: Store) -> dict[str, HypothesisAnswer]:
         for row in A.all_verdicts(sr):
             for h, v in row["verdicts"].items():
                 ans = out[h]
-                if v.reason == "no_degradation":
-                    ans.no_difference += 1
-                elif v.reason == "did_not_learn":
-                    ans.did_not_learn += 1
-                elif v.reason == "undecided":
-                    ans.undecided += 1
-                elif v.reason == "deeper_not_worse":
-                    ans.deeper_better += 1
+                if v.reason in COUNTED:
+                    setattr(ans, COUNTED[v.reason], getattr(ans, COUNTED[v.reason]) + 1)
                 elif v.reason != "no_data":
                     getattr(ans, v.outcome).append((sr, row, v))
                     ans.single_seed |= v.single_seed and v.outcome != "inconclusive"
