@@ -101,13 +101,17 @@ def side(sr: StudyResults, model: str, variant: str) -> V.Side:
 
 
 def all_verdicts(sr: StudyResults) -> list[dict]:
-    """One row per comparison of the study: its H1, H2, H3 verdicts."""
+    """One row per comparison of the study: its H1, H2, H3 verdicts, and `shared`, the verdict of all
+    three when the comparison itself leaves nothing to explain (else None)."""
     rows = []
     for comp in sr.comparisons():
         a, b = side(sr, *comp.reference), side(sr, *comp.other)
+        verdicts = {h: fn(comp.subject, a, b, depth=comp.kind == "depth") for h, fn in V.RULE_FUNCTIONS.items()}
+        reasons = {v.reason for v in verdicts.values()}
+        # one reason about the comparison itself, the same for H1-H3: pages state it once
+        shared = next(iter(verdicts.values())) if len(reasons) == 1 and reasons <= V.COMPARISON_REASONS else None
         rows.append({"comparison": comp, "subject": comp.subject, "kind": comp.kind, "component": comp.component,
-                     "verdicts": {h: fn(comp.subject, a, b, depth=comp.kind == "depth")
-                                  for h, fn in V.RULE_FUNCTIONS.items()}})
+                     "verdicts": verdicts, "shared": shared})
     return rows
 
 

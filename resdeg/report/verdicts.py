@@ -253,6 +253,9 @@ REASONS = {
     "loss_unclear": {"en": "Too few criteria give a clear answer ({d}: {kd} fall; {h}: {kh} fall).",
                      "zh": "给出明确结论的判据太少（{d}：{kd} 下降；{h}：{kh} 下降）。"},
 }
+# The reasons `_degradation` gives before any hypothesis is looked at: they are about the comparison
+# (no data, a net that did not learn, no degraded net), so H1-H3 share them.
+COMPARISON_REASONS = frozenset({"no_data", "did_not_learn", "no_degradation", "undecided", "deeper_not_worse"})
 OUTCOME_TEXT = {"supported": {"en": "supported", "zh": "支持"},
                 "not_supported": {"en": "not supported", "zh": "不支持"},
                 "inconclusive": {"en": "inconclusive", "zh": "无法判定"}}
