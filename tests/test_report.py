@@ -317,6 +317,9 @@ def test_depth_page_says_plain_nets_degrade_and_residual_nets_do_not(rendered):
     assert "degrades: worse on the training set beyond noise" in row("Nres: resnet20 vs resnet56")
     assert "degrades" not in row("FULL: resnet20 vs resnet56")
     assert "| plain-56 | 2 |" in text and "12.95 ± 0.22" in text  # beside the anchors
+    takeaway = next(line for line in text.splitlines() if line.startswith("**Takeaway:**"))
+    assert "from 20 to 56 layers, the plain net gets worse on the training set beyond noise: it degrades" in takeaway
+    assert "; the residual net of the same depths " in takeaway  # the contrast, computed the same way
     assert "退化：在训练集上超出噪声地变差" in page(rendered.docs, "zh", "depth/degradation")
 
 
