@@ -628,3 +628,28 @@ def test_collapse_is_judged_in_rank_and_in_variance_per_phase():
     assert collapsed_in(c(None, 1.0)) is None and collapsed_in(None) is None
     assert collapse_groups({"init": c(0.9, 0.5), "trained": c(0.8, 2.0)}) == [(("init", "trained"), ())]
     assert collapse_groups({"init": c(0.9, 0.5), "trained": c(0.9, 1e-12)}) == [(("init",), ()), (("trained",), ("variance",))]
+
+
+def test_a_legend_shared_by_panels_of_different_seed_counts_names_each_variant_once(tmp_path, monkeypatch):
+    """resnet20 with 3 seeds beside resnet56 with 1: one legend entry per variant, '1-3 seeds',
+    not 'FULL (3 seeds)' and 'FULL (1 seed)' side by side."""
+    from report_fixture import DEPTH_TARGETS, STAGES, write_fake_run
+
+    from resdeg.config import make_config
+    from resdeg.report import figures
+    from resdeg.report.collect import load_store
+
+    results = make_depth_results(tmp_path / "results", seeds=(1,))
+    for variant in ("FULL", "Nres"):
+        for seed in (2, 3):
+            cfg = make_config("depth", {"epochs": 4}, model="resnet20", variant=variant, seed=seed, dataset="synthetic")
+            write_fake_run(results, cfg, *DEPTH_TARGETS[("resnet20", variant)], stages=STAGES[:4])
+    sr = next(s for s in load_store(results).studies if s.name == "depth")
+    legends = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: legends.append(
+        [t.get_text() for leg in fig.legends for t in leg.get_texts()]))
+    figures.h2_ratio(sr, "en", tmp_path / "ratio.png")
+    figures.h2_profile(sr, "en", tmp_path / "profile.png")
+    for labels in legends:
+        assert "FULL (1-3 seeds)" in labels and "Nres (1-3 seeds)" in labels, labels
+        assert len(labels) == len(set(labels)) and not any(lab.startswith("FULL (1 seed") for lab in labels)

@@ -195,6 +195,12 @@ def _seed_label(n: int, t: dict) -> str:
     return t["seed"] if n == 1 else t["n_seeds"].format(n=n)
 
 
+def _seeds_text(counts: list[int], t: dict) -> str:
+    """'3 seeds', or '1-3 seeds' when the panels sharing one legend entry differ."""
+    lo, hi = min(counts, default=0), max(counts, default=0)
+    return _seed_label(hi, t) if lo == hi else t["seed_range"].format(lo=lo, hi=hi)
+
+
 def _log_y(ax, min_ratio: float = 10.0) -> None:
     """Log scale whose range spans at least `min_ratio`: a nearly constant series then looks flat
     instead of filling the panel with noise in the fourth digit, and the axis keeps readable ticks."""
@@ -205,8 +211,10 @@ def _log_y(ax, min_ratio: float = 10.0) -> None:
         ax.set_ylim(centre / np.sqrt(min_ratio), centre * np.sqrt(min_ratio))
 
 
-def _variant_label(sr: StudyResults, model: str, variant: str, t: dict) -> str:
-    return variant + t["paren"].format(_seed_label(len(sr.cell(model, variant)), t))
+def _variant_label(sr: StudyResults, variant: str, t: dict, *models: str) -> str:
+    """The legend entry of a variant drawn for `models` (one per panel, one legend for the figure)."""
+    counts = [n for m in models if (n := len(sr.cell(m, variant)))]
+    return variant + t["paren"].format(_seeds_text(counts, t))
 
 
 def _line(ax, x, mean, std, variant, label, n_max, colour=None, ls=None, marker=None):
@@ -292,7 +300,7 @@ def _accuracy_per_epoch(path: Path, lang: str, sr: StudyResults, model: str, key
                 c = A.epoch_curves(sr, model, v, key)
                 if c["epoch"]:
                     _line(ax, c["epoch"], np.multiply(c["mean"], 100), np.multiply(c["std"], 100), v,
-                          _variant_label(sr, model, v, t), max(c["n"]))
+                          _variant_label(sr, v, t, model), max(c["n"]))
             _chance(ax, sr, t)
             ax.set_title(title(t, key), fontsize=9.5)
             ax.set_xlabel(t["epoch"])
@@ -361,7 +369,7 @@ def h2_steps(sr: StudyResults, lang: str, path: Path, model: str) -> None:
                         ax.axvline(r.record.diverged_at_step, color=colour, ls=ls, lw=0.9)
                 if series:
                     ax.plot(*_binned_median(_pooled(series), width), color=colour, ls=ls, lw=1.6,
-                            label=_variant_label(sr, model, v, t))
+                            label=_variant_label(sr, v, t, model))
             ax.set_yscale("log")
             ax.set_title(t[which].format(s=stage_name or "?"))
             ax.set_xlabel(t["step"])
@@ -385,7 +393,7 @@ def h2_ratio(sr: StudyResults, lang: str, path: Path) -> None:
                 series = [s for r in sr.cell(model, v) if (s := A.ratio_series(r)) is not None]
                 if series:
                     ax.plot(*_binned_median(_pooled(series), width), color=colour, ls=ls, lw=1.6,
-                            label=_variant_label(sr, model, v, t))
+                            label=_variant_label(sr, v, t, *models))
             ax.axhspan(1e-12, VANISH, color="#D55E00", alpha=0.08, lw=0)
             ax.axhspan(EXPLODE, 1e12, color="#CC79A7", alpha=0.08, lw=0)
             ax.axhline(VANISH, color="#D55E00", lw=1, ls=(0, (4, 2)), label=t["vanish"])
@@ -419,7 +427,7 @@ def h2_profile(sr: StudyResults, lang: str, path: Path) -> None:
                     mid = np.nanmean(vals, 0)
                     err = [mid - np.nanmin(vals, 0), np.nanmax(vals, 0) - mid]
                 ax.errorbar(range(len(stages)), mid, yerr=err, color=colour, ls=ls, marker=marker, ms=4, lw=1.6,
-                            capsize=2, label=_variant_label(sr, model, v, t))
+                            capsize=2, label=_variant_label(sr, v, t, *models))
                 ax.set_xticks(range(len(stages)), stages)
             ax.set_yscale("log")
             ax.set_title(model)
@@ -443,7 +451,7 @@ def _stage_lines(ax, sr: StudyResults, model: str, t: dict, values_of) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN stage is drawn as a gap
             mean, std = np.nanmean(vals, 0), np.nan_to_num(np.nanstd(vals, 0))
-        _line(ax, np.arange(len(stages)), mean, std, v, _variant_label(sr, model, v, t), len(runs))
+        _line(ax, np.arange(len(stages)), mean, std, v, _variant_label(sr, v, t, model), len(runs))
         ax.set_xticks(range(len(stages)), [s.replace("stage", "") for s in stages])
 
 
@@ -542,8 +550,7 @@ def depth_final(sr: StudyResults, lang: str, path: Path) -> None:
                 if xs:
                     colour, ls, marker = STYLE[v]
                     ax.errorbar(xs, mids, yerr=[lows, highs], color=colour, ls=ls, marker=marker, ms=5, lw=1.6,
-                                capsize=3, label=label + t["sep"] + (_seed_label(max(ns), t) if min(ns) == max(ns)
-                                                          else t["seed_range"].format(lo=min(ns), hi=max(ns))))
+                                capsize=3, label=label + t["sep"] + _seeds_text(ns, t))
             ax.set_xticks([depth(m) for m in sr.models])
             ax.set_title(t[title])
             ax.set_xlabel(t["depth"])
@@ -603,7 +610,7 @@ def bn_signal(sr: StudyResults, lang: str, path: Path, model: str) -> None:
                 for v, vals in series.items():
                     if v not in zero:
                         _line(ax, np.arange(1, len(vals) + 1), np.where(vals > 0, vals, np.nan), 0, v,
-                              _variant_label(sr, model, v, t), 1)
+                              _variant_label(sr, v, t, model), 1)
                 _note_hidden(ax, zero, on_top, t)
                 _log_y(ax)
                 ax.set_title(f"{t[key]}\n{t[phase]}", fontsize=9)
@@ -629,7 +636,7 @@ def bn_rank(sr: StudyResults, lang: str, path: Path) -> None:
                     if ranks:
                         stages = list(ranks)
                         series[v] = np.array([ranks[s] if ranks[s] is not None else np.nan for s in stages])
-                        _line(ax, range(len(stages)), series[v], 0, v, _variant_label(sr, model, v, t), 1)
+                        _line(ax, range(len(stages)), series[v], 0, v, _variant_label(sr, v, t, *models), 1)
                         ax.set_xticks(range(len(stages)), [s.replace("stage", "") for s in stages])
                 _note_hidden(ax, *hidden_series(series), t)
                 _log_y(ax)
