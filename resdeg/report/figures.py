@@ -55,7 +55,7 @@ LABELS = {
            "vanish": "vanishing (< 1e-3)", "explode": "exploding (> 1e3)",
            "act_std": "activation std", "init": "at initialisation", "trained": "after training",
            "n_seeds": "{n} seeds", "seed": "1 seed", "chance": "chance", "depth": "depth (layers)",
-           "plain": "plain (Nres)", "residual": "residual (FULL)", "lower_better": "(lower = more separable)",
+           "plain": "plain (Nres)", "residual": "residual (FULL)", "lower_better": " (lower = more separable)",
            "block": "residual block", "sq_mean": "average channel squared mean", "variance": "average channel variance",
            "branch_variance": "residual branch variance (before the add)", "rank": "effective rank",
            "test_marker": "test", "train_marker": "train (eval mode)",
