@@ -653,3 +653,19 @@ def test_a_legend_shared_by_panels_of_different_seed_counts_names_each_variant_o
     for labels in legends:
         assert "FULL (1-3 seeds)" in labels and "Nres (1-3 seeds)" in labels, labels
         assert len(labels) == len(set(labels)) and not any(lab.startswith("FULL (1 seed") for lab in labels)
+
+
+def test_a_takeaway_over_one_decidable_comparison_speaks_of_one(tmp_path):
+    from report_fixture import write_fake_run
+
+    from resdeg.config import make_config
+
+    results = tmp_path / "results"
+    for variant, test, clean in (("FULL", 0.80, 0.98), ("Nbn", 0.50, 0.70)):  # beyond the small test set's noise
+        cfg = make_config("native", {"epochs": 2}, model="resnet18", variant=variant, seed=42, dataset="synthetic")
+        write_fake_run(results, cfg, test, clean, 0.0, exact=True)
+    build_report(results, tmp_path / "docs", log=lambda m: None)
+    en, zh = page(tmp_path / "docs", "en", "native/h1"), page(tmp_path / "docs", "zh", "native/h1")
+    assert "**Takeaway:** in the one decidable comparison the worse model is worse on the training set too, " \
+           "so overfitting does not explain the difference." in en
+    assert "所以过拟合解释不了这一差异。" in zh
