@@ -6,12 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import analysis as A
+from . import verdicts as V
 from .collect import Store, StudyResults
 
 
-# reasons that leave nothing to explain -> the HypothesisAnswer counter the landing page states them by
+# the comparison-level reasons (verdicts.COMPARISON_REASONS, less "no_data", which is not stated) ->
+# the HypothesisAnswer counter the landing page states them by; one list of those reasons, not two
 COUNTED = {"no_degradation": "no_difference", "did_not_learn": "did_not_learn", "undecided": "undecided",
            "deeper_not_worse": "deeper_better"}
+assert set(COUNTED) == V.COMPARISON_REASONS - {"no_data"}
 
 
 @dataclass
