@@ -234,21 +234,25 @@ def read_telemetry(folder: str | Path) -> dict[str, np.ndarray]:
 
 @dataclass
 class RunEntry:
-    """One run folder of the store: its record, or the problem that makes it unusable."""
+    """One run folder of the store: its record, or the problem that makes it unusable.
+    `resumable`: no run.json but a checkpoint, which holds everything run.json is made from
+    (a copy that kept only git-ignored files, or run.json deleted by hand): unusable until
+    `run-all` resumes the run, which rewrites run.json."""
     path: Path
     run: RunRecord | None
     problem: str | None = None
+    resumable: bool = False
 
     @property
     def status(self) -> str:
-        return "corrupt" if self.problem else self.run.status
+        return "partial" if self.resumable else "corrupt" if self.problem else self.run.status
 
     def row(self) -> dict:
         """One object of `resdeg status --json` (without the probe column, joined in probes.store)."""
         if self.run is None:
             model, variant, seed = _parse_name(self.path.name)
             return {"model": model, "variant": variant, "seed": seed, "protocol": self.path.parent.parent.name,
-                    "dataset": self.path.parent.name, "status": "corrupt", "problem": self.problem,
+                    "dataset": self.path.parent.name, "status": self.status, "problem": self.problem,
                     "epochs_done": None, "epochs": None, "train_acc": None, "clean_train_acc": None,
                     "test_acc": None, "config_hash": None, "path": str(self.path)}
         r, last = self.run, self.run.final
@@ -268,6 +272,9 @@ def _parse_name(name: str):
 
 def entry(folder: str | Path) -> RunEntry:
     folder = Path(folder)
+    if not (folder / RUN_FILE).exists() and (folder / CHECKPOINT_FILE).exists():
+        return RunEntry(folder, None, f"{RUN_FILE} is missing but its checkpoint is there: `resdeg run-all` with "
+                                      f"the same settings resumes the run and rewrites {RUN_FILE}", resumable=True)
     try:
         return RunEntry(folder, read_run(folder))
     except CorruptRun as e:

@@ -293,7 +293,9 @@ def finished_runs(results: str | Path, protocol=None, dataset=None, models=None,
                 and (models is None or row["model"] in models) and (variants is None or row["variant"] in variants)
                 and (seeds is None or row["seed"] in seeds)):
             continue
-        if run.problem:
+        if run.resumable:
+            log(f"not probed: {run.path.name} is unfinished ({run.problem})")
+        elif run.problem:
             problems.append(f"{run.path.name}: corrupt run ({run.problem})")
             log(f"not probed: {problems[-1]}")
         elif run.status == "partial":

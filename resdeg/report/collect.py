@@ -190,7 +190,7 @@ def load_store(results: str | Path, protocol: str | None = None, dataset: str | 
     for e in entries:
         rel = e.path.relative_to(results).as_posix()
         if e.run is None:
-            unused.append((rel, f"corrupt: {e.problem}"))
+            unused.append((rel, f"{e.status}: {e.problem}"))
         elif e.run.status not in USABLE:
             unused.append((rel, f"{e.run.status}: {e.run.epochs_done} of {e.run.config.epochs} epochs"))
         elif (protocol is None or e.run.protocol == protocol) and (dataset is None or e.run.dataset == dataset):
