@@ -121,13 +121,14 @@ def write_fake_run(root: Path, cfg, test: float, clean: float, log_ratio: float,
 
 
 def make_results(root: Path, seeds=(1, 2, 3), epochs: int = 4, steps_per_epoch: int = 25,
-                 protocol: str = "smoke", probes: bool = True, models=("resnet18", "resnet50")) -> Path:
+                 protocol: str = "smoke", probes: bool = True, models=("resnet18", "resnet50"), **fields) -> Path:
+    """Fake runs of every variant of `models`; `fields` override the protocol's config (precision="bf16")."""
     root = Path(root)
     for (model, variant), (test, clean, log_ratio) in TARGETS.items():
         if model not in models:
             continue
         for seed in seeds:
-            cfg = make_config(protocol, {"epochs": epochs}, model=model, variant=variant, seed=seed,
+            cfg = make_config(protocol, {"epochs": epochs, **fields}, model=model, variant=variant, seed=seed,
                               dataset="synthetic")
             diverge = model == "resnet50" and variant == "Nboth" and seed == seeds[-1]
             unprobed = model == "resnet18" and variant == "Nbn" and seed == seeds[0]

@@ -400,6 +400,18 @@ def test_smoke_alone_is_shown_with_its_banner(tmp_path):
     assert "no probe results yet" in page(docs, "en", "smoke/h3")
 
 
+def test_the_original_studys_pages_say_what_differs_from_the_original(tmp_path):
+    results = make_results(tmp_path / "results", seeds=(7,), epochs=2, probes=False, models=("resnet18",),
+                           protocol="seed", precision="bf16")
+    docs = tmp_path / "docs"
+    build_report(results, docs, log=lambda m: None)
+    for name in ("h1", "h2", "h3"):
+        assert "Protocol seed: what differs from the original study" in page(docs, "en", f"original/{name}")
+        assert "These runs trained in bf16 autocast instead of the original's fp32" in page(docs, "en", f"original/{name}")
+        assert "这些运行用 bf16 自动混合精度训练，而原始研究用 fp32" in page(docs, "zh", f"original/{name}")
+    assert "JPEG copy" not in page(docs, "en", "original/h1")  # synthetic data: no JPEG caveat
+
+
 def test_an_honest_page_never_calls_a_tiny_single_seed_difference_supported(tmp_path):
     """A 0.2-point difference on 512 images with one seed: every verdict on the page is inconclusive."""
     from report_fixture import write_fake_run
