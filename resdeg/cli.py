@@ -346,7 +346,7 @@ def status(results, as_json):
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
     for r in rows:
         if r["problem"]:
-            click.echo(f"corrupt: {r['path']}: {r['problem']}", err=True)
+            click.echo(f"{r['status']}: {r['path']}: {r['problem']}", err=True)
         if r["probe_problem"]:
             click.echo(f"corrupt probe: {r['path']}: {r['probe_problem']}", err=True)
 

@@ -80,6 +80,7 @@ def test_checkpoint_without_run_json_is_resumed_not_lost(tmp_path):
             f.unlink()
     (row,) = status_json(killed)
     assert row["status"] == "partial" and "run-all" in row["problem"], row
+    assert "partial: " in cli("status", "--results", killed).stderr
     probe = cli("probe", "--results", killed, "--device", "cpu")
     assert "unfinished" in probe.stderr + probe.stdout
     cli(*ARGS, "--results", killed)  # resume
