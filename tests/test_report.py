@@ -301,6 +301,7 @@ def test_the_landing_page_answers_first_with_computed_sentences(rendered):
     assert h1.outcome == "not_supported" and h1.not_supported  # the fixture's worse models are worse on train too
     example = h1.example()[2]
     assert example.explain("en") in answer_en and example.explain("zh") in zh
+    assert "e.g. the original study at 32 px (" in answer_en  # a study's title mid-sentence starts lower-case
     assert "which is degradation" in answer_en  # plain 20 -> 56 is worse on the training set beyond noise
     # a net that stops learning without BatchNorm is said so, not hidden in a count of undecided comparisons
     bn_en = answer_en.split("What BatchNorm does.")[1]
