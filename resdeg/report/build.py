@@ -1,11 +1,14 @@
 """`resdeg report`: cached results -> figures, data downloads and pages in docs/, for both languages.
 
 The generated part of docs/ (en/, zh/, downloads/, site-nav.json) is a set of symlinks into
-docs/_report, itself a symlink to one folder `_report-<stamp>` that holds a whole report. A new
-report is rendered into a fresh folder, then `_report` is switched to it with one atomic
-rename: a report killed at any point leaves docs/ showing either the old report or the new one,
-never a mix. Two reports at once are kept apart by a lock. Hand-written files (docs/assets/)
-are never touched.
+docs/_report, the one folder that holds a whole report. Its name never changes, so git sees a
+regenerated report as the files that changed and nothing else (a report folder named by its
+time made every regeneration add and delete the whole site). A new report is rendered into a
+hidden folder, then swapped with docs/_report in one atomic step (renameat2 RENAME_EXCHANGE):
+a report killed at any point leaves docs/ showing either the old report or the new one, never a
+mix. Where the swap is not available it takes two renames, and a report killed between them is
+restored by the next one. Two reports at once are kept apart by a lock. Hand-written files
+(docs/assets/) are never touched.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
-from ..atomic import atomic_write_bytes, atomic_write_json
+from ..atomic import atomic_write_bytes, atomic_write_json, exchange_paths
 from ..errors import ResdegError
 from ..study import PAGES
 from . import anchors
@@ -24,8 +27,10 @@ from . import pages as P
 from .collect import Store, load_store
 
 GENERATED = ("en", "zh", "downloads", "site-nav.json")
-CURRENT = "_report"  # docs/_report -> _report-<stamp>: the one name switched atomically
-PREFIX = "_report-2"  # report folders are named by the date they were made
+CURRENT = "_report"  # the folder of the published report, swapped whole
+RENDERING = ".report-render-"  # + pid: a report being rendered (dot-folders: MkDocs and git skip them)
+REPLACED = ".report-old-"  # + pid: the previous report, between the two renames of the fallback
+LEGACY = "_report-2"  # the layout before: _report was a symlink to a folder named by its time
 MARKER = ".resdeg-generated"  # in every report folder: only such folders are ever replaced
 LOCK_FOLDER = ".report-lock"
 
@@ -45,23 +50,50 @@ def site_nav(store: Store) -> list[dict]:
 
 def _check_generated(docs: Path) -> None:
     """Refuse to replace anything `resdeg report` did not make."""
-    for name in GENERATED:
+    for name in GENERATED + (CURRENT,):
         p = docs / name
         if p.is_symlink():
             continue
         if p.is_dir() and (p / MARKER).exists():
-            continue  # a report from before the symlink layout: replaced on publish
+            continue  # a report folder, or a report from before the symlink layout: replaced on publish
         if p.exists():
             raise ResdegError(f"{p} was not made by `resdeg report`; move it away, then rerun")
 
 
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _recover(docs: Path) -> None:
+    """Undo what a killed report left: a report folder out of place between the fallback's two
+    renames is put back; half-rendered folders and the previous layout's folders are deleted."""
+    current = docs / CURRENT
+    replaced = sorted(docs.glob(f"{REPLACED}*"), key=lambda p: p.stat().st_mtime)
+    if replaced and not (current.exists() or current.is_symlink()):
+        os.rename(replaced.pop(), current)
+    for leftover in [*replaced, *docs.glob(f"{RENDERING}*")]:
+        _remove(leftover)
+    if not current.is_symlink():
+        for legacy in docs.glob(f"{LEGACY}*"):
+            _remove(legacy)
+
+
 def _publish(new: Path, docs: Path) -> None:
-    """Switch docs/_report to `new` atomically, make the generated names point into it, and
-    delete the previous report folders."""
-    link_tmp = docs / f".{CURRENT}.tmp-{os.getpid()}"
-    link_tmp.unlink(missing_ok=True)
-    link_tmp.symlink_to(new.name)
-    os.replace(link_tmp, docs / CURRENT)  # the switch: one rename
+    """Swap docs/_report with `new` atomically, make the generated names point into it, and
+    delete the previous report."""
+    current = docs / CURRENT
+    if not (current.exists() or current.is_symlink()):
+        os.rename(new, current)
+    else:
+        if not exchange_paths(new, current):
+            replaced = docs / f"{REPLACED}{os.getpid()}"
+            os.rename(current, replaced)  # until the next rename there is no report: _recover restores it
+            os.rename(new, current)
+            new = replaced
+        _remove(new)  # now the previous report (or the previous layout's symlink)
     for name in GENERATED:  # stable links (only created once, or when upgrading an old layout)
         p, target = docs / name, f"{CURRENT}/{name}"
         if p.is_symlink() and os.readlink(p) == target:
@@ -72,9 +104,7 @@ def _publish(new: Path, docs: Path) -> None:
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(target)
         os.replace(tmp, p)
-    for old in docs.glob(f"{PREFIX}*"):
-        if old != new and old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
+    _recover(docs)
 
 
 def _lock(docs: Path, log):
@@ -96,8 +126,8 @@ def build_report(results: str | Path, docs: str | Path = "docs", protocol: str |
     docs.mkdir(parents=True, exist_ok=True)
     _check_generated(docs)
     with _lock(docs, log):
-        new = docs / f"_report-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        shutil.rmtree(new, ignore_errors=True)
+        _recover(docs)
+        new = docs / f"{RENDERING}{os.getpid()}"
         try:
             n_fig, n_pages = _render(store, new)
             _publish(new, docs)
