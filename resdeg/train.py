@@ -16,6 +16,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -371,6 +372,8 @@ class Trainer:
             bar.close()
             epoch_s = record.wall_s
             self.history.append(record)
+            if self.progress and not sys.stderr.isatty():  # no bar in a log file: one line per epoch instead
+                print(epoch_line(cfg, self.history), file=sys.stderr, flush=True)
             for k, v in steps.items():
                 self.steps[k].append(v)
             self.diverged_at = first_nonfinite_step(self.steps)
@@ -397,3 +400,21 @@ class Trainer:
         (self.folder / CHECKPOINT_FILE).unlink(missing_ok=True)
         self.engine.close()
         return run
+
+
+def epoch_line(cfg, history: list[Epoch]) -> str:
+    """The log line of the last epoch of `history`, with the time left at the mean pace of the
+    last three epochs: what a background run (`nohup resdeg run-all ... > log`) prints."""
+    last, left = history[-1], cfg.epochs - len(history)
+    pace = sum(e.wall_s for e in history[-3:]) / len(history[-3:])
+    loss = "nan" if last.train_loss is None else f"{last.train_loss:.3f}"
+    eta = f"; {left} left, about {_duration(left * pace)}" if left else ""
+    return (f"{cfg.model} {cfg.variant} s{cfg.seed} epoch {len(history)}/{cfg.epochs}: loss {loss}, "
+            f"train {100 * last.train_acc:.1f}%, test {100 * last.test_acc:.1f}% in {_duration(last.wall_s)}{eta}")
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"

@@ -205,3 +205,28 @@ def test_divergence_is_a_result_and_the_grid_goes_on(tmp_path):
     first_bad = int(np.flatnonzero(~np.isfinite(tel["loss"]))[0])
     assert doc["diverged_at_step"] == first_bad
     assert np.isfinite(tel["loss"][:first_bad]).all()
+
+
+def test_a_run_logged_to_a_file_prints_one_line_per_epoch(tmp_path):
+    """No progress bar without a terminal (nohup ... > log): each epoch is one line with its time left."""
+    out = cli("run", "--protocol", "smoke", "--dataset", "synthetic", "--device", "cpu", "--results", tmp_path, *TINY)
+    lines = [line for line in out.stderr.splitlines() if " epoch " in line]
+    assert [line.split(":")[0] for line in lines] == ["resnet18 FULL s42 epoch 1/2", "resnet18 FULL s42 epoch 2/2"]
+    assert re.search(r"train \d+\.\d%, test \d+\.\d% in \d+ s; 1 left, about \d+ s$", lines[0]), lines[0]
+    assert "left" not in lines[1]
+    quiet = cli("run", "--protocol", "smoke", "--dataset", "synthetic", "--device", "cpu", "--results", tmp_path / "q",
+                *TINY, "--quiet")
+    assert " epoch " not in quiet.stderr
+
+
+def test_epoch_lines_state_the_time_left_at_the_recent_pace():
+    from resdeg.config import make_config
+    from resdeg.store import Epoch
+    from resdeg.train import epoch_line
+
+    cfg = make_config("native")
+    history = [Epoch(epoch=i + 1, train_loss=1.0, train_acc=0.5, clean_train_acc=0.5, test_loss=1.0, test_acc=0.25,
+                     lr=0.1, wall_s=s, steps=10) for i, s in enumerate((1000.0, 290.0, 300.0, 310.0))]
+    line = epoch_line(cfg, history)
+    assert line.endswith("epoch 4/20: loss 1.000, train 50.0%, test 25.0% in 5 min; 16 left, about 1 h 20 min"), line
+    assert "loss nan" in epoch_line(cfg, [Epoch(**{**history[0].to_dict(), "train_loss": None})])
