@@ -301,7 +301,9 @@ def test_the_landing_page_answers_first_with_computed_sentences(rendered):
     assert h1.outcome == "not_supported" and h1.not_supported  # the fixture's worse models are worse on train too
     example = h1.example()[2]
     assert example.explain("en") in answer_en and example.explain("zh") in zh
-    assert "e.g. the original study at 32 px (" in answer_en  # a study's title mid-sentence starts lower-case
+    # the example names its comparison, then its study, whose title mid-sentence starts lower-case
+    assert re.search(r"e\.g\. [^()]+ in the original study at 32 px: ", answer_en), answer_en
+    assert "例如在" in zh
     assert "which is degradation" in answer_en  # plain 20 -> 56 is worse on the training set beyond noise
     # a net that stops learning without BatchNorm is said so, not hidden in a count of undecided comparisons
     bn_en = answer_en.split("What BatchNorm does.")[1]
@@ -309,6 +311,22 @@ def test_the_landing_page_answers_first_with_computed_sentences(rendered):
     assert "resnet56 Fixup trains as well within noise" in bn_en
     assert "去掉批归一化后完全没有学会的网络：" in zh.split("批归一化的作用。")[1]
     assert "figures/headline.png" in en and en.index("## Results") < en.index("figures/headline.png")
+
+
+def test_a_net_that_stopped_learning_under_two_protocols_is_named_once(tmp_path):
+    from resdeg.report import answer
+    from resdeg.report.collect import load_store
+
+    results = tmp_path / "results"
+    for protocol in ("native", "seed"):
+        make_results(results, seeds=(1,), epochs=2, models=("resnet50",), protocol=protocol)
+    stopped = answer.components(load_store(results))["residual"].stopped_learning
+    assert len(stopped) == 1 and stopped[0].startswith("resnet50-Nboth") and stopped[0].endswith("(`seed`, `native`)")
+    one = answer.components(load_store(results, protocol="native"))["residual"].stopped_learning
+    assert len(one) == 1 and "`" not in one[0]  # one protocol: nothing to tell apart
+    build_report(results, tmp_path / "docs", log=lambda m: None)
+    residual = page(tmp_path / "docs", "en", "index").split("What residual connections do.")[1].split("\n")[0]
+    assert residual.count("resnet50-Nboth") == 1 and "(`seed`, `native`) did not learn at all" in residual
 
 
 def test_depth_page_says_plain_nets_degrade_and_residual_nets_do_not(rendered):
@@ -745,3 +763,25 @@ def test_a_takeaway_over_one_decidable_comparison_speaks_of_one(tmp_path):
     assert "**Takeaway:** in the one decidable comparison the worse model is worse on the training set too, " \
            "so overfitting does not explain the difference." in en
     assert "所以过拟合解释不了这一差异。" in zh
+
+
+@pytest.mark.parametrize("runs, en_text, zh_text", [
+    ((("FULL", 0.80, 0.98), ("Nres", 0.60, 0.75), ("Nbn", 0.50, 0.70)),
+     "**Takeaway:** in both decidable comparisons the worse model is worse on the training set too",
+     "在 2 组可判定的比较中"),
+    ((("FULL", 0.80, 0.98), ("Nres", 0.70, 0.99), ("Nbn", 0.50, 0.70)),
+     "**Takeaway:** of the 2 decidable differences, overfitting explains 1 and not the other 1.",
+     "在 2 组可判定的差异中，过拟合可以解释 1 组，解释不了其余 1 组。"),
+])
+def test_a_takeaway_counts_its_decidable_comparisons_in_words(tmp_path, runs, en_text, zh_text):
+    from report_fixture import write_fake_run
+
+    from resdeg.config import make_config
+
+    results = tmp_path / "results"
+    for variant, test, clean in runs:
+        cfg = make_config("native", {"epochs": 2}, model="resnet18", variant=variant, seed=42, dataset="synthetic")
+        write_fake_run(results, cfg, test, clean, 0.0, exact=True)
+    build_report(results, tmp_path / "docs", log=lambda m: None)
+    assert en_text in page(tmp_path / "docs", "en", "native/h1")
+    assert zh_text in page(tmp_path / "docs", "zh", "native/h1")

@@ -84,9 +84,16 @@ class ComponentAnswer:
     @property
     def stopped_learning(self) -> list[str]:
         """Nets that did not learn (or diverged) once the component was removed, where the net with it
-        learned: the plainest effect a component can have, which no accuracy difference can state."""
-        return [f'{e["other"].label}{" (diverged)" if e["other"].diverged else ""}' for e in self.effects
-                if e["other"].did_not_learn and not e["reference"].did_not_learn]
+        learned: the plainest effect a component can have, which no accuracy difference can state.
+        A net that stopped under several protocols is named once, its protocols after it."""
+        protocols: dict[str, list[str]] = {}
+        for e in self.effects:
+            if e["other"].did_not_learn and not e["reference"].did_not_learn:
+                name = f'{e["other"].label}{" (diverged)" if e["other"].diverged else ""}'
+                seen = protocols.setdefault(name, [])
+                if e["study"].study.protocol not in seen:
+                    seen.append(e["study"].study.protocol)
+        return [name if len(ps) == 1 else f"{name} ({', '.join(f'`{p}`' for p in ps)})" for name, ps in protocols.items()]
 
     def largest(self, key: str = "dtest"):
         live = [e for e in self.effects if not e["stuck"]]
