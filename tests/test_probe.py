@@ -2,6 +2,7 @@
 propagation, the cache, skipped runs, damaged probe files and every bad input."""
 import json
 import math
+import re
 import shutil
 
 import pytest
@@ -86,6 +87,7 @@ def test_cached_probe_is_reused_and_changed_settings_reprobe(trained, run_copy):
     before = probe_path(folder).read_bytes()
     again = cli("probe", "--results", results, "--device", "cpu", "--quiet")
     assert "cached" in again.stderr
+    assert re.search(r"criteria  probed earlier in \d+\.\ds", again.stderr), again.stderr  # not this call's time
     assert probe_path(folder).read_bytes() == before  # not rewritten (wall_s and created would change)
     other = cli("probe", "--results", results, "--device", "cpu", "--quiet", "--probe-images", "60")
     assert "probed" in other.stderr

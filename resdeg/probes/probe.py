@@ -230,8 +230,9 @@ def describe(probe: ProbeRecord, state: str) -> str:
         return head + ("cached: " if state == "cached" else "") + f"skipped ({probe.reason})"
     undefined = sum(len(v) for v in probe.criterion_errors.values())
     note = f"; {undefined} criterion values undefined (see criterion_errors)" if undefined else ""
+    took = f"probed earlier in {probe.wall_s:.1f}s" if state == "cached" else f"{probe.wall_s:.1f}s"  # not this call's time
     return head + (f"{state:<7} {probe.images} images, {len(probe.stages)} stages, {len(probe.criteria)} "
-                   f"criteria  {probe.wall_s:.1f}s{note}")
+                   f"criteria  {took}{note}")
 
 
 def probe_folders(folders: list[Path], settings: ProbeSettings, device: torch.device, data_dir=None,
