@@ -85,7 +85,8 @@ DATA = {"name": "synthetic", "source": "synthetic (test fixture)", "fingerprint"
 
 
 def write_fake_run(root: Path, cfg, test: float, clean: float, log_ratio: float, steps_per_epoch: int = 25,
-                   diverge: bool = False, probe: bool = True, stages=STAGES, exact: bool = False) -> Path:
+                   diverge: bool = False, probe: bool = True, stages=STAGES, exact: bool = False,
+                   environment: dict | None = None) -> Path:
     """One made-up run (and its probe) through the stores' writers; `exact`: the last epoch's test
     and clean train accuracies are exactly `test` and `clean`."""
     rng = np.random.default_rng(zlib.crc32(f"{cfg.model}-{cfg.variant}-{cfg.seed}".encode()))
@@ -108,7 +109,7 @@ def write_fake_run(root: Path, cfg, test: float, clean: float, log_ratio: float,
         "param_grad_mean_abs": (g * 0.5).astype(np.float32), "param_grad_l2": (g * 3).astype(np.float32)})
     epochs = tuple(Epoch(**r) for r in rows)
     last = epochs[-1]
-    run = RunRecord(config=cfg, config_hash=cfg.hash, config_schema=2, environment=ENVIRONMENT, data=DATA,
+    run = RunRecord(config=cfg, config_hash=cfg.hash, config_schema=2, environment=environment or ENVIRONMENT, data=DATA,
                     status="diverged" if diverge else "done", epochs_done=len(epochs), epochs=epochs,
                     diverged_at_step=n - 3 if diverge else None,
                     summary=Summary(last.train_acc, last.clean_train_acc, last.test_acc, last.test_loss,

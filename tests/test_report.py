@@ -301,9 +301,9 @@ def test_the_landing_page_answers_first_with_computed_sentences(rendered):
     assert h1.outcome == "not_supported" and h1.not_supported  # the fixture's worse models are worse on train too
     example = h1.example()[2]
     assert example.explain("en") in answer_en and example.explain("zh") in zh
-    # the example names its comparison, then its study, whose title mid-sentence starts lower-case
-    assert re.search(r"e\.g\. [^()]+ in the original study at 32 px: ", answer_en), answer_en
-    assert "例如在" in zh
+    # the example names its study, whose title mid-sentence starts lower-case, then its comparison
+    assert re.search(r"e\.g\. in the original study at 32 px \([^()]+\), resnet", answer_en), answer_en
+    assert re.search(r"例如在.+中（[^（）]+），resnet", zh), zh
     assert "which is degradation" in answer_en  # plain 20 -> 56 is worse on the training set beyond noise
     # a net that stops learning without BatchNorm is said so, not hidden in a count of undecided comparisons
     bn_en = answer_en.split("What BatchNorm does.")[1]
@@ -785,3 +785,27 @@ def test_a_takeaway_counts_its_decidable_comparisons_in_words(tmp_path, runs, en
     build_report(results, tmp_path / "docs", log=lambda m: None)
     assert en_text in page(tmp_path / "docs", "en", "native/h1")
     assert zh_text in page(tmp_path / "docs", "zh", "native/h1")
+
+
+def test_a_native_page_names_the_runs_that_trained_on_a_gpu(tmp_path):
+    """A study may mix devices (a GPU lease adds seeds to a CPU study): its pages say which runs
+    trained where, and that fp32 convolutions are TF32 on CUDA; a study from one device says nothing."""
+    from report_fixture import ENVIRONMENT, write_fake_run
+
+    from resdeg.config import make_config
+
+    results = tmp_path / "results"
+    gpu = {**ENVIRONMENT, "device_type": "cuda", "device": "NVIDIA H100 80GB HBM3"}
+    for variant, seed, env in (("FULL", 42, None), ("Nres", 42, None), ("FULL", 43, gpu)):
+        cfg = make_config("native", {"epochs": 2}, model="resnet18", variant=variant, seed=seed, dataset="synthetic")
+        write_fake_run(results, cfg, 0.7, 0.9, 0.0, environment=env)
+    build_report(results, tmp_path / "docs", log=lambda m: None)
+    en, zh = page(tmp_path / "docs", "en", "native/h1"), page(tmp_path / "docs", "zh", "native/h1")
+    assert "This study's runs trained on different devices: resnet18-FULL s43 on NVIDIA H100 80GB HBM3, " \
+           "the others on a CPU. On CUDA, fp32 convolutions run in TF32" in en
+    assert "resnet18-FULL s43 在 NVIDIA H100 80GB HBM3 上，其余在 CPU 上。" in zh
+    (results / "native").rename(tmp_path / "gpu-run")
+    write_fake_run(results, make_config("native", {"epochs": 2}, model="resnet18", variant="FULL", seed=42,
+                                        dataset="synthetic"), 0.7, 0.9, 0.0)
+    build_report(results, tmp_path / "docs", log=lambda m: None)
+    assert "different devices" not in page(tmp_path / "docs", "en", "native/h1")

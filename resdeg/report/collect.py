@@ -102,6 +102,20 @@ class StudyResults:
         return self.study.comparisons({(m, v) for m, v, _ in self.cells()})
 
     @property
+    def gpu_runs(self) -> dict[str, list[str]]:
+        """Where a study mixes devices: its GPU runs by GPU ("resnet18-FULL s43"); empty when every
+        run trained on one kind of device (then there is nothing to tell apart)."""
+        kinds = {r.record.environment.get("device_type", "cpu") for r in self.runs}
+        if len(kinds) < 2:
+            return {}
+        out: dict[str, list[str]] = {}
+        for model, variant, runs in self.cells():
+            for r in runs:
+                if r.record.environment.get("device_type") == "cuda":
+                    out.setdefault(r.record.environment.get("device", "a GPU"), []).append(f"{model}-{variant} s{r.seed}")
+        return out
+
+    @property
     def seeds(self) -> list[int]:
         return sorted({r.seed for r in self.runs})
 
