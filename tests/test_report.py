@@ -809,3 +809,19 @@ def test_a_native_page_names_the_runs_that_trained_on_a_gpu(tmp_path):
                                         dataset="synthetic"), 0.7, 0.9, 0.0)
     build_report(results, tmp_path / "docs", log=lambda m: None)
     assert "different devices" not in page(tmp_path / "docs", "en", "native/h1")
+
+
+@pytest.mark.parametrize("n_studies, grid", [(1, (1, 1)), (2, (1, 2)), (3, (1, 3)), (4, (2, 2)), (5, (2, 3))])
+def test_the_headline_has_one_panel_per_study_and_no_empty_axes(tmp_path, monkeypatch, n_studies, grid):
+    from resdeg.report import figures
+    from resdeg.report.collect import load_store
+
+    store = load_store(make_results(tmp_path / "results", seeds=(1,), epochs=2, models=("resnet18",), protocol="native"))
+    store.studies = store.studies[:1] * n_studies
+    shown = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: shown.append(fig))
+    figures.headline(store, "en", tmp_path / "headline.png")
+    axes = shown[0].axes
+    visible = [ax for ax in axes if ax.get_visible()]
+    assert len(axes) == grid[0] * grid[1] and len(visible) == n_studies
+    assert all(ax.lines for ax in visible)

@@ -279,8 +279,10 @@ def headline(store: Store, lang: str, path: Path) -> None:
         fig.legend(handles=[Line2D([], [], marker="o", ls="", color="#444444", label=t["test_marker"]),
                             Line2D([], [], marker="o", ls="", mfc="none", color="#444444", label=t["train_marker"])],
                    loc="outside upper center", ncol=2, frameon=False)
+        for ax in list(axes.flat)[len(studies):]:  # a grid cell with no study: no empty axes
+            ax.set_visible(False)
         _legend_below(fig, axes, ncol=7)
-    ncols = min(3, len(studies))
+    ncols = 2 if len(studies) in (2, 4) else min(3, len(studies))  # 4 studies: 2x2, not 3+1 and two empty cells
     nrows = -(-len(studies) // ncols)
     _draw(path, lang, nrows, ncols, 3.2 * nrows + 0.9, body)
 
