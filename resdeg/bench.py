@@ -33,7 +33,7 @@ from .models import model_from_config
 from .records import CorruptRecord, Fields, Record, read_record, require, write_record
 from .study import default_grid
 from .reference import DEFAULT_WORKERS, ReferenceLoop, reference_loader
-from .train import Engine, environment, epoch_generator, evaluate, numerics, resolve_precision
+from .train import Engine, duration, environment, epoch_generator, evaluate, numerics, resolve_precision
 
 BENCH_SCHEMA = "resdeg.bench"
 BENCH_SCHEMA_VERSION = 1
@@ -284,14 +284,6 @@ def _projection(cfg, measured: dict, device, settings: Settings, study_models, d
     return out
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def format_report(doc: dict) -> str:
     s, env = doc["setup"], doc["environment"]
     lines = [f"{s['model']} {s['variant']}, protocol {s['protocol']} ({s['image_size']} px), batch {s['batch_size']}, "
@@ -306,9 +298,9 @@ def format_report(doc: dict) -> str:
     lines.append(f"a/c = {q['a_over_c']:.2f}x   a/b = {q['a_over_b']:.3f} "
                  f"(telemetry overhead {100 * q['telemetry_overhead']:.1f}%)")
     for protocol, p in doc.get("projection", {}).items():
-        per = ", ".join(f"{m} {_duration(v['run_s'])}/run" for m, v in p["models"].items())
+        per = ", ".join(f"{m} {duration(v['run_s'])}/run" for m, v in p["models"].items())
         lines.append(f"projected {protocol} study ({p['runs']} runs x {p['epochs']} epochs, engine with telemetry, "
-                     f"FULL's rate for every variant): {_duration(p['total_s'])}  ({per})")
+                     f"FULL's rate for every variant): {duration(p['total_s'])}  ({per})")
     if env.get("load_average_1min_at_start") is not None:
         lines.append(f"CPU load average (1 min) at start / end: {env['load_average_1min_at_start']:.2f} / "
                      f"{env['load_average_1min_at_end']:.2f} on {env['cpu_count']} cores")

@@ -408,12 +408,13 @@ def epoch_line(cfg, history: list[Epoch]) -> str:
     last, left = history[-1], cfg.epochs - len(history)
     pace = sum(e.wall_s for e in history[-3:]) / len(history[-3:])
     loss = "nan" if last.train_loss is None else f"{last.train_loss:.3f}"
-    eta = f"; {left} left, about {_duration(left * pace)}" if left else ""
+    eta = f"; {left} left, about {duration(left * pace)}" if left else ""
     return (f"{cfg.model} {cfg.variant} s{cfg.seed} epoch {len(history)}/{cfg.epochs}: loss {loss}, "
-            f"train {100 * last.train_acc:.1f}%, test {100 * last.test_acc:.1f}% in {_duration(last.wall_s)}{eta}")
+            f"train {100 * last.train_acc:.1f}%, test {100 * last.test_acc:.1f}% in {duration(last.wall_s)}{eta}")
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """A time span as a person reads it: '78 s', '5 min', '1 h 20 min' (log lines, bench projections)."""
     minutes = round(seconds / 60)
     if seconds < 90:
         return f"{seconds:.0f} s"
