@@ -408,6 +408,16 @@ def test_chinese_pages_follow_chinese_typography(rendered):
         assert "干净训练" not in text and "滑动" not in text  # calques the issue names
 
 
+def test_english_pages_hold_no_chinese_punctuation_and_keep_list_items_apart(rendered):
+    for name in all_pages():
+        text = page(rendered.docs, "en", name)
+        assert not re.search(r"[（）：，。；、]", text), name
+    for lang in LANGS:
+        literature = [line for line in page(rendered.docs, lang, "reflection").splitlines()
+                      if re.match(r"- (He|Kornblith|Zhang)", line)]
+        assert len(literature) == 3, (lang, literature)  # one bullet per paper, none run together
+
+
 def test_smoke_alone_is_shown_with_its_banner(tmp_path):
     results = make_results(tmp_path / "results", seeds=(7,), epochs=2, probes=False, models=("resnet18",))
     docs = tmp_path / "docs"
