@@ -334,12 +334,17 @@ def status(results, as_json):
     if not rows:
         click.echo(f"no runs in {results}/")
         return
+    from .train import duration
+
     pct = lambda v: "" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    header = ("protocol", "dataset", "model", "variant", "seed", "status", "epochs", "train%", "test%", "probed")
+    # running = train mode over the epoch's batches (the original's measure); eval-train = eval mode, after the epoch
+    header = ("protocol", "dataset", "model", "variant", "seed", "status", "epochs", "running%", "eval-train%",
+              "test%", "time", "probed")
     table = [header] + [(r["protocol"], r["dataset"], r["model"] or "?", r["variant"] or "?", str(r["seed"]),
                          r["status"] + (f" ({r['activity']})" if r.get("activity") else ""),
                          f"{r['epochs_done']}/{r['epochs']}" if r["epochs"] else "",
-                         pct(r["clean_train_acc"]), pct(r["test_acc"]), "yes" if r["probed"] else "no")
+                         pct(r["train_acc"]), pct(r["clean_train_acc"]), pct(r["test_acc"]),
+                         "" if r["wall_s"] is None else duration(r["wall_s"]), "yes" if r["probed"] else "no")
                         for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:

@@ -254,12 +254,13 @@ class RunEntry:
             return {"model": model, "variant": variant, "seed": seed, "protocol": self.path.parent.parent.name,
                     "dataset": self.path.parent.name, "status": self.status, "problem": self.problem,
                     "epochs_done": None, "epochs": None, "train_acc": None, "clean_train_acc": None,
-                    "test_acc": None, "config_hash": None, "path": str(self.path)}
+                    "test_acc": None, "wall_s": None, "config_hash": None, "path": str(self.path)}
         r, last = self.run, self.run.final
         return {"model": r.model, "variant": r.variant, "seed": r.seed, "protocol": r.protocol,
                 "dataset": r.dataset, "status": self.status, "problem": None, "epochs_done": r.epochs_done,
                 "epochs": r.config.epochs, "train_acc": last and last.train_acc,
                 "clean_train_acc": last and last.clean_train_acc, "test_acc": last and last.test_acc,
+                "wall_s": round(sum(e.wall_s for e in r.epochs), 1),  # training time of the epochs done so far
                 "config_hash": r.config_hash, "path": str(self.path)}
 
 

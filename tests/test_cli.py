@@ -38,9 +38,16 @@ def test_run_all_smoke_synthetic_end_to_end(tmp_path):
         for e in (1, 2):
             mean = np.average(tel["loss"][tel["epoch"] == e], weights=sizes)
             assert mean == pytest.approx(doc["epochs"][e - 1]["train_loss"], rel=1e-4)
+        assert r["wall_s"] == pytest.approx(doc["summary"]["wall_s"], abs=0.1)
         assert len(list(Path(r["path"]).glob("probe-*.json"))) == 1
     full = next(r for r in rows if r["model"] == "resnet18" and r["variant"] == "FULL")
     assert full["test_acc"] > 0.3  # the synthetic classes are learnable, even by a narrow net in 2 epochs
+    # the table a person reads: both train accuracies, test accuracy and training time of every run
+    lines = cli("status", "--results", tmp_path).stdout.splitlines()
+    assert lines[0].split()[-5:] == ["running%", "eval-train%", "test%", "time", "probed"]
+    by_variant = {line.split()[3]: line for line in lines[1:] if line.split()[2] == "resnet18"}
+    assert f"{100 * full['train_acc']:.1f}  " in by_variant["FULL"] and by_variant["FULL"].endswith("yes")
+    assert re.search(r"\d+ (s|min)\s+yes$", by_variant["FULL"])
     # a second run-all trains nothing
     again = cli("run-all", "--protocol", "smoke", "--dataset", "synthetic", "--results", tmp_path, *small,
                 "--dry-run")
