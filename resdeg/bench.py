@@ -129,6 +129,8 @@ def _warm_engine(cfg, data: Dataset, device: torch.device, steps: int, warmup: i
     trainer.model.train()
     for i in range(warmup):  # compile, cuDNN plans, the allocator: outside the timed region
         j = i % steps
+        if j == 0 and trainer.telemetry:
+            trainer.telemetry.take_epoch()  # the buffers hold one epoch's rows: more warm-up steps wrap
         trainer.train_step(trainer.train_x[j * bs:(j + 1) * bs], trainer.train_y[j * bs:(j + 1) * bs], gen)
     if trainer.telemetry:
         trainer.telemetry.take_epoch()  # a fresh epoch's rows

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import cli, status_json
-from resdeg.bench import project_study, peak_bf16_flops, read_bench
+from resdeg.bench import project_study, peak_bf16_flops, read_bench, time_engines
 from resdeg.config import make_config
 from resdeg.data import preprocess, synthetic_dataset
 from resdeg.errors import ResdegError
@@ -178,6 +178,13 @@ def test_bench_cli_writes_a_consistent_json(tmp_path):
     # what is printed is what is stored
     assert f"a/c = {doc.ratios.a_over_c:.2f}x" in result.stdout and "projected seed study" in result.stdout
     assert f"{doc.loops['reference'].images_per_s:>10.1f}" in result.stdout
+
+
+def test_more_warmup_steps_than_an_epoch_wrap_the_telemetry_rows():
+    # The projection times one step after two warm-up steps: the warm-up wraps an epoch.
+    cfg = _tiny_cfg(epochs=3)
+    (timed,) = time_engines([cfg], synthetic_dataset(8, 8), CPU, steps=1, warmup=3, repeats=2)
+    assert timed["steps"] == 1 and len(timed["repeat_seconds"]) == 2 and timed["images_per_s"] > 0
 
 
 def test_bench_rejects_bad_settings_in_one_line(tmp_path):
