@@ -209,7 +209,8 @@ def run(protocol, dataset, data_dir, results, overrides, device, precision, dry_
                    "depth: FULL,Nres,Nbn,Fixup,SkipInit,Nboth].")
 @click.option("--seeds", callback=_csv, default=None, help="Comma-separated seeds [default: the study's, 42].")
 @click.option("--probe-images", type=int, default=500, show_default=True,
-              help="Probe every finished run with the first N test images (see `resdeg probe`).")
+              help="Probe every finished run on N test images: a fixed, class-balanced subset, the same "
+                   "for every run of a data set (see `resdeg probe`).")
 @click.option("--no-probe", is_flag=True, help="Train only; probe later with `resdeg probe`.")
 @click.option("--no-report", is_flag=True, help="Do not render the report at the end (see `resdeg report`).")
 @click.option("--docs", default="docs", show_default=True, type=click.Path(file_okay=False), envvar="RESDEG_DOCS",
@@ -367,7 +368,8 @@ def status(results, as_json):
 @click.option("--variants", callback=_csv, default=None, help="Only these variants, comma-separated [default: all].")
 @click.option("--seeds", callback=_csv, default=None, help="Only these seeds, comma-separated [default: all].")
 @click.option("--probe-images", type=int, default=500, show_default=True,
-              help="The first N test images of each run's protocol (its own preprocessing).")
+              help="N test images: a fixed, class-balanced, seeded subset, the same for every run of a "
+                   "data set, in each run's own preprocessing.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Where the runs' data set is (as for `resdeg run`); it must be the data they were trained on.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
