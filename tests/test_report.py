@@ -27,12 +27,19 @@ from resdeg.store import scan
 
 # -- statistics ----------------------------------------------------------------------------------------
 
-def test_t_quantiles_match_scipy_and_round_df_down():
+def test_t_quantiles_match_scipy_for_whole_and_fractional_df():
     stats = pytest.importorskip("scipy.stats")
-    for df in (1, 2, 3, 5, 10, 29, 30, 40, 60, 120):
-        assert V.t975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=1e-3)
-    for df in (2.5, 7.9, 33.3, 75.0, 500.0):
-        assert V.t975(df) >= stats.t.ppf(0.975, df) - 1e-4  # never narrower than the exact interval
+    for df in (1, 1.41, 2, 2.5, 3, 5, 7.9, 10, 29, 33.3, 75.0, 120, 500.0, 1e6):
+        assert V.t975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=1e-4)
+
+
+def test_welch_interval_matches_scipy_with_a_fractional_df():
+    stats = pytest.importorskip("scipy.stats")
+    a, b = np.array([0.733, 0.736, 0.678]), np.array([0.337, 0.253])  # unequal n and spread: df ~ 1.4
+    e = V.difference(a, b)
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert (e.low, e.high) == pytest.approx((ci.low, ci.high), abs=1e-4)
+    assert e.sign == 1  # every run of a beats every run of b by 34+ points: decided
 
 
 def test_welch_interval_matches_scipy_when_df_is_whole():
@@ -44,6 +51,19 @@ def test_welch_interval_matches_scipy_when_df_is_whole():
     assert e.sign == -1
     one = V.difference([0.7], [0.8])
     assert not one.has_interval and one.sign == -1  # a single seed: decided on the point values
+
+
+def test_the_largest_effect_named_on_the_landing_page_is_one_beyond_noise():
+    from resdeg.report.answer import ComponentAnswer
+
+    def effect(label, low, value, high):
+        return {"label": label, "stuck": False, "dtest": V.Estimate(value, low, high, (2, 2))}
+
+    undecided = effect("wide", -0.87, -0.34, 0.19)  # bigger, but its interval includes zero
+    decided = effect("clear", -0.12, -0.08, -0.04)
+    a = ComponentAnswer("residual", [undecided, decided, {**decided, "label": "stuck", "stuck": True}])
+    assert a.largest()["label"] == "clear"
+    assert ComponentAnswer("residual", [undecided]).largest() is None
 
 
 # -- verdict rules on constructed numbers ------------------------------------------------------------

@@ -96,8 +96,10 @@ class ComponentAnswer:
         return [name if len(ps) == 1 else f"{name} ({', '.join(f'`{p}`' for p in ps)})" for name, ps in protocols.items()]
 
     def largest(self, key: str = "dtest"):
-        live = [e for e in self.effects if not e["stuck"]]
-        return min(live, key=lambda e: e[key].value, default=None)
+        """The effect with the most negative difference among those beyond noise: the page names it
+        after the counts of decided effects, so an undecided one would read as evidence."""
+        decided = [e for e in self.effects if not e["stuck"] and e[key].sign != 0]
+        return min(decided, key=lambda e: e[key].value, default=None)
 
 
 def components(store: Store) -> dict[str, ComponentAnswer]:
