@@ -800,7 +800,7 @@ def test_a_takeaway_over_one_decidable_comparison_speaks_of_one(tmp_path):
      "**Takeaway:** in both decidable comparisons the worse model is worse on the training set too",
      "在 2 组可判定的比较中"),
     ((("FULL", 0.80, 0.98), ("Nres", 0.70, 0.99), ("Nbn", 0.50, 0.70)),
-     "**Takeaway:** of the 2 decidable differences, overfitting explains 1 and not the other 1.",
+     "**Takeaway:** of the 2 decidable differences, overfitting explains 1; in the other 1 the worse model is worse on the training set too.",
      "在 2 组可判定的差异中，过拟合可以解释 1 组，解释不了其余 1 组。"),
 ])
 def test_a_takeaway_counts_its_decidable_comparisons_in_words(tmp_path, runs, en_text, zh_text):
