@@ -104,6 +104,28 @@ def test_h1_single_seed_decides_on_point_values_beyond_noise_and_says_so():
     assert v.outcome == "supported" and v.single_seed
 
 
+def test_one_seed_against_several_gets_the_seed_spread_of_the_several():
+    several, one = [0.80, 0.86, 0.92], [0.83]  # seeds scatter by 6 points; the single run sits inside
+    e = V.difference(several, one, variance=0.8 * 0.2 / 10_000 * 2)
+    half = V.t975(2) * np.std(several, ddof=1) * math.sqrt(1 / 3 + 1)  # a prediction interval, df = k - 1
+    assert (e.low, e.high) == pytest.approx((0.03 - half, 0.03 + half))
+    assert e.sign == 0  # the binomial noise of one run (about 1.1 points) would have called +3 points decided
+    assert V.difference(one, several).high == pytest.approx(-e.low)  # the same interval either way round
+    # a spread below the noise of one run never narrows the interval beneath that noise
+    tight = V.difference([0.800, 0.801, 0.802], [0.83], variance=0.8 * 0.2 / 10_000 * 2)
+    assert tight.high - tight.value == pytest.approx(tight.noise) and tight.noise >= V.MIN_DIFFERENCE
+
+
+def test_h1_one_seed_against_seeds_that_scatter_is_not_decided_by_binomial_noise():
+    # ResNet50 FULL at 32 px: three seeds, one fitting the training set 10 points better than the others
+    full = side("FULL", [0.637, 0.638, 0.654], [0.818, 0.820, 0.925], test_n=10_000, clean_n=5_000)
+    nbn = side("Nbn", [0.702], [0.854], test_n=10_000, clean_n=5_000)
+    v = V.h1("c", full, nbn)
+    assert v.single_seed and v.worse == "FULL" and v.numbers["test_diff"]["high"] < 0  # 5-6 points: decided
+    assert (v.outcome, v.reason) == ("inconclusive", "gap_not_larger")
+    assert v.numbers["gap_diff"]["low"] < 0 < v.numbers["gap_diff"]["high"]
+
+
 def test_single_seed_difference_within_the_noise_of_one_run_is_inconclusive():
     # 0.2 points on 512 test images: far below twice the binomial standard error (about 5 points)
     a, b = side("a", [0.800], [0.95], test_n=512, clean_n=256), side("b", [0.798], [0.99], test_n=512, clean_n=256)
@@ -364,8 +386,8 @@ def test_depth_page_says_plain_nets_degrade_and_residual_nets_do_not(rendered):
 
 def test_a_depth_study_with_more_seeds_at_some_depths_judges_each_pair_by_what_it_has(tmp_path):
     """Seeds land a depth at a time: resnet20 has 3 seeds while resnet56 still has 1. The pair
-    within resnet20 gets a t interval, a pair across depths falls back to the single-seed rule,
-    and every table says how many seeds stand behind each number."""
+    within resnet20 gets a t interval, a pair across depths a prediction interval from resnet20's
+    seed spread, and every table says how many seeds stand behind each number."""
     from report_fixture import DEPTH_TARGETS, STAGES, write_fake_run
 
     from resdeg.config import make_config
@@ -385,7 +407,7 @@ def test_a_depth_study_with_more_seeds_at_some_depths_judges_each_pair_by_what_i
     text = page(tmp_path / "docs", "en", "depth/degradation")
     table = text.split("## The degradation verdict")[1].split("## Beside")[0]
     row = next(line for line in table.splitlines() if line.startswith("| FULL: resnet20 vs resnet56 "))
-    assert row.startswith("| FULL: resnet20 vs resnet56 | 1 |") and "(noise ±" in row and "[" not in row
+    assert row.startswith("| FULL: resnet20 vs resnet56 | 1 |") and "(noise ±" not in row and "[" in row
     assert "| plain-20 | 3 |" in text and "| residual-56 | 1 |" in text
     assert re.search(r"\| plain-20 \| 3 \| [0-9.]+ ± [0-9.]+ \| [0-9.]+ ± [0-9.]+ \|", text)  # test and train spread
     # seeds on both sides but an interval straddling zero: undecided, never "no difference"

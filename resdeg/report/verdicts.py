@@ -3,8 +3,9 @@
 Every comparison pairs two models (an ablation at one depth, or one variant at two depths).
 The one with the lower test accuracy is the *worse* one, its partner the *better* one (pages
 call the worse one *degraded* only in a depth comparison). With several seeds a difference
-counts only when its 95% t interval excludes zero; with one seed only when it exceeds the noise
-of a single run (twice the binomial standard error, and at least one point). A model at chance
+counts only when its 95% t interval excludes zero (one seed against several: a prediction interval
+from the other model's seed spread); with one seed each only when it exceeds the noise of a single
+run (twice the binomial standard error, and at least one point). A model at chance
 *did not learn*, and no hypothesis is said to explain anything about it.
 """
 from __future__ import annotations
@@ -15,8 +16,9 @@ from functools import lru_cache
 
 import numpy as np
 
-RULES_VERSION = 4  # 2: single-seed noise rule, "did not learn"; 3: a depth pair explains only degradation;
-# 4: Welch intervals use the t quantile of their fractional df (it was rounded down)
+RULES_VERSION = 5  # 2: single-seed noise rule, "did not learn"; 3: a depth pair explains only degradation;
+# 4: Welch intervals use the t quantile of their fractional df (it was rounded down); 5: one seed against
+# several gets the other model's seed spread (it had only the binomial noise of one run)
 VANISH, EXPLODE = 1e-3, 1e3  # median g(first stage) / g(last stage) thresholds
 MIN_DIFFERENCE = 0.01  # a single run's difference counts only from one point of accuracy up
 
@@ -54,13 +56,18 @@ RULES = {
     },
     "seeds": {
         "en": "With several seeds a difference counts only when its 95% t interval (Welch for two groups, "
-              "paired within a run) excludes zero. With one seed no interval exists: a difference of accuracies "
+              "paired within a run) excludes zero. When one model has a single seed and the other k seeds, the "
+              "single run is taken to vary across seeds as the other model's runs do: the interval is the "
+              "difference ± t(k−1)·s·√(1/k + 1), s being their standard deviation, and never narrower than the "
+              "noise of one run below. With one seed on both sides no interval exists: a difference of accuracies "
               "counts only when it is at least twice the binomial standard error of the two accuracies (on the "
               "number of images they were measured on) and at least 1 point; otherwise the verdict is "
               "inconclusive (marked 'single seed'). A model whose test accuracy is within that noise of chance "
               "(1 / number of classes) did not learn, and no hypothesis is said to explain anything about it.",
         "zh": "有多个随机种子时，只有 95% t 区间（两组比较用 Welch 区间，同一次训练内部用配对区间）不包含零的差异才算数。"
-              "只有一个种子时无法给出区间：准确率之差至少要达到两者二项标准误的两倍（按各自所用的图像数计算），"
+              "若一个模型只有一个种子、另一个有 k 个种子，则假定这次训练随种子的波动与另一模型相同："
+              "区间取差值 ± t(k−1)·s·√(1/k + 1) 所给的范围（s 为另一模型各种子的标准差），且不窄于下述单次训练的噪声。"
+              "两边都只有一个种子时无法给出区间：准确率之差至少要达到两者二项标准误的两倍（按各自所用的图像数计算），"
               "并且不小于 1 个百分点，才算数；否则判为无法判定（标注“单一种子”）。测试准确率与随机猜测水平"
               "（1 / 类别数）之差在这一噪声以内的模型判为“没有学会”，不用任何假说解释它。",
     },
@@ -150,13 +157,15 @@ def binomial_variance(acc: float, n: int) -> float:
 
 
 def difference(a, b, variance: float | None = None) -> Estimate:
-    """mean(a) - mean(b) with Welch's 95% interval (seeds of two models are independent runs);
-    with a single seed, the difference counts only beyond the noise of `variance` (the binomial
-    variance of the difference of the two single values)."""
+    """mean(a) - mean(b) with Welch's 95% interval (seeds of two models are independent runs); one
+    seed against several gets a prediction interval; with one seed on each side the difference
+    counts only beyond the noise of `variance` (the binomial variance of the difference)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     d = float(a.mean() - b.mean())
-    if len(a) < 2 or len(b) < 2:
+    if len(a) < 2 and len(b) < 2:
         return Estimate(d, None, None, (len(a), len(b)), single_run_noise(variance))
+    if len(a) < 2 or len(b) < 2:
+        return _one_against_several(d, b if len(a) < 2 else a, (len(a), len(b)), single_run_noise(variance))
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
     se = math.sqrt(va + vb)
     if se == 0:
@@ -164,6 +173,18 @@ def difference(a, b, variance: float | None = None) -> Estimate:
     df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
     half = t975(df) * se
     return Estimate(d, d - half, d + half, (len(a), len(b)))
+
+
+def _one_against_several(d: float, several: np.ndarray, n: tuple[int, int], noise: float | None) -> Estimate:
+    """One seed against several: the single run varies from seed to seed as much as the other model's
+    runs do (the only spread measured), so d gets the prediction interval d ± t(k-1)·s·√(1/k + 1),
+    never narrower than the noise of one run (Crawford & Howell's 1998 test of a single case against a
+    small sample). The binomial noise alone would call a 3-point gap decided between models whose
+    seeds scatter by 6 points."""
+    k = len(several)
+    half = t975(k - 1) * float(several.std(ddof=1)) * math.sqrt(1 / k + 1)
+    half = max(half, noise or 0.0)
+    return Estimate(d, d - half, d + half, n, noise)
 
 
 # -- per-run inputs -------------------------------------------------------------------------------
