@@ -350,7 +350,7 @@ def test_the_landing_page_answers_first_with_computed_sentences(rendered):
     # a net that stops learning without BatchNorm is said so, not hidden in a count of undecided comparisons
     bn_en = answer_en.split("What BatchNorm does.")[1]
     assert "Without BatchNorm, " in bn_en and "resnet56-Nboth did not learn at all" in bn_en
-    assert "resnet56 Fixup trains as well within noise" in bn_en
+    assert "resnet56 Fixup is undecided, its 95% interval includes zero" in bn_en  # two seeds each: an interval
     assert "去掉批归一化后完全没有学会的网络：" in zh.split("批归一化的作用。")[1]
     assert "figures/headline.png" in en and en.index("## Results") < en.index("figures/headline.png")
 
@@ -420,6 +420,11 @@ def test_a_depth_study_with_more_seeds_at_some_depths_judges_each_pair_by_what_i
     item = next(line for line in hyp.splitlines() if line.startswith("- Nres: resnet20 vs resnet56: "))
     assert item.count("The 95% interval of the test difference includes zero") == 1 and "do not differ" not in item
     assert hyp.index("Not judged, for H1, H2 and H3 alike") < hyp.index(item)
+    # Fixup-20 (one seed) against FULL-20 (three): an interval that includes zero is undecided, not "as well"
+    index_en, index_zh = page(tmp_path / "docs", "en", "index"), page(tmp_path / "docs", "zh", "index")
+    assert re.search(r"resnet20 Fixup is undecided, its 95% interval includes zero \(train accuracy in eval mode "
+                     r"[+-][0-9.]+ pp \[[+-][0-9.]+, [+-][0-9.]+\]", index_en), index_en
+    assert "resnet20 的 Fixup 与之的差异在 95% 区间内无法确定" in index_zh
     judged = next(line for line in hyp.splitlines() if line.startswith("| Nres: resnet20 vs resnet32 | "))
     assert judged.count("**not supported**") >= 1 and "resnet32-Nres is worse on the training set too" in judged
     bn = page(tmp_path / "docs", "en", "batchnorm/batchnorm")
