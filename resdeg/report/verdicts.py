@@ -275,7 +275,7 @@ REASONS = {
     "symptom_only_degraded": {"en": "{d}: {sd}; {h}: {sh}.", "zh": "{d}：{sd}；{h}：{sh}。"},
     "symptom_both": {"en": "Both show it ({d}: {sd}; {h}: {sh}), so it does not explain the difference.",
                      "zh": "两者都有这一现象（{d}：{sd}；{h}：{sh}），因此它解释不了两者的差异。"},
-    "no_symptom": {"en": "{d} shows no gradient symptom ({sd}).", "zh": "{d} 没有出现梯度异常（{sd}）。"},
+    "no_symptom": {"en": "{d}: {sd}.", "zh": "{d}：{sd}。"},
     "symptom_unclear": {"en": "The interval straddles a threshold ({d}: {sd}; {h}: {sh}).",
                         "zh": "区间跨越了阈值（{d}：{sd}；{h}：{sh}）。"},
     "loss_only_degraded": {"en": "{d} loses information ({kd}); {h} does not ({kh}).",
@@ -400,7 +400,12 @@ def _symptom_fmt(side: Side, symptom: str, e: Estimate | None) -> dict:
     ratio = f"{10 ** e.value:.2e}"
     if e.has_interval:
         ratio += f" [{10 ** e.low:.2e}, {10 ** e.high:.2e}]"
-    return {"en": f"{name['en']}, ratio {ratio}", "zh": f"{name['zh']}，比值 {ratio}"}
+    if symptom == "none":
+        return {"en": f"no gradient symptom, its first-to-last-stage gradient ratio {ratio} lies between "
+                      f"{VANISH:g} and {EXPLODE:g}",
+                "zh": f"没有梯度异常，首末阶段梯度比值 {ratio} 在 {VANISH:g} 与 {EXPLODE:g} 之间"}
+    return {"en": f"{name['en']}, first-to-last-stage gradient ratio {ratio}",
+            "zh": f"{name['zh']}，首末阶段梯度比值 {ratio}"}
 
 
 def h2(subject: str, a: Side, b: Side, depth: bool = False) -> Verdict:
