@@ -149,6 +149,9 @@ def test_a_model_at_chance_did_not_learn_and_nothing_explains_it():
         v = rule("c", ok, stuck)
         assert (v.outcome, v.reason) == ("inconclusive", "did_not_learn")
         assert "stuck did not learn" in v.explain("en") and "没有学会" in v.explain("zh")
+    both = V.h1("c", side("lost", [0.1], [0.1], test_n=10_000), stuck)
+    assert both.explain("en").startswith("lost and stuck did not learn")
+    assert both.explain("zh").startswith("lost 和 stuck 没有学会")  # spaces between Latin and Chinese
     assert not side("learnt", [0.13], [0.13], test_n=10_000).did_not_learn  # 3 points above chance
 
 

@@ -339,7 +339,7 @@ def _degradation(h: str, subject: str, a: Side, b: Side, needs_train: bool = Fal
         return _verdict(h, subject, None, "inconclusive", "no_data", {}, single), None, None, single
     stuck = [s.label for s in (a, b) if s.did_not_learn]
     if stuck:
-        nums = {"did_not_learn": stuck, "_fmt": {"nl": {"en": " and ".join(stuck), "zh": "和".join(stuck)}}}
+        nums = {"did_not_learn": stuck, "_fmt": {"nl": {"en": " and ".join(stuck), "zh": " 和 ".join(stuck)}}}
         return _verdict(h, subject, None, "inconclusive", "did_not_learn", nums, single), None, None, single
     pair, dtest = _order(a, b)
     nums = {"test_diff": dtest.as_dict(), "_fmt": {"dtest": fmt_both(dtest)}}
