@@ -273,8 +273,9 @@ def test_every_study_gets_its_pages_and_figures_in_both_languages(rendered):
     figs = {lang: sorted(p.relative_to(docs / lang).as_posix() for p in (docs / lang).rglob("*.png")) for lang in LANGS}
     assert figs["en"] == figs["zh"] and len(figs["en"]) >= 17
     nav = json.loads((docs / "site-nav.json").read_text())
+    # the fixture trains fewer epochs than the protocols declare, and the titles say so
     assert [item["section"]["en"] for item in nav if "section" in item] == \
-        ["The original study at 32 px", "Degradation with depth", "What BatchNorm does"]
+        [f"{t}, changed settings" for t in ("The original study at 32 px", "Degradation with depth", "What BatchNorm does")]
     assert not [w for w in rendered.warnings if "Glyph" in str(w.message)]
     unused = dict(build_store(rendered).unused)
     assert any(rel.startswith("smoke/") and "only when no other study" in why for rel, why in unused.items())
@@ -347,7 +348,7 @@ def test_the_landing_page_answers_first_with_computed_sentences(rendered):
     example = h1.example()[2]
     assert example.explain("en") in answer_en and example.explain("zh") in zh
     # the example names its study, whose title mid-sentence starts lower-case, then its comparison
-    assert re.search(r"e\.g\. in the original study at 32 px \([^()]+\), resnet", answer_en), answer_en
+    assert re.search(r"e\.g\. in the original study at 32 px, changed settings \([^()]+\), resnet", answer_en), answer_en
     assert re.search(r"例如在.+中（[^（）]+），resnet", zh), zh
     assert "which is degradation" in answer_en  # plain 20 -> 56 is worse on the training set beyond noise
     # a net that stops learning without BatchNorm is said so, not hidden in a count of undecided comparisons
@@ -484,11 +485,62 @@ def test_the_original_studys_pages_say_what_differs_from_the_original(tmp_path):
                            protocol="seed", precision="bf16")
     docs = tmp_path / "docs"
     build_report(results, docs, log=lambda m: None)
-    for name in ("h1", "h2", "h3"):
+    for name in ("h1", "h2", "h3", "signal"):
         assert "Protocol seed: what differs from the original study" in page(docs, "en", f"original/{name}")
         assert "These runs trained in bf16 autocast instead of the original's fp32" in page(docs, "en", f"original/{name}")
         assert "这些运行用 bf16 自动混合精度训练，而原始研究用 fp32" in page(docs, "zh", f"original/{name}")
+    # the command that reproduces them asks for the precision they trained in, not the protocol's fp32
+    assert "--protocol seed --dataset synthetic --precision bf16 " in page(docs, "en", "reproducibility")
     assert "JPEG copy" not in page(docs, "en", "original/h1")  # synthetic data: no JPEG caveat
+
+
+def test_a_study_trained_with_changed_settings_says_so_on_its_pages(tmp_path):
+    """`--set image_size=32` on protocol seed: no heading or note may leave the reader believing 224 px."""
+    results = make_results(tmp_path / "results", seeds=(7,), epochs=2, probes=False, models=("resnet18",),
+                           protocol="seed", image_size=32)
+    docs = tmp_path / "docs"
+    build_report(results, docs, log=lambda m: None)
+    for name in ("h1", "h2", "h3", "signal"):
+        en, zh = page(docs, "en", f"original/{name}"), page(docs, "zh", f"original/{name}")
+        assert en.splitlines()[0].endswith("The original study (224 px), changed settings")
+        assert "`epochs` 2 instead of 20, `image_size` 32 instead of 224" in en
+        assert "\n\n!!! warning \"Changed settings\"" in en  # its own admonition, not run into the note above
+        assert zh.splitlines()[0].endswith("原始研究（224 像素），设置有改动")
+        assert "`epochs` 为 2（协议为 20），`image_size` 为 32（协议为 224）" in zh
+    nav = json.loads((docs / "site-nav.json").read_text())
+    assert [item["section"]["en"] for item in nav if "section" in item] == ["The original study (224 px), changed settings"]
+    assert "--set epochs=2 --set image_size=32" in page(docs, "en", "reproducibility")
+    assert "--precision" not in page(docs, "en", "reproducibility")  # fp32, as protocol seed declares
+    # the protocol's own settings: the declared title, no warning
+    plain = make_results(tmp_path / "plain", seeds=(7,), epochs=20, steps_per_epoch=2, probes=False,
+                         models=("resnet18",), protocol="seed")
+    build_report(plain, tmp_path / "docs2", log=lambda m: None)
+    h1 = page(tmp_path / "docs2", "en", "original/h1")
+    assert h1.splitlines()[0].endswith("The original study (224 px)") and "Changed settings" not in h1
+
+
+def test_the_reproduce_commands_retrain_exactly_the_reports_runs(tmp_path):
+    """Run the reproducibility page's commands with --dry-run on the store they came from: every run
+    is cached and no command plans a run the report lacks (here one cell has an extra seed)."""
+    from report_fixture import write_fake_run
+
+    from resdeg.config import make_config
+
+    results = make_results(tmp_path / "results", seeds=(1, 2), epochs=2, probes=False, models=("resnet18",),
+                           protocol="native")
+    write_fake_run(results, make_config("native", {"epochs": 2}, model="resnet18", variant="FULL", seed=3,
+                                        dataset="synthetic"), 0.8, 0.9, 0.0)
+    build_report(results, tmp_path / "docs", log=lambda m: None)
+    commands = [line.split()[1:] for line in page(tmp_path / "docs", "en", "reproducibility").splitlines()
+                if line.strip().startswith("resdeg run-all")]
+    assert len(commands) == 2  # FULL at 3 seeds; the other variants at 2
+    planned = []
+    for args in commands:
+        out = cli(*args, "--dry-run", "--results", results).output
+        assert out.rstrip().endswith("0 to train, " + str(len(out.splitlines()) - 1) + " cached or skipped"), out
+        planned += [line.split()[1] for line in out.splitlines()[:-1]]
+    stored = sorted(e.path.relative_to(results).as_posix() for e in scan(results))
+    assert sorted(planned) == stored
 
 
 def test_an_honest_page_never_calls_a_tiny_single_seed_difference_supported(tmp_path):

@@ -120,7 +120,7 @@ def degradation(store: Store) -> list[dict]:
 
 def matrix(store: Store) -> list[dict]:
     """The results matrix: every study x model x variant."""
-    return [{**row, "title": sr.study.title} for sr in store.studies for row in A.accuracy_rows(sr)]
+    return [{**row, "title": sr.title} for sr in store.studies for row in A.accuracy_rows(sr)]
 
 
 def primary(store: Store) -> StudyResults | None:

@@ -41,7 +41,7 @@ def site_nav(store: Store) -> list[dict]:
     """The site's navigation, read by resdeg/report/mkdocs_hooks.py (docs/site-nav.json)."""
     nav = [{"page": "index.md"}, {"page": "method.md"}]
     for sr in store.studies:
-        nav.append({"section": sr.study.title, "pages": [f"{sr.name}/{p}.md" for p in sr.study.pages]})
+        nav.append({"section": sr.title, "pages": [f"{sr.name}/{p}.md" for p in sr.study.pages]})
     nav += [{"page": f"{p}.md"} for p in ("setup", "reflection", "reproducibility")]
     return nav
 

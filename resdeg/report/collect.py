@@ -124,11 +124,30 @@ class StudyResults:
         """The shared config (model, variant and seed vary across runs)."""
         return {k: v for k, v in self.runs[0].record.config.to_dict().items() if k not in PER_RUN_KEYS}
 
+    @cached_property
+    def declared(self) -> dict:
+        """The named protocol's config for this data set and precision, before any `--set`."""
+        return make_config(self.protocol, dataset=self.dataset, precision=self.config["precision"]).to_dict()
+
     @property
     def overrides(self) -> dict:
-        """Fields that differ from the named protocol: the `--set` options that reproduce the study."""
-        base = make_config(self.protocol, dataset=self.dataset, precision=self.config["precision"]).to_dict()
-        return {k: v for k, v in self.config.items() if k not in ("protocol", "dataset") and base.get(k) != v}
+        """Fields that differ from the named protocol: the `--set` options that reproduce the study
+        (precision has its own option and note)."""
+        return {k: v for k, v in self.config.items()
+                if k not in ("protocol", "dataset", "precision") and self.declared.get(k) != v}
+
+    @property
+    def changed(self) -> list[tuple[str, str, str]]:
+        """(field, its value, the protocol's value) for every `--set` change, as text."""
+        return [(k, set_value(v), set_value(self.declared.get(k))) for k, v in sorted(self.overrides.items())]
+
+    @property
+    def title(self) -> dict:
+        """The declared title, which describes the protocol's settings; a study trained with `--set`
+        changes says so (its pages list them), so that no heading claims settings its runs lacked."""
+        if not self.overrides:
+            return self.study.title
+        return {"en": f"{self.study.title['en']}, changed settings", "zh": f"{self.study.title['zh']}，设置有改动"}
 
     @property
     def data(self) -> dict:
@@ -171,6 +190,11 @@ class Store:
 
     def study(self, name: str) -> StudyResults | None:
         return next((s for s in self.studies if s.name == name), None)
+
+
+def set_value(value) -> str:
+    """A config value as `--set KEY=VALUE` takes it (lists comma-separated)."""
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def depth(model: str) -> int:

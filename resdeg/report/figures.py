@@ -274,7 +274,7 @@ def headline(store: Store, lang: str, path: Path) -> None:
             ax.set_xlim(-0.6, len(sr.models) - 0.4)
             ax.set_ylim(0, 101)
             ax.set_ylabel(t["acc"])
-            ax.set_title(sr.study.title[lang if lang in sr.study.title else "en"])
+            ax.set_title(sr.title[lang if lang in sr.title else "en"])
             _chance(ax, sr, t)
         fig.legend(handles=[Line2D([], [], marker="o", ls="", color="#444444", label=t["test_marker"]),
                             Line2D([], [], marker="o", ls="", mfc="none", color="#444444", label=t["train_marker"])],

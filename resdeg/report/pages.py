@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 import jinja2
 
 from .. import __version__
+from ..config import PROTOCOLS, Config
 from ..models import ARCHS, build_model
 from ..probes.criteria import CRITERIA
 from ..probes.store import ProbeSettings
@@ -20,7 +21,7 @@ from . import analysis as A
 from . import answer as answers
 from . import downloads as D
 from . import verdicts as V
-from .collect import Store, StudyResults, depth
+from .collect import Store, StudyResults, depth, set_value
 
 LANGS = ("en", "zh")
 CIFAR10_CLASSES = {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"}
@@ -107,17 +108,32 @@ def model_table(sr: StudyResults) -> list[dict]:
     return rows
 
 
-def commands(sr: StudyResults) -> dict:
-    """The exact commands that reproduce the study's runs, probes and report."""
-    sets = " ".join(f"--set {k}={','.join(map(str, v)) if isinstance(v, list) else v}"
-                    for k, v in sorted(sr.overrides.items()))
+def commands(studies: list[StudyResults]) -> list[str]:
+    """The exact `run-all` commands that reproduce the studies' runs and probes, each once (studies
+    share runs): one per models that share their variants and seeds, so that no command trains a
+    run the report does not have."""
+    return list(dict.fromkeys(c for sr in studies for c in study_commands(sr)))
+
+
+def study_commands(sr: StudyResults) -> list[str]:
+    sets = " ".join(f"--set {k}={set_value(v)}" for k, v in sorted(sr.overrides.items()))
     data_dir = " --data-dir DATA_DIR" if sr.dataset == "imagefolder" else ""
     images = sr.probed[0].probe.settings.probe_images if sr.probed else ProbeSettings().probe_images
-    grid = (f"resdeg run-all --protocol {sr.protocol} --dataset {sr.dataset}{data_dir} "
-            f"--models {','.join(sr.models)} --variants {','.join(sr.variants)} "
-            f"--seeds {','.join(map(str, sr.seeds))}"
-            + (f" --probe-images {images}" if images != ProbeSettings().probe_images else "") + (f" {sets}" if sets else ""))
-    return {"run_all": grid}
+    # the stored precision, where the protocol leaves it open ("auto") or the runs chose another
+    precision = sr.config["precision"]
+    precision = f" --precision {precision}" if precision != PROTOCOLS[sr.protocol].get("precision", Config.precision) else ""
+    tail = (f" --probe-images {images}" if images != ProbeSettings().probe_images else "") + (f" {sets}" if sets else "")
+    grids: dict[tuple, list[str]] = {}  # (variants, seeds) -> models
+    for model in sr.models:
+        by_seeds: dict[tuple, list[str]] = {}
+        for variant in sr.variants:
+            if runs := sr.cell(model, variant):
+                by_seeds.setdefault(tuple(r.seed for r in runs), []).append(variant)
+        for seeds, variants in by_seeds.items():
+            grids.setdefault((tuple(variants), seeds), []).append(model)
+    return [f"resdeg run-all --protocol {sr.protocol} --dataset {sr.dataset}{data_dir}{precision} "
+            f"--models {','.join(models)} --variants {','.join(variants)} --seeds {','.join(map(str, seeds))}{tail}"
+            for (variants, seeds), models in grids.items()]
 
 
 def base_context(store: Store, lang: str) -> dict:
