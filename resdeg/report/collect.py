@@ -138,7 +138,7 @@ class StudyResults:
 
     @property
     def changed(self) -> list[tuple[str, str, str]]:
-        """(field, its value, the protocol's value) for every `--set` change, as text."""
+        """(field, its value, the protocol's value) for every field in `overrides`, as text."""
         return [(k, set_value(v), set_value(self.declared.get(k))) for k, v in sorted(self.overrides.items())]
 
     @property

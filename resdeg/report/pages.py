@@ -116,6 +116,7 @@ def commands(studies: list[StudyResults]) -> list[str]:
 
 
 def study_commands(sr: StudyResults) -> list[str]:
+    """One study's `run-all` commands (see `commands`)."""
     sets = " ".join(f"--set {k}={set_value(v)}" for k, v in sorted(sr.overrides.items()))
     data_dir = " --data-dir DATA_DIR" if sr.dataset == "imagefolder" else ""
     images = sr.probed[0].probe.settings.probe_images if sr.probed else ProbeSettings().probe_images
