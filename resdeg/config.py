@@ -93,8 +93,11 @@ def as_json_value(v):
 
 
 # He et al.'s recipe (He init, SGD 0.1, momentum 0.9, wd 1e-4, batch 128, pad-4 crop + flip, lr /10 at 50%
-# and 75%), shortened from about 164 epochs to what two CPU cores run in a session (README).
+# and 75%), shortened from about 164 epochs to what two CPU cores run in a session (README); `depth-long`
+# (60) tells degradation from slow convergence on the same CPU; `depth-he` is He's length (a GPU job).
 DEPTH_EPOCHS = 15
+DEPTH_LONG_EPOCHS = 60
+HE_EPOCHS = 164
 SMOKE_TRAIN = 4000
 
 PROTOCOLS: dict[str, dict] = {
@@ -104,9 +107,11 @@ PROTOCOLS: dict[str, dict] = {
     "native": dict(image_size=32),
     # The degradation experiment itself (He et al. 2015, Fig. 6) on their CIFAR nets; bf16 where
     # the hardware has it. Per-channel normalisation (He subtracted the per-pixel mean).
-    "depth": dict(model="resnet20", stem="cifar", conv_bias=False, weight_init="he", image_size=32, mean=CIFAR_MEAN, std=CIFAR_STD,
-                  augment=True, epochs=DEPTH_EPOCHS, momentum=0.9, weight_decay=1e-4, schedule="multistep",
-                  precision="auto", deterministic=False),
+    "depth": (DEPTH := dict(model="resnet20", stem="cifar", conv_bias=False, weight_init="he", image_size=32,
+                            mean=CIFAR_MEAN, std=CIFAR_STD, augment=True, epochs=DEPTH_EPOCHS, momentum=0.9,
+                            weight_decay=1e-4, schedule="multistep", precision="auto", deterministic=False)),
+    "depth-long": {**DEPTH, "epochs": DEPTH_LONG_EPOCHS},
+    "depth-he": {**DEPTH, "epochs": HE_EPOCHS},
     # The CIFAR-native setup the field uses: cheap (32 px), augmented, momentum + wd, cosine.
     "cifar": dict(stem="cifar", conv_bias=False, weight_init="he", image_size=32, mean=CIFAR_MEAN, std=CIFAR_STD,
                   augment=True, epochs=30, momentum=0.9, weight_decay=5e-4, nesterov=True,

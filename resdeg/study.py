@@ -42,7 +42,9 @@ def canonical_variant(name: str) -> str:
 
 
 # Protocols, most serious first: the order of the report's studies (`config.PROTOCOLS` holds their settings).
-PROTOCOL_RANK = ("seed", "native", "depth", "cifar", "smoke")
+PROTOCOL_RANK = ("seed", "native", "depth-he", "depth-long", "depth", "cifar", "smoke")
+# He et al.'s CIFAR nets and recipe, differing only in the number of epochs.
+DEPTH_PROTOCOLS = ("depth", "depth-long", "depth-he")
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,10 @@ STUDIES: tuple[Study, ...] = (
           {"en": "The original study at 32 px", "zh": "原始研究（32 像素）"}),
     Study("depth", "depth", "depth", DEPTH_MODELS, ("FULL", "Nres"),
           {"en": "Degradation with depth", "zh": "随深度的退化"}),
+    Study("depth-long", "depth-long", "depth", ("resnet20", "resnet56"), ("FULL", "Nres"),
+          {"en": "Degradation with depth, 60 epochs", "zh": "随深度的退化（60 个轮次）"}),
+    Study("depth-he", "depth-he", "depth", ("resnet20", "resnet56", "resnet110"), ("FULL", "Nres"),
+          {"en": "Degradation with depth, He et al.'s 164 epochs", "zh": "随深度的退化（He 等人的 164 个轮次）"}),
     Study("batchnorm", "depth", "batchnorm", ("resnet20", "resnet56"),
           ("FULL", "Nbn", "Fixup", "SkipInit", "Nres", "Nboth"),
           {"en": "What BatchNorm does", "zh": "批归一化的作用"}),
