@@ -149,11 +149,13 @@ DEPTH_TARGETS = {
 }
 
 
-def make_depth_results(root: Path, seeds=(1, 2), epochs: int = 4) -> Path:
+def make_depth_results(root: Path, seeds=(1, 2), epochs: int | None = 4, protocol: str = "depth",
+                       targets: dict | None = None, steps_per_epoch: int = 25) -> Path:
+    """Fake runs of He et al.'s nets (`epochs` None: the protocol's own length, as declared)."""
     root = Path(root)
-    for (model, variant), (test, clean, log_ratio) in DEPTH_TARGETS.items():
+    for (model, variant), (test, clean, log_ratio) in (targets or DEPTH_TARGETS).items():
         for seed in seeds:
-            cfg = make_config("depth", {"epochs": epochs}, model=model, variant=variant, seed=seed,
-                              dataset="synthetic")
-            write_fake_run(root, cfg, test, clean, log_ratio, stages=STAGES[:4])
+            cfg = make_config(protocol, {} if epochs is None else {"epochs": epochs}, model=model, variant=variant,
+                              seed=seed, dataset="synthetic")
+            write_fake_run(root, cfg, test, clean, log_ratio, steps_per_epoch, stages=STAGES[:4])
     return root

@@ -136,13 +136,17 @@ def degradation(sr: StudyResults) -> list[dict]:
         if comp.kind != "depth":
             continue
         e = effect(sr, comp)
-        if not e["complete"]:
-            continue
-        # an interval across zero (seeds on both sides) is undecided; within one run's noise, no difference
-        level = "undecided" if e["dtrain"].has_interval else "no_difference"
-        e["verdict"] = "inconclusive" if e["stuck"] else {-1: "degrades", 1: "improves", 0: level}[e["dtrain"].sign]
-        out.append(e)
+        if e["complete"]:
+            out.append(with_degradation_verdict(e))
     return out
+
+
+def with_degradation_verdict(e: dict) -> dict:
+    """A complete depth effect with its verdict: degrades / improves on the training set, or (an
+    interval across zero, seeds on both sides) undecided, or (within one run's noise) no difference."""
+    level = "undecided" if e["dtrain"].has_interval else "no_difference"
+    e["verdict"] = "inconclusive" if e["stuck"] else {-1: "degrades", 1: "improves", 0: level}[e["dtrain"].sign]
+    return e
 
 
 # -- tables ----------------------------------------------------------------------------------------
@@ -287,3 +291,29 @@ def collapsed_in(c: dict | None) -> tuple[str, ...] | None:
     return tuple(k for k, hit in (("rank", c["rank_ratio"] < RANK_COLLAPSE),
                                   ("variance", v is not None and not 1 / VARIANCE_BLOWUP <= v <= VARIANCE_BLOWUP))
                  if hit)
+
+
+# -- schedules: the depth studies side by side --------------------------------------------------------
+
+SCHEDULE_PAIR = ("resnet20", "resnet56")  # the depths every schedule of the depth family trains
+
+
+def schedules(studies: list[StudyResults]) -> list[dict]:
+    """The depth studies that differ only in their length (depth, depth-long, depth-he), shortest
+    first: per net the final train (eval mode) and test error over seeds, and for the shallow and
+    deep net of SCHEDULE_PAIR the plain pair's degradation (train accuracy, deeper minus shallower)
+    and the residual pair's test difference (He et al.: the deeper residual net is better)."""
+    shallow, deep = SCHEDULE_PAIR
+    out = []
+    for sr in sorted((s for s in studies if s.kind == "depth"), key=lambda s: s.config["epochs"]):
+        rows = {(r["model"], r["variant"]): r for r in accuracy_rows(sr)}
+        pairs = {}
+        for variant in ("Nres", "FULL"):
+            comp = Comparison("depth", "depth", (shallow, variant), (deep, variant))
+            if comp.reference in rows and comp.other in rows:
+                pairs[variant] = effect(sr, comp)
+        complete = {v: e for v, e in pairs.items() if e["complete"]}
+        out.append({"study": sr, "epochs": sr.config["epochs"], "cells": rows,
+                    "plain": with_degradation_verdict(complete["Nres"]) if "Nres" in complete else None,
+                    "residual": complete.get("FULL")})
+    return out

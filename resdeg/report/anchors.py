@@ -1,6 +1,8 @@
 """Published numbers to set results beside (STUDY.md §6), with their sources; nothing here is measured."""
 from __future__ import annotations
 
+from ..config import HE_EPOCHS  # noqa: F401  (He et al.'s schedule is also protocol depth-he's)
+
 # CIFAR-10 test error (%) of He et al.'s nets under their full schedule (about 164 epochs).
 # he: He et al. 2015 (Table 6 for residual nets; read off Fig. 6 for plain nets, "about").
 # reimpl: a 5-seed re-implementation with He's recipe (mean, std). li: Li et al. 2018.
@@ -18,7 +20,6 @@ DEPTH_TEST_ERROR = {
 }
 # Final *training* error (%) of plain nets, read off He et al. 2015 Fig. 6 ("about").
 DEPTH_TRAIN_ERROR_PLAIN = {"resnet20": 1.0, "resnet32": 1.0, "resnet44": 3.0, "resnet56": 6.0}
-HE_EPOCHS = 164
 # Fixup ResNet-110 without normalisation vs with BatchNorm (5 seeds, He's recipe): test accuracy %.
 FIXUP_110 = {"Fixup": (93.0, 0.2), "FULL": (92.58, 0.08)}
 SEED_STD_POINTS = (0.15, 0.3)  # typical seed-to-seed std of CIFAR-10 ResNets, in points

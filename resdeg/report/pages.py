@@ -44,6 +44,12 @@ def pm(ms, scale: float = 100.0, fmt: str = ".2f") -> str:
     return out + (f" ± {s * scale:{fmt}}" if s is not None else "")
 
 
+def err(ms) -> str:
+    """(mean, std, n) of an accuracy -> its error in %, 'mean ± std' to one decimal."""
+    m, s, n = ms
+    return pm((None if m is None else 1 - m, s, n), fmt=".1f")
+
+
 def sci(x) -> str:
     return "—" if x is None or not math.isfinite(x) else f"{x:.3g}" if 1e-3 <= abs(x) < 1e4 else f"{x:.2e}"
 
@@ -73,20 +79,32 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("resdeg.report", "templates"),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(pct=pct, pm=pm, sci=sci, num=num, ratio=ratio_text, diff=diff)
+    env.filters.update(pct=pct, pm=pm, err=err, sci=sci, num=num, ratio=ratio_text, diff=diff)
     return env
 
 
 # -- what the pages say about the data -----------------------------------------------------------------
 
+# Data sets the pages can name, known by the fingerprint of their decoded pixels, labels and class
+# names (data.fingerprint): the same copy is described the same wherever it was read from.
+KNOWN_DATA = {
+    # CIFAR-10's official images re-encoded as JPEG (32x32, about quality 75): the committed runs' data
+    "4a5f1bef3edaa001c469a58ffe2577affdcd0cb22f2c15a2df29649ef4dd1d84": "cifar10-jpeg",
+}
+
+
 def data_kind(data: dict) -> str:
-    """synthetic / cifar10-jpeg / cifar10-folder / torchvision / other: how the pages describe the data."""
+    """synthetic / cifar10-jpeg / cifar10-folder / torchvision / other: how the pages describe the
+    data, by what it is (its name and fingerprint), never by the folder it was read from: a folder's
+    name says nothing certain about what it holds."""
     if data["name"] == "synthetic":
         return "synthetic"
-    if data["name"] == "imagefolder" and set(data.get("classes", [])) == CIFAR10_CLASSES:
-        return "cifar10-jpeg" if any(k in data["source"].lower() for k in ("jpeg", "jpg")) else "cifar10-folder"
+    if data["fingerprint"] in KNOWN_DATA:
+        return KNOWN_DATA[data["fingerprint"]]
     if data["name"] in ("cifar10", "cifar100"):
         return "torchvision"
+    if data["name"] == "imagefolder" and set(data.get("classes", [])) == CIFAR10_CLASSES:
+        return "cifar10-folder"
     return "other"
 
 
@@ -165,7 +183,19 @@ def study_context(store: Store, sr: StudyResults, lang: str, figures: dict, down
             "runs": sr.runs, "config": sr.config, "verdict_rows": A.all_verdicts(sr),
             "accuracy_rows": A.accuracy_rows(sr), "h2_rows": A.h2_rows(sr), "h3_rows": A.h3_rows(sr),
             "criteria": A.criteria_present(sr.runs), "degradation": A.degradation(sr),
-            "effects": [A.effect(sr, c) for c in sr.comparisons() if c.kind == "ablation"]}
+            "effects": [A.effect(sr, c) for c in sr.comparisons() if c.kind == "ablation"],
+            **schedule_context(store, sr)}
+
+
+def schedule_context(store: Store, sr: StudyResults) -> dict:
+    """The depth studies of every length, for the page that sets them side by side: the `depth`
+    study's (else the first depth study's); the others link to it."""
+    depth_studies = [s for s in store.studies if s.kind == "depth"]
+    if sr.kind != "depth" or len(depth_studies) < 2:
+        return {"schedules": [], "schedule_home": None, "schedule_pair": A.SCHEDULE_PAIR}
+    home = next((s for s in depth_studies if s.name == "depth"), depth_studies[0])
+    return {"schedules": A.schedules(depth_studies) if sr is home else [], "schedule_home": home,
+            "schedule_pair": A.SCHEDULE_PAIR}
 
 
 def render(env: jinja2.Environment, page: str, ctx: dict) -> str:
