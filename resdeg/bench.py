@@ -30,7 +30,8 @@ from .config import make_config
 from .data import Dataset, fixed_subset, load_dataset, synthetic_dataset
 from .errors import ResdegError
 from .models import model_from_config
-from .records import CorruptRecord, Fields, Record, read_record, require, write_record
+from .records import CorruptRecord, Fields, Record, bounded, read_record, require, write_record
+from .store import RunEnvironment
 from .study import default_grid
 from .reference import DEFAULT_WORKERS, ReferenceLoop, reference_loader
 from .train import Engine, duration, environment, epoch_generator, evaluate, numerics, resolve_precision
@@ -319,13 +320,13 @@ def default_output(doc: dict) -> Path:
 class LoopTiming(Fields):
     """One timed loop: the median over repeats of a block of `steps` steps."""
     images_per_s: float
-    step_ms: float
-    steps: int
-    batch_size: int
-    repeat_seconds: tuple[float, ...]
-    model_flops_utilisation: float | None
-    eval_images_per_s: float | None = None  # the engine with telemetry: forward-only rate too
-    workers: int | None = None  # the reference loop's DataLoader workers
+    step_ms: float = bounded(0.0)
+    steps: int = bounded(1)
+    batch_size: int = bounded(1)
+    repeat_seconds: tuple[float, ...] = bounded(0.0)
+    model_flops_utilisation: float | None = bounded(0.0)
+    eval_images_per_s: float | None = bounded(0.0, default=None)  # the engine with telemetry: forward-only rate too
+    workers: int | None = bounded(0, default=None)  # the reference loop's DataLoader workers
 
     def check(self) -> None:
         require(self.images_per_s > 0, "images_per_s is not positive")
@@ -339,6 +340,40 @@ class Ratios(Fields):
 
 
 @dataclass(frozen=True)
+class BenchEnvironment(RunEnvironment):
+    """A benchmark's `environment`: a run's, plus the machine's cores and load around the timing."""
+    cpu_count: int | None = bounded(1, default=None)
+    load_average_1min_at_start: float | None = bounded(0.0, default=None)
+    load_average_1min_at_end: float | None = bounded(0.0, default=None)
+
+
+@dataclass(frozen=True)
+class BenchSetup(Fields):
+    """A benchmark's `setup`: what was timed."""
+    model: str
+    variant: str
+    protocol: str
+    image_size: int = bounded(1)
+    batch_size: int = bounded(1)
+    dataset: str
+    compile: bool
+    deterministic: bool
+    precision_engine: str
+    precision_reference: str
+    settings: dict[str, int | None]
+    overrides: dict[str, Any]
+
+
+def _non_negative_numbers(value, where: str) -> None:
+    """Every number in a nested object (the projection's rates, images and seconds) is >= 0."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _non_negative_numbers(v, f"{where}.{k}")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        require(value >= 0, f"{where}: {value!r} is negative")
+
+
+@dataclass(frozen=True)
 class BenchRecord(Record):
     """benchmarks/*.json: the engine timed beside the reference loop in the same run."""
     SCHEMA: ClassVar[str] = BENCH_SCHEMA
@@ -346,16 +381,18 @@ class BenchRecord(Record):
     created: str
     environment: dict[str, Any]
     setup: dict[str, Any]
-    train_flops_per_image: float
-    peak_bf16_flops: float | None
+    train_flops_per_image: float = bounded(0.0)
+    peak_bf16_flops: float | None = bounded(0.0)
     loops: dict[str, LoopTiming]
     ratios: Ratios
-    wall_s: float
+    wall_s: float = bounded(0.0)
     projection: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def check(self) -> None:
         require(set(self.loops) == set(LOOPS), "loops missing")
-        require(isinstance(self.environment.get("device"), str), "environment.device missing")
+        BenchEnvironment.check_object(self.environment, "environment")
+        BenchSetup.check_object(self.setup, "setup")
+        _non_negative_numbers(self.projection, "projection")
 
 
 def write_bench(doc: dict, path: str | Path) -> Path:

@@ -29,6 +29,20 @@ def require(cond: bool, what: str) -> None:
         raise CorruptRecord(what)
 
 
+def bounded(lo: float | None = None, hi: float | None = None, **kw):
+    """A dataclass field whose value (each item of a list) must lie in [lo, hi] when read: the
+    physical range of a time, a count or a fraction. A stored -1 s or -10 images is damage."""
+    return dataclasses.field(metadata={"range": (lo, hi)}, **kw)
+
+
+def _check_range(name: str, value, lo, hi) -> None:
+    for v in value if isinstance(value, (list, tuple)) else (value,):
+        if v is None:
+            continue
+        require((lo is None or v >= lo) and (hi is None or v <= hi),
+                f"{name}: {v!r} is outside its range [{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]")
+
+
 def is_number(v, allow_none: bool = False) -> bool:
     if v is None:
         return allow_none
@@ -93,7 +107,10 @@ def _plain(value):
 
 
 class Fields:
-    """Mixin for a dataclass that is built from, and turned into, a JSON object field by field."""
+    """Mixin for a dataclass that is built from, and turned into, a JSON object field by field.
+    A field made with `bounded` is checked against its range. `OPEN`: unknown keys are allowed
+    (descriptive objects such as an environment, written by several versions and tools)."""
+    OPEN: ClassVar[bool] = False
 
     @classmethod
     def from_dict(cls, d: dict):
@@ -105,11 +122,23 @@ class Fields:
         if missing:
             raise CorruptRecord(f"field {missing[0]!r} missing")
         unknown = sorted(set(d) - set(names) - getattr(cls, "IGNORED_KEYS", set()))
-        if unknown:
+        if unknown and not cls.OPEN:
             raise CorruptRecord(f"unknown field {unknown[0]!r}")
-        obj = cls(**{n: _convert(d[n], hints[n], n) for n in names if n in d})
+        values = {n: _convert(d[n], hints[n], n) for n in names if n in d}
+        for f in dataclasses.fields(cls):
+            if "range" in f.metadata and f.name in values:
+                _check_range(f.name, values[f.name], *f.metadata["range"])
+        obj = cls(**values)
         obj.check()
         return obj
+
+    @classmethod
+    def check_object(cls, d, where: str) -> None:
+        """Validate a stored object that readers keep as a plain dict (run.json's `data`)."""
+        try:
+            cls.from_dict(d)
+        except CorruptRecord as e:
+            raise CorruptRecord(f"{where}: {e}") from None
 
     def to_dict(self) -> dict:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}

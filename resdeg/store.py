@@ -6,11 +6,18 @@ and the per-step telemetry beside it; checkpoints and weights stay out of git.
 
 The telemetry file is named by its content and pinned by run.json: a new one is written beside
 the old, run.json is switched to it, then the old one is removed. A crash or a full disk between
-the two writes leaves run.json pointing at a file that is still there.
+the two writes leaves run.json pointing at a file that is still there; a reader that read the old
+run.json just before the switch reads run.json again (`_read_pinned`), so it never sees a run
+whose telemetry is missing.
+
+A run's identity is its record (config hash and seed), not its folder's name: `scan` reports a
+folder whose name or place disagrees with its record, and of two folders holding the same run
+(a `cp -r run run.bak`) uses one and reports the other as a duplicate.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import tempfile
 import zipfile
@@ -23,7 +30,7 @@ import numpy as np
 from .atomic import atomic_write_bytes, npz_bytes
 from .config import CONFIG_SCHEMA, Config
 from .errors import ResdegError
-from .records import CorruptRecord, Fields, Record, read_record, require, write_record
+from .records import CorruptRecord, Fields, Record, bounded, read_record, require, write_record
 
 RUN_FILE, CHECKPOINT_FILE, WEIGHTS_FILE = "run.json", "checkpoint.pt", "model.pt"
 TELEMETRY_GLOB = "telemetry*.npz"  # telemetry-<sha>.npz (runs before it had content names: telemetry.npz)
@@ -81,42 +88,36 @@ def _foreign_entries(results: Path) -> list[str]:
     return sorted(p.name for p in entries if not (p.is_dir() and p.name in PROTOCOLS))
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 # -- run.json ---------------------------------------------------------------------------------
+
+FRACTION = (0.0, 1.0)
+
 
 @dataclass(frozen=True)
 class Epoch(Fields):
     """One epoch's numbers. Accuracies are fractions; a non-finite loss is stored as null (in
     training only by a diverged run; an evaluation loss can overflow while training goes on)."""
-    epoch: int
-    train_loss: float | None
-    train_acc: float
-    clean_train_acc: float
-    test_loss: float | None
-    test_acc: float
-    lr: float
-    wall_s: float
-    steps: int
-
-    def check(self) -> None:
-        for key in ("train_acc", "clean_train_acc", "test_acc"):
-            v = getattr(self, key)
-            require(0.0 <= v <= 1.0, f"epoch {self.epoch}: {key}={v} outside [0, 1]")
+    epoch: int = bounded(1)
+    train_loss: float | None = bounded(0.0)  # cross-entropy
+    train_acc: float = bounded(*FRACTION)
+    clean_train_acc: float = bounded(*FRACTION)
+    test_loss: float | None = bounded(0.0)
+    test_acc: float = bounded(*FRACTION)
+    lr: float = bounded(0.0)
+    wall_s: float = bounded(0.0)
+    steps: int = bounded(1)
 
 
 @dataclass(frozen=True)
 class Summary(Fields):
-    train_acc: float | None
-    clean_train_acc: float | None
-    test_acc: float | None
-    test_loss: float | None
-    best_test_acc: float | None
-    parameters: int
-    steps_per_epoch: int
-    wall_s: float
+    train_acc: float | None = bounded(*FRACTION)
+    clean_train_acc: float | None = bounded(*FRACTION)
+    test_acc: float | None = bounded(*FRACTION)
+    test_loss: float | None = bounded(0.0)
+    best_test_acc: float | None = bounded(*FRACTION)
+    parameters: int = bounded(1)
+    steps_per_epoch: int = bounded(1)
+    wall_s: float = bounded(0.0)
 
 
 @dataclass(frozen=True)
@@ -124,9 +125,58 @@ class TelemetryEntry(Fields):
     """Pins telemetry.npz to its run.json: the file is checked against this sha256 on every read."""
     file: str
     sha256: str
-    steps: int
+    steps: int = bounded(0)
     stages: tuple[str, ...]
     arrays: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DataInfo(Fields):
+    """run.json's `data`: the data set a run was trained on (Dataset.describe) and how much of it
+    it used. Validated on read; readers keep the plain object (run.data["fingerprint"])."""
+    name: str
+    source: str
+    fingerprint: str
+    classes: tuple[str, ...]
+    n_train: int = bounded(1)
+    n_test: int = bounded(1)
+    image_shape: tuple[int, ...] = bounded(1)
+    train_used: int = bounded(1)
+    test_used: int = bounded(1)
+    clean_train_used: int = bounded(0)
+    warnings: tuple[str, ...] = ()  # absent in runs from before data warnings were recorded
+
+    def check(self) -> None:
+        require(len(self.fingerprint) == 64 and all(c in "0123456789abcdef" for c in self.fingerprint),
+                f"fingerprint {self.fingerprint[:70]!r} is not a sha256")
+        require(len(self.classes) >= 2, f"{len(self.classes)} classes (a data set has at least 2)")
+        require(len(self.image_shape) == 3, f"image_shape {list(self.image_shape)} is not channels x height x width")
+        require(self.train_used <= self.n_train and self.test_used <= self.n_test,
+                f"uses more images ({self.train_used} / {self.test_used}) than the data set holds "
+                f"({self.n_train} / {self.n_test})")
+        require(self.clean_train_used <= self.train_used,
+                f"clean_train_used {self.clean_train_used} exceeds train_used {self.train_used}")
+
+
+@dataclass(frozen=True)
+class RunEnvironment(Fields):
+    """run.json's `environment`: where and with what a run trained (train.environment)."""
+    OPEN: ClassVar[bool] = True  # descriptive: a later resdeg may record more
+    resdeg: str
+    python: str
+    torch: str
+    torchvision: str
+    numpy: str
+    platform: str
+    device_type: str
+    device: str
+    cpu_threads: int = bounded(1)
+    precision: str
+    git_commit: str | None
+
+    def check(self) -> None:
+        require(self.device_type in ("cpu", "cuda"), f"device_type {self.device_type!r} is not cpu or cuda")
+        require(self.precision in ("fp32", "bf16"), f"precision {self.precision!r} is not fp32 or bf16")
 
 
 @dataclass(frozen=True)
@@ -139,10 +189,10 @@ class RunRecord(Record):
     environment: dict[str, Any]
     data: dict[str, Any]
     status: str
-    epochs_done: int
+    epochs_done: int = bounded(0)
     epochs: tuple[Epoch, ...]
     summary: Summary
-    diverged_at_step: int | None = None
+    diverged_at_step: int | None = bounded(0, default=None)
     telemetry: TelemetryEntry | None = None
     config_schema: int = 1  # absent in runs written before config schema 2
     created: str = ""
@@ -161,7 +211,8 @@ class RunRecord(Record):
             require(e.train_loss is not None or self.status == "diverged", f"epoch {e.epoch}: train_loss is null")
         if self.status == "done":
             require(self.epochs_done == self.config.epochs, "status done but not every epoch recorded")
-        require(isinstance(self.data.get("fingerprint"), str), "data.fingerprint missing")
+        DataInfo.check_object(self.data, "data")
+        RunEnvironment.check_object(self.environment, "environment")
 
     # what every reader asks of a run
     model = property(lambda self: self.config.model)
@@ -176,15 +227,36 @@ class RunRecord(Record):
         return self.epochs[-1] if self.epochs else None
 
 
+READ_ATTEMPTS = 5
+
+
+def _read_pinned(folder: Path) -> tuple[RunRecord, bytes | None]:
+    """run.json and the telemetry bytes it pins, as one consistent pair.
+
+    A writer replaces run.json, then deletes the telemetry file the new one no longer pins, so a
+    reader that read run.json just before the replace finds its file gone. run.json has changed
+    by then: read it again. A file missing while run.json still pins it is damage."""
+    for _ in range(READ_ATTEMPTS):
+        run = read_record(folder / RUN_FILE, RunRecord)
+        if not run.telemetry:
+            return run, None
+        try:
+            data = (folder / run.telemetry.file).read_bytes()  # an open file stays readable if deleted meanwhile
+        except FileNotFoundError:
+            if read_record(folder / RUN_FILE, RunRecord).telemetry == run.telemetry:
+                break
+            continue  # replaced meanwhile: the new run.json pins a newer file
+        except OSError as e:
+            raise CorruptRun(f"{run.telemetry.file} is unreadable ({e.strerror or e})") from None
+        require(hashlib.sha256(data).hexdigest() == run.telemetry.sha256,
+                f"{run.telemetry.file} does not match its recorded sha256")
+        return run, data
+    raise CorruptRun(f"{run.telemetry.file} is missing")
+
+
 def read_run(folder: str | Path) -> RunRecord:
     """The validated run.json of a folder, with its telemetry checked against its hash."""
-    folder = Path(folder)
-    run = read_record(folder / RUN_FILE, RunRecord)
-    if run.telemetry:
-        tpath = folder / run.telemetry.file
-        require(tpath.exists(), f"{tpath.name} is missing")
-        require(_sha256(tpath) == run.telemetry.sha256, f"{tpath.name} does not match its recorded sha256")
-    return run
+    return _read_pinned(Path(folder))[0]
 
 
 def write_run(folder: str | Path, run: RunRecord) -> None:
@@ -195,6 +267,40 @@ def write_run(folder: str | Path, run: RunRecord) -> None:
     for old in folder.glob(TELEMETRY_GLOB):
         if old.name != keep:
             old.unlink(missing_ok=True)
+
+
+# -- model.pt ---------------------------------------------------------------------------------
+
+def write_weights(folder: str | Path, config_hash: str, state_dict: dict) -> None:
+    """A finished run's weights, tagged with its config hash: a model.pt copied into another
+    run's folder is refused on load, as a checkpoint of another config is."""
+    from .atomic import atomic_torch_save
+
+    atomic_torch_save({"config_hash": config_hash, "state_dict": state_dict}, Path(folder) / WEIGHTS_FILE)
+
+
+def read_weights(folder: str | Path, config_hash: str) -> dict:
+    """The state_dict of a run's model.pt, checked to be this run's (a one-line ResdegError
+    otherwise). A bare state_dict, as written before weights carried their hash, is taken as is."""
+    import torch
+
+    path = Path(folder) / WEIGHTS_FILE
+    if not path.exists():
+        raise ResdegError(f"{folder}: no {WEIGHTS_FILE} (weights are not kept in git); "
+                          f"retrain this run with `resdeg run ... --force` to probe it")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        tagged = isinstance(state, dict) and set(state) == {"config_hash", "state_dict"}
+        owner, state = (state["config_hash"], state["state_dict"]) if tagged else (config_hash, state)
+        if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+            raise TypeError("not a state_dict of tensors")
+    except Exception as e:  # any unreadable file: the message, on one line
+        first = (str(e).splitlines() or [""])[0][:120]
+        raise ResdegError(f"{path}: unreadable weights ({type(e).__name__}: {first}); retrain with --force") from None
+    if owner != config_hash:
+        raise ResdegError(f"{path}: unusable weights: they belong to another run (config hash {owner!s:.12}, "
+                          f"this run's is {config_hash}); retrain with --force")
+    return state
 
 
 # -- telemetry.npz ----------------------------------------------------------------------------
@@ -212,12 +318,12 @@ def write_telemetry(folder: str | Path, stages: list[str], arrays: dict[str, np.
 def read_telemetry(folder: str | Path) -> dict[str, np.ndarray]:
     """The per-step telemetry of a finished or partial run, checked for shape consistency."""
     folder = Path(folder)
-    run = read_run(folder)
+    run, data = _read_pinned(folder)
     if not run.telemetry:
         raise CorruptRun(f"{folder.name}: this run recorded no telemetry")
     name = run.telemetry.file
     try:
-        with np.load(folder / name, allow_pickle=False) as z:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
             out = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
         raise CorruptRun(f"{name} is unreadable ({type(e).__name__})") from None
@@ -237,15 +343,23 @@ class RunEntry:
     """One run folder of the store: its record, or the problem that makes it unusable.
     `resumable`: no run.json but a checkpoint, which holds everything run.json is made from
     (a copy that kept only git-ignored files, or run.json deleted by hand): unusable until
-    `run-all` resumes the run, which rewrites run.json."""
+    `run-all` resumes the run, which rewrites run.json. `duplicate_of`: another folder holds the
+    same run (its record is kept, unused, with the problem). `misplaced`: the folder's name or
+    place disagrees with its record (said, not a problem: the record is what counts)."""
     path: Path
     run: RunRecord | None
     problem: str | None = None
     resumable: bool = False
+    duplicate_of: Path | None = None
+    misplaced: str | None = None
 
     @property
     def status(self) -> str:
-        return "partial" if self.resumable else "corrupt" if self.problem else self.run.status
+        if self.resumable:
+            return "partial"
+        if self.duplicate_of:
+            return "duplicate"
+        return "corrupt" if self.problem else self.run.status
 
     def row(self) -> dict:
         """One object of `resdeg status --json` (without the probe column, joined in probes.store)."""
@@ -257,11 +371,20 @@ class RunEntry:
                     "test_acc": None, "wall_s": None, "config_hash": None, "path": str(self.path)}
         r, last = self.run, self.run.final
         return {"model": r.model, "variant": r.variant, "seed": r.seed, "protocol": r.protocol,
-                "dataset": r.dataset, "status": self.status, "problem": None, "epochs_done": r.epochs_done,
-                "epochs": r.config.epochs, "train_acc": last and last.train_acc,
+                "dataset": r.dataset, "status": self.status, "problem": self.problem or self.misplaced,
+                "epochs_done": r.epochs_done, "epochs": r.config.epochs, "train_acc": last and last.train_acc,
                 "clean_train_acc": last and last.clean_train_acc, "test_acc": last and last.test_acc,
                 "wall_s": round(sum(e.wall_s for e in r.epochs), 1),  # training time of the epochs done so far
                 "config_hash": r.config_hash, "path": str(self.path)}
+
+
+def record_place(run: RunRecord) -> tuple[str, str, str]:
+    """(protocol, dataset, folder name) where the store keeps this run: what its record says."""
+    return run.protocol, run.dataset, f"{run.model}-{run.variant}-s{run.seed}-{run.config_hash}"
+
+
+def _place(folder: Path) -> tuple[str, str, str]:
+    return folder.parent.parent.name, folder.parent.name, folder.name
 
 
 def _parse_name(name: str):
@@ -283,9 +406,32 @@ def entry(folder: str | Path) -> RunEntry:
 
 
 def scan(results: str | Path) -> list[RunEntry]:
-    """Every run folder under results/ (a folder holding run.json or a checkpoint)."""
+    """Every run folder under results/ (a folder holding run.json or a checkpoint; hidden folders,
+    such as a --force replacement being trained, are not runs), each run once (`identify`)."""
     results = Path(results)
     if not results.is_dir():
         return []
     folders = {p.parent for pattern in (RUN_FILE, CHECKPOINT_FILE) for p in results.glob(f"*/*/*/{pattern}")}
-    return [entry(f) for f in sorted(folders)]
+    return identify([entry(f) for f in sorted(folders) if not any(part.startswith(".") for part in _place(f))])
+
+
+def identify(entries: list[RunEntry]) -> list[RunEntry]:
+    """Mark folders whose name disagrees with their record, and duplicates: of the folders that
+    hold one run (same config hash and seed), the one at its record's place (else the first) is
+    the run; every other is a duplicate, reported and never counted."""
+    same_run: dict[tuple[str, int], list[RunEntry]] = {}
+    for e in entries:
+        if e.run is None:
+            continue
+        if _place(e.path) != record_place(e.run):
+            e.misplaced = (f"the folder's name or place disagrees with its record (its run is "
+                           f"{'/'.join(record_place(e.run))})")
+        same_run.setdefault((e.run.config_hash, e.run.seed), []).append(e)
+    for group in same_run.values():
+        keep = min(group, key=lambda e: (e.misplaced is not None, str(e.path)))
+        for e in group:
+            if e is not keep:
+                e.duplicate_of = keep.path
+                e.problem = (f"a copy of {keep.path} (the same run: config hash {keep.run.config_hash}, seed "
+                             f"{keep.run.seed}); not counted: remove one of the two folders")
+    return entries

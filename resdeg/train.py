@@ -33,8 +33,8 @@ from .config import CONFIG_SCHEMA
 from .data import Dataset, fixed_subset, preprocess, test_subset
 from .errors import ResdegError
 from .models import model_from_config
-from .store import (CHECKPOINT_FILE, TELEMETRY_ARRAYS, WEIGHTS_FILE, Epoch, RunRecord, Summary, TelemetryEntry,
-                    write_run, write_telemetry)
+from .store import (CHECKPOINT_FILE, TELEMETRY_ARRAYS, Epoch, RunRecord, Summary, TelemetryEntry, write_run,
+                    write_telemetry, write_weights)
 from .telemetry import StageTelemetry
 
 EVAL_BATCH = 500
@@ -395,7 +395,7 @@ class Trainer:
         # Weights before the record that says "done": a failure in between leaves a partial run
         # with its checkpoint, which the next command finishes, never a done run without weights.
         if status == "done":
-            atomic_torch_save(self.engine.model.state_dict(), self.folder / WEIGHTS_FILE)
+            write_weights(self.folder, self.cfg.hash, self.engine.model.state_dict())
         run = self.save(status)
         (self.folder / CHECKPOINT_FILE).unlink(missing_ok=True)
         self.engine.close()

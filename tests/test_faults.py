@@ -401,3 +401,80 @@ def test_files_from_a_newer_resdeg_are_reported_not_used(tmp_path):
     run_json.write_text(json.dumps(doc))
     (row,) = status_json(results)
     assert row["status"] == "corrupt" and "newer resdeg" in row["problem"]
+
+
+# -- readers during a write; every field validated ---------------------------------------------
+
+def _fake_run(root: Path, seed: int = 1) -> Path:
+    """A finished run written through the stores' writers, without training (report_fixture)."""
+    from report_fixture import write_fake_run
+
+    from resdeg.config import make_config
+
+    cfg = make_config("smoke", {"epochs": 2}, model="resnet18", variant="FULL", seed=seed, dataset="synthetic")
+    return write_fake_run(root, cfg, 0.5, 0.6, 0.0, probe=False)
+
+
+def test_a_reader_between_the_two_writes_of_a_run_sees_the_new_run(tmp_path, monkeypatch):
+    """The writer replaces run.json, then deletes the telemetry it no longer pins. A reader (status,
+    report) that read run.json just before the replace reads it again: it gets the new run, never
+    "telemetry-... is missing"."""
+    from dataclasses import replace
+
+    from resdeg import store
+
+    folder = _fake_run(tmp_path)
+    old = store.read_run(folder)
+    arrays = store.read_telemetry(folder)
+    stages = [str(s) for s in arrays.pop("stages")]
+    new = replace(old, telemetry=store.write_telemetry(folder, stages, {**arrays, "loss": arrays["loss"] / 2}))
+    real, pending = store.read_record, [new]
+
+    def read_then_the_writer_runs(path, cls):
+        record = real(path, cls)
+        if pending:  # the writer's two steps, right after this reader's read of run.json
+            store.write_run(folder, pending.pop())
+        return record
+    monkeypatch.setattr(store, "read_record", read_then_the_writer_runs)
+    assert store.read_run(folder) == new
+    # the telemetry itself, switched back by a writer right after the reader read run.json
+    pending.append(replace(new, telemetry=store.write_telemetry(folder, stages, arrays)))
+    assert store.read_telemetry(folder)["loss"].tolist() == arrays["loss"].tolist()
+    assert [p.name for p in folder.glob("telemetry-*.npz")] == [old.telemetry.file]
+
+
+@pytest.mark.parametrize("where,value,fragment", [
+    ("data", "CIFAR", "data: not an object"),
+    ("data", {"fingerprint": "f" * 64}, "data: field 'name' missing"),
+    ("data.n_train", -10, "data: n_train: -10 is outside its range"),
+    ("data.train_used", 4096, "uses more images (4096 / 512) than the data set holds (2048 / 512)"),
+    ("data.classes", [1, 2], "data: classes[0]: 1 is not a str"),
+    ("environment", ["cpu"], "environment: not an object"),
+    ("environment.cpu_threads", -2, "environment: cpu_threads: -2 is outside its range"),
+    ("environment.device_type", "gpu", "device_type 'gpu' is not cpu or cuda"),
+    ("summary.wall_s", -1.0, "summary: wall_s: -1.0 is outside its range"),
+    ("summary.parameters", -1, "summary: parameters: -1 is outside its range"),
+    ("epochs.0.wall_s", -3.5, "epochs[0]: wall_s: -3.5 is outside its range"),
+    ("epochs.1.lr", -0.1, "epochs[1]: lr: -0.1 is outside its range"),
+])
+def test_every_field_of_a_run_is_validated_with_its_physical_range(tmp_path, where, value, fragment):
+    """A run.json whose `data` or `environment` object is malformed, or that holds a negative time,
+    parameter or image count, is corrupt (said in one line by status), never published."""
+    from resdeg.report.collect import load_store
+
+    results = tmp_path / "r"
+    _fake_run(results, seed=1)
+    bad = _fake_run(results, seed=2)
+    doc = json.loads((bad / "run.json").read_text())
+    *path, last = where.split(".")
+    node = doc
+    for key in path:
+        node = node[int(key) if key.isdigit() else key]
+    node[last] = value
+    (bad / "run.json").write_text(json.dumps(doc))
+    rows = {r["seed"]: r for r in status_json(results)}
+    assert rows[1]["status"] == "done" and rows[2]["status"] == "corrupt"
+    assert fragment in rows[2]["problem"], rows[2]["problem"]
+    store = load_store(results)  # what `resdeg report` publishes: the good run only
+    assert [r.seed for r in store.runs] == [1]
+    assert any(bad.name in rel and fragment in why for rel, why in store.unused), store.unused

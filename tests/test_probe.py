@@ -121,12 +121,30 @@ def test_diverged_run_is_skipped_with_its_reason(run_copy):
 
 def test_non_finite_weights_are_skipped(run_copy):
     _, folder = run_copy
-    state = torch.load(folder / "model.pt", weights_only=True)
-    state["stage1.0.conv1.weight"][0, 0, 0, 0] = float("nan")
-    torch.save(state, folder / "model.pt")
+    saved = torch.load(folder / "model.pt", weights_only=True)
+    saved["state_dict"]["stage1.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(saved, folder / "model.pt")
     out = cli("probe", "--run", folder, "--device", "cpu", "--quiet")
     assert "skipped (non-finite weights)" in out.stderr
     assert read_probe(folder).to_dict()["reason"] == "non-finite weights"
+
+
+def test_weights_copied_from_another_run_are_refused_and_untagged_ones_still_load(run_copy):
+    """model.pt carries its run's config hash: another run's weights copied into the folder are
+    refused in one line, as another config's checkpoint is, and nothing is probed or overwritten.
+    Weights saved before they carried the hash (a bare state_dict) are used as they are."""
+    results, folder = run_copy
+    cli("run", *SMOKE, *TINY, "--set", "epochs=1", "--set", "test_images=0", "--seed", "7", "--results", results)
+    (other,) = {p.parent for p in results.glob("*/*/*/run.json")} - {folder}
+    shutil.copy(other / "model.pt", folder / "model.pt")
+    result = cli("probe", "--run", folder, "--device", "cpu", "--quiet", expect=None)
+    assert_one_line_error(result, f"{folder / 'model.pt'}: unusable weights: they belong to another run",
+                          "--force")
+    assert _no_probe_written(folder)
+    saved = torch.load(other / "model.pt", weights_only=True)
+    torch.save(saved["state_dict"], folder / "model.pt")  # as resdeg wrote it before
+    cli("probe", "--run", folder, "--device", "cpu", "--quiet", "--probe-images", "20")
+    assert read_probe(folder, ProbeSettings(probe_images=20)).status == "done"
 
 
 @pytest.mark.parametrize("damage,args,fragments", [

@@ -937,3 +937,42 @@ def test_the_headline_has_one_panel_per_study_and_no_empty_axes(tmp_path, monkey
     visible = [ax for ax in axes if ax.get_visible()]
     assert len(axes) == grid[0] * grid[1] and len(visible) == n_studies
     assert all(ax.lines for ax in visible)
+
+
+# -- the store's identity: records, not folder names ---------------------------------------------------
+
+def test_a_copied_run_folder_is_reported_once_and_never_counted_twice(tmp_path):
+    """`cp -r run run.bak` holds the same run (config hash and seed): it is a duplicate, said once
+    by status and left out of the report, never a second seed; a folder renamed by hand is said to
+    disagree with its record, and still counted once."""
+    import shutil
+
+    from resdeg.report.collect import load_store
+
+    results = make_results(tmp_path / "results", seeds=(1,), epochs=2, models=("resnet18",), protocol="native")
+    before = load_store(results)
+    folders = sorted(r.folder for r in before.runs)
+    shutil.copytree(folders[0], folders[0].with_name(folders[0].name + ".bak"))
+    folders[1].rename(folders[1].with_name("renamed"))
+    after = load_store(results)
+    assert [(r.model, r.variant, r.seed) for r in after.runs] == [(r.model, r.variant, r.seed) for r in before.runs]
+    (dup,) = [why for rel, why in after.unused if rel.endswith(".bak")]
+    assert dup.startswith(f"duplicate: a copy of {folders[0]} (the same run: config hash")
+    out = cli("status", "--results", results)
+    problems = out.stderr.strip().splitlines()
+    assert len(problems) == 2, problems
+    assert any(p.startswith(f"duplicate: {folders[0]}.bak: a copy of {folders[0]}") for p in problems)
+    assert any(p.startswith(f"{'done'}: {folders[1].with_name('renamed')}: the folder's name or place disagrees "
+                            f"with its record (its run is native/synthetic/{folders[1].name})") for p in problems)
+
+
+def test_the_setup_page_names_the_data_by_its_fingerprint_not_its_folder():
+    """A folder named like the JPEG copy is not called the JPEG copy; the JPEG copy read from a
+    folder of any name is (the Setup page's description comes from data_kind)."""
+    from resdeg.report.pages import data_kind
+
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    jpeg_copy = "4a5f1bef3edaa001c469a58ffe2577affdcd0cb22f2c15a2df29649ef4dd1d84"
+    data = {"name": "imagefolder", "classes": classes}
+    assert data_kind({**data, "source": "image folder /work/data", "fingerprint": jpeg_copy}) == "cifar10-jpeg"
+    assert data_kind({**data, "source": "image folder /data/cifar10-jpeg", "fingerprint": "0" * 64}) == "cifar10-folder"

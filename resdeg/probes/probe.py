@@ -22,7 +22,7 @@ from ..data import Dataset, load_dataset
 from ..errors import ResdegError
 from ..models import model_from_config
 from ..records import CorruptRecord
-from ..store import RUN_FILE, WEIGHTS_FILE, RunRecord, read_run
+from ..store import RUN_FILE, RunRecord, read_run, read_weights
 from . import criteria
 from .features import block_signals, initial_model, prepare_cpu, probe_images, signal_propagation, stage_features
 from .signal import effective_rank
@@ -111,21 +111,6 @@ def _record(run: RunRecord, settings: ProbeSettings, device: torch.device, start
         blocks=blocks or {}, effective_rank=ranks or {})
 
 
-def _load_weights(folder: Path) -> dict:
-    path = folder / WEIGHTS_FILE
-    if not path.exists():
-        raise ResdegError(f"{folder}: no {WEIGHTS_FILE} (weights are not kept in git); "
-                          f"retrain this run with `resdeg run ... --force` to probe it")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
-            raise TypeError("not a state_dict of tensors")
-        return state
-    except Exception as e:  # any unreadable file: the message, on one line
-        first = (str(e).splitlines() or [""])[0][:120]
-        raise ResdegError(f"{path}: unreadable weights ({type(e).__name__}: {first}); retrain with --force") from None
-
-
 def probe_run(folder: str | Path, settings: ProbeSettings, device: torch.device, data_dir=None,
               force: bool = False, datasets: dict[str, Dataset] | None = None,
               progress: bool = True) -> tuple[ProbeRecord, str]:
@@ -153,7 +138,7 @@ def probe_run(folder: str | Path, settings: ProbeSettings, device: torch.device,
 
     if run.status == "diverged":
         return skipped(f"run diverged at step {run.diverged_at_step}")
-    state = _load_weights(folder)
+    state = read_weights(folder, run.config_hash)
     if not all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point()):
         return skipped("non-finite weights")
 
@@ -296,6 +281,8 @@ def finished_runs(results: str | Path, protocol=None, dataset=None, models=None,
             continue
         if run.resumable:
             log(f"not probed: {run.path.name} is unfinished ({run.problem})")
+        elif run.duplicate_of:
+            log(f"not probed: {run.path.name} is {run.problem}")
         elif run.problem:
             problems.append(f"{run.path.name}: corrupt run ({run.problem})")
             log(f"not probed: {problems[-1]}")

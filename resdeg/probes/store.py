@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import ResdegError
-from ..records import CorruptRecord, Fields, Record, read_record, require, write_record
+from ..records import CorruptRecord, Fields, Record, bounded, read_record, require, write_record
 from ..store import RunEntry, RunRecord, read_run, scan
 from .criteria import CRITERIA
 
@@ -97,10 +97,23 @@ class BlockSignal(Fields):
     average channel variance before the add (for a plain block: its output before the ReLU)."""
     name: str
     stage: str
-    index: int
-    sq_mean: float | None
-    variance: float | None
-    branch_variance: float | None
+    index: int = bounded(0)
+    sq_mean: float | None = bounded(0.0)
+    variance: float | None = bounded(0.0)
+    branch_variance: float | None = bounded(0.0)
+
+
+@dataclass(frozen=True)
+class ProbeEnvironment(Fields):
+    """A probe's `environment`: where it was computed (probe._environment)."""
+    OPEN: ClassVar[bool] = True  # descriptive: test stores and later versions record more
+    device: str
+    torch: str
+    threads: int | None = bounded(1, default=None)
+
+
+# signal statistics that are spreads or magnitudes: never negative
+NON_NEGATIVE_SIGNALS = ("act_std", "grad_std", "grad_mean_abs")
 
 
 @dataclass(frozen=True)
@@ -113,17 +126,18 @@ class ProbeRecord(Record):
     settings_hash: str
     status: str
     reason: str | None
-    images: int
-    classes_present: int
+    images: int = bounded(0)
+    classes_present: int = bounded(0)
     stages: tuple[str, ...]
     stage_shapes: dict[str, tuple[int, ...]]
     criteria: dict[str, dict[str, float | None]]
     criterion_errors: dict[str, dict[str, str]]
     signal: dict[str, dict[str, dict[str, float | None]]]  # phase -> SIGNAL_KEYS -> stage -> value
     environment: dict[str, Any]
-    wall_s: float
+    wall_s: float = bounded(0.0)
     created: str = ""
-    image_indices: tuple[int, ...] = ()  # the probe images, as indices into the data set's test split
+    # the probe images, as indices into the data set's test split
+    image_indices: tuple[int, ...] = bounded(0, default=())
     blocks: dict[str, tuple[BlockSignal, ...]] = dataclasses.field(default_factory=dict)  # phase -> blocks
     effective_rank: dict[str, dict[str, float | None]] = dataclasses.field(default_factory=dict)  # phase -> stage
     version: int = PROBE_SCHEMA_VERSION  # the schema version it was written under
@@ -158,21 +172,30 @@ class ProbeRecord(Record):
                 reason = self.criterion_errors.get(name, {}).get(stage)
                 require((v is None) == isinstance(reason, str), f"criteria.{name}.{stage}: a null value needs a reason")
         require(set(self.criterion_errors) <= set(self.settings.criteria), "criterion_errors names an unknown criterion")
+        ProbeEnvironment.check_object(self.environment, "environment")
         require(set(self.signal) == set(SIGNAL_PHASES), f"signal needs exactly {SIGNAL_PHASES}")
         for phase, stats in self.signal.items():
             require(set(stats) == set(SIGNAL_KEYS), f"signal.{phase} needs {SIGNAL_KEYS}")
             for key, values in stats.items():
                 require(set(values) == set(stages) if done else not values, f"signal.{phase}.{key}: not one value per stage")
+                if key in NON_NEGATIVE_SIGNALS:
+                    _non_negative(values, f"signal.{phase}.{key}")
         if done and self.version >= 2:
             require(len(self.image_indices) == self.images, "image_indices: not one index per probe image")
             require(set(self.blocks) == set(SIGNAL_PHASES) and set(self.effective_rank) == set(SIGNAL_PHASES),
                     f"blocks and effective_rank need exactly {SIGNAL_PHASES}")
             for phase, ranks in self.effective_rank.items():
                 require(set(ranks) == set(stages), f"effective_rank.{phase}: not one value per stage")
+                _non_negative(ranks, f"effective_rank.{phase}")
 
     @property
     def done(self) -> bool:
         return self.status == "done"
+
+
+def _non_negative(values: dict, where: str) -> None:
+    bad = next(((k, v) for k, v in values.items() if v is not None and v < 0), None)
+    require(bad is None, f"{where}.{bad and bad[0]}: {bad and bad[1]!r} is negative (a spread or a magnitude)")
 
 
 def probe_path(folder: str | Path, settings: ProbeSettings | None = None) -> Path:

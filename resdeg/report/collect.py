@@ -227,7 +227,7 @@ def load_store(results: str | Path, protocol: str | None = None, dataset: str | 
     usable, unused = [], []
     for e in entries:
         rel = e.path.relative_to(results).as_posix()
-        if e.run is None:
+        if e.problem:  # unreadable, or a duplicate of another folder (counted once, there)
             unused.append((rel, f"{e.status}: {e.problem}"))
         elif e.run.status not in USABLE:
             unused.append((rel, f"{e.run.status}: {e.run.epochs_done} of {e.run.config.epochs} epochs"))
