@@ -41,21 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# name -> (block, blocks per stage). Variants as data, after timm.
-ARCHS: dict[str, tuple[str, tuple[int, ...]]] = {
-    "resnet18": ("basic", (2, 2, 2, 2)),
-    "resnet34": ("basic", (3, 4, 6, 3)),
-    "resnet50": ("bottleneck", (3, 4, 6, 3)),
-    "resnet101": ("bottleneck", (3, 4, 23, 3)),
-    "resnet152": ("bottleneck", (3, 8, 36, 3)),
-    "resnet20": ("cifar_basic", (3, 3, 3)),
-    "resnet32": ("cifar_basic", (5, 5, 5)),
-    "resnet44": ("cifar_basic", (7, 7, 7)),
-    "resnet56": ("cifar_basic", (9, 9, 9)),
-    "resnet110": ("cifar_basic", (18, 18, 18)),
-}
 from .errors import ResdegError
-from .study import VARIANTS  # variants are declared in study.py
+from .study import ARCHS, VARIANTS  # architectures and variants are declared in study.py
 
 INITS = ("default", "fixup", "skipinit")
 WEIGHT_INITS = ("pytorch", "he")

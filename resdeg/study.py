@@ -32,6 +32,21 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
 )}
 
 
+# name -> (block, blocks per stage), read by the model builder. Variants as data, after timm.
+ARCHS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+    "resnet101": ("bottleneck", (3, 4, 23, 3)),
+    "resnet152": ("bottleneck", (3, 8, 36, 3)),
+    "resnet20": ("cifar_basic", (3, 3, 3)),
+    "resnet32": ("cifar_basic", (5, 5, 5)),
+    "resnet44": ("cifar_basic", (7, 7, 7)),
+    "resnet56": ("cifar_basic", (9, 9, 9)),
+    "resnet110": ("cifar_basic", (18, 18, 18)),
+}
+
+
 def canonical_variant(name: str) -> str:
     """The declared spelling of a variant name given in any case; a one-line error if unknown."""
     for v in VARIANTS:
@@ -51,9 +66,11 @@ DEPTH_PROTOCOLS = ("depth", "depth-long", "depth-he")
 class Comparison:
     """Two models the study compares. `reference` has the component (or is the shallower net),
     `other` lacks it (or is deeper). kind "ablation": same depth, one component removed;
-    kind "depth": same variant, deeper net (degradation in He et al.'s sense)."""
+    kind "depth": same variant, same block and widths, more blocks (degradation in He et al.'s sense);
+    kind "architecture": same variant, another block (ResNet18 -> ResNet50: bottlenecks, 4x wider
+    outputs), which can differ for reasons other than depth and so never shows degradation."""
     kind: str
-    component: str  # residual | batchnorm | normfree | depth
+    component: str  # residual | batchnorm | normfree | depth | architecture
     reference: tuple[str, str]  # (model, variant)
     other: tuple[str, str]
 
@@ -99,7 +116,8 @@ class Study:
                 # pairs among the depths that have runs, so a missing depth leaves no gap
                 trained = [m for m in self.models if (m, variant) in present]
                 for shallow, deep in _depth_pairs(trained):
-                    out.append(Comparison("depth", "depth", (shallow, variant), (deep, variant)))
+                    kind = "depth" if ARCHS[shallow][0] == ARCHS[deep][0] else "architecture"
+                    out.append(Comparison(kind, kind, (shallow, variant), (deep, variant)))
         return [c for c in out if c.reference in present and c.other in present]
 
     @property

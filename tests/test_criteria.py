@@ -269,10 +269,13 @@ def test_all_criteria_matches_the_individual_functions():
     assert list(results) == list(CRITERIA) == [
         "fisher_trace_ratio", "fisher_channel_maps", "lda_score", "linear_probe_acc", "knn_acc",
         "nc1", "silhouette", "coding_rate_reduction", "cka_labels"]
-    for name, (fn, description, higher_is_better) in CRITERIA.items():
+    for name, (fn, description, higher_is_better, width_dependent) in CRITERIA.items():
         assert results[name] == pytest.approx(fn(x, y), rel=1e-12), name
         assert isinstance(results[name], float) and math.isfinite(results[name])
         assert description and higher_is_better == (name != "nc1")
+    # H3 counts only criteria comparable across stage widths; the others say why not
+    assert [n for n, c in CRITERIA.items() if c.width_dependent] == \
+        ["fisher_channel_maps", "silhouette", "coding_rate_reduction"]
     assert set(cr.all_criteria(x, y, skip=("linear_probe_acc", "nc1"))) == set(CRITERIA) - {"linear_probe_acc", "nc1"}
 
 

@@ -379,17 +379,23 @@ class Criterion(NamedTuple):
     fn: Callable[..., float]  # fn(features, labels) -> float
     description: str
     higher_is_better: bool  # True when a larger value means more separable classes
+    # Why the value cannot be compared between stages of different width (None: it can). Only
+    # comparable criteria vote on H3, which compares the shallowest stage with the deepest.
+    width_dependent: str | None = None
 
 
 CRITERIA: dict[str, Criterion] = {
     "fisher_trace_ratio": Criterion(fisher_trace_ratio, "tr(S_B)/tr(S_W), one sample per image", True),
-    "fisher_channel_maps": Criterion(fisher_trace_ratio_channel_maps, "tr(S_B)/tr(S_W), one sample per (image, channel) map", True),
+    "fisher_channel_maps": Criterion(fisher_trace_ratio_channel_maps, "tr(S_B)/tr(S_W), one sample per (image, channel) map", True,
+                                     "its chance level, about (C-1)/(n·channels), falls as channels grow"),
     "lda_score": Criterion(lda_score, "mean LDA eigenvalue of (S_B, S_W) after PCA to 64 dims", True),
     "linear_probe_acc": Criterion(linear_probe_accuracy, "held-out accuracy of a logistic-regression probe", True),
     "knn_acc": Criterion(knn_accuracy, "leave-one-out 20-NN accuracy, cosine similarity", True),
     "nc1": Criterion(nc1, "within-class variability collapse tr(S_W S_B^+)/C", False),
-    "silhouette": Criterion(silhouette, "mean silhouette, Euclidean distance", True),
-    "coding_rate_reduction": Criterion(coding_rate_reduction, "MCR^2 rate reduction of unit-norm features", True),
+    "silhouette": Criterion(silhouette, "mean silhouette, Euclidean distance", True,
+                            "Euclidean distances concentrate as the dimension grows, pulling silhouettes toward 0"),
+    "coding_rate_reduction": Criterion(coding_rate_reduction, "MCR^2 rate reduction of unit-norm features", True,
+                                       "the rate log det(I + d/(n·eps^2) ZZ^T) grows with the dimension d"),
     "cka_labels": Criterion(linear_cka_labels, "linear CKA between features and one-hot labels", True),
 }
 

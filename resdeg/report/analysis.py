@@ -73,6 +73,12 @@ def criteria_present(runs) -> list[str]:
     return [c for c in CRITERIA if c in present]
 
 
+def voting_criteria(runs) -> list[str]:
+    """The criteria present that vote on H3: those comparable across stage widths (criteria.py says
+    why each of the others is not); the others are shown on the pages, not counted."""
+    return [c for c in criteria_present(runs) if CRITERIA[c].width_dependent is None]
+
+
 def signal_values(run: Run, phase: str, key: str = "act_std") -> dict[str, float | None]:
     return run.probe.signal.get(phase, {}).get(key, {}) if run.probe else {}
 
@@ -89,7 +95,7 @@ def side(sr: StudyResults, model: str, variant: str) -> V.Side:
             clean.append(f.clean_train_acc)
     ratios = [median_ratio(r) for r in runs if r.status != "diverged"]
     changes = {}
-    for crit in criteria_present(runs):
+    for crit in voting_criteria(runs):
         vals = [sep_change(r, crit) for r in runs]
         changes[crit] = [v for v in vals if v is not None]
     classes = len(sr.data.get("classes") or []) or 10

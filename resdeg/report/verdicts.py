@@ -16,21 +16,31 @@ from functools import lru_cache
 
 import numpy as np
 
-RULES_VERSION = 5  # 2: single-seed noise rule, "did not learn"; 3: a depth pair explains only degradation;
+RULES_VERSION = 6  # 2: single-seed noise rule, "did not learn"; 3: a depth pair explains only degradation;
 # 4: Welch intervals use the t quantile of their fractional df (it was rounded down); 5: one seed against
-# several gets the other model's seed spread (it had only the binomial noise of one run)
+# several gets the other model's seed spread (it had only the binomial noise of one run); 6: H1 needs
+# positive evidence of equal fit, H3 counts only criteria comparable across stage widths, an architecture
+# change is not a depth pair, verdicts read the mean of the last epochs under a constant learning rate
 VANISH, EXPLODE = 1e-3, 1e3  # median g(first stage) / g(last stage) thresholds
 MIN_DIFFERENCE = 0.01  # a single run's difference counts only from one point of accuracy up
+# H1's equal fit, shown positively: both nets at the training-set ceiling, or the 95% interval of their
+# train-accuracy difference inside +-EQUIVALENCE_MARGIN (two one-sided tests at 2.5% each). A failure to
+# reject a difference is not evidence of equal fit.
+TRAIN_CEILING = 0.99
+EQUIVALENCE_MARGIN = 0.01
 
 RULES = {
     "H1": {
         "en": "Of two models, the worse one is the one with the lower test accuracy. Overfitting explains the "
-              "difference when the worse model's train accuracy in eval mode is at least the better model's and "
-              "its train-test gap (train accuracy in eval mode minus test accuracy) is larger. If it is worse on "
-              "the training set as well, overfitting does not explain it.",
-        "zh": "两个模型中，测试准确率较低的一个是较差的模型。若较差模型在评估模式下的训练集准确率不低于较好模型，"
-              "且其训练与测试之间的差距（评估模式下的训练集准确率减测试准确率）更大，则过拟合可以解释两者的差异；"
-              "若它在训练集上同样更差，过拟合就解释不了。",
+              "difference when the worse model is shown to fit the training set at least as well (train accuracy "
+              "in eval mode): higher beyond noise, or both models at the ceiling (at least 99%), or the 95% "
+              "interval of the difference within ±1 point. Worse on test and no worse on the training set "
+              "means a larger train-test gap, which the pages report. If the worse model is worse on the "
+              "training set as well, overfitting does not explain it; if neither is shown, it is undecided.",
+        "zh": "两个模型中，测试准确率较低的一个是较差的模型。只有证明较差模型对训练集的拟合不比较好模型差"
+              "（评估模式下的训练集准确率超出噪声地更高，或两者都达到 99% 以上的上限，或两者之差的 95% 区间落在"
+              " ±1 个百分点以内），过拟合才能解释两者的差异；测试更差而训练集不差，训练与测试之间的差距自然更大，"
+              "页面会给出这个差距。若较差模型在训练集上同样更差，过拟合就解释不了；两者都无法证明时，判为无法判定。",
     },
     "H2": {
         "en": "A model shows vanishing gradients when the median over training steps of "
@@ -42,10 +52,15 @@ RULES = {
               "若较差模型出现这一现象而较好模型没有，H2 可以解释两者的差异。",
     },
     "H3": {
-        "en": "A model loses information when its separability falls from the shallowest to the deepest stage "
-              "for more than half of the criteria (k of m; nc1 falls when it rises). H3 explains the difference "
-              "when the worse model loses information and the better one does not.",
-        "zh": "若超过一半的可分性判据（k/m；nc1 越大越不可分）从最浅的阶段到最深的阶段下降，判该模型发生信息丢失。"
+        "en": "A model loses information when its separability falls from the shallowest to the deepest stage, "
+              "beyond seed noise (a 95% interval over seeds; one seed decides nothing), for more than half of the "
+              "criteria that can be compared across stage widths (k of m; nc1 falls when it rises; the per-channel-"
+              "map Fisher ratio, the silhouette and the coding-rate reduction depend on the width and are shown, "
+              "not counted). H3 explains the difference when the worse model loses information and the better "
+              "one does not.",
+        "zh": "在可以跨不同宽度的阶段比较的可分性判据中，若超过一半（k/m；nc1 越大越不可分）从最浅的阶段到最深的阶段"
+              "下降，且下降超出种子间的噪声（各种子的 95% 区间；单个种子不作判定），判该模型发生信息丢失。"
+              "逐通道特征图的 Fisher 比值、轮廓系数和编码率缩减都依赖宽度，只展示，不计入。"
               "若较差模型发生信息丢失而较好模型没有，H3 可以解释两者的差异。",
     },
     "depth": {
@@ -267,11 +282,12 @@ REASONS = {
     "worse_on_train": {"en": "{d} is worse on the training set too (train accuracy in eval mode {dtrain}): "
                              "not overfitting.",
                        "zh": "{d} 在训练集上同样更差（评估模式下的训练集准确率 {dtrain}），不是过拟合。"},
-    "overfits": {"en": "{d} fits the training set at least as well ({dtrain}) but its gap is larger ({dgap}).",
-                 "zh": "{d} 对训练集的拟合并不更差（{dtrain}），但训练与测试之间的差距更大（{dgap}）。"},
-    "gap_not_larger": {"en": "{d} fits the training set as well ({dtrain}) but its gap is not larger beyond noise "
-                             "({dgap}).",
-                       "zh": "{d} 对训练集的拟合并不更差（{dtrain}），但训练与测试之间的差距没有超出噪声地变大（{dgap}）。"},
+    "overfits": {"en": "{d} fits the training set at least as well ({dtrain}; {fit}) yet is worse on test: "
+                       "its train-test gap is larger ({dgap}).",
+                 "zh": "{d} 对训练集的拟合不比对方差（{dtrain}；{fit}），测试却更差：训练与测试之间的差距更大（{dgap}）。"},
+    "fit_undecided": {"en": "Whether {d} fits the training set as well is not shown ({dtrain}): the models are "
+                            "not both at the ceiling and the interval is not within ±1 point.",
+                      "zh": "无法证明 {d} 对训练集拟合得一样好（{dtrain}）：两者并非都达到上限，区间也不在 ±1 个百分点以内。"},
     "symptom_only_degraded": {"en": "{d}: {sd}; {h}: {sh}.", "zh": "{d}：{sd}；{h}：{sh}。"},
     "symptom_both": {"en": "Both show it ({d}: {sd}; {h}: {sh}), so it does not explain the difference.",
                      "zh": "两者都有这一现象（{d}：{sd}；{h}：{sh}），因此它解释不了两者的差异。"},
@@ -365,9 +381,30 @@ def h1(subject: str, a: Side, b: Side, depth: bool = False) -> Verdict:
     nums["_fmt"].update(dtrain=fmt_both(dtrain), dgap=fmt_both(dgap))
     if dtrain.sign < 0:
         return _verdict("H1", subject, pair, "not_supported", "worse_on_train", nums, single)
-    if dgap.sign > 0:
-        return _verdict("H1", subject, pair, "supported", "overfits", nums, single)
-    return _verdict("H1", subject, pair, "inconclusive", "gap_not_larger", nums, single)
+    fit = equal_fit(worse, better, dtrain)
+    nums["equal_fit"] = fit
+    if fit is None:
+        return _verdict("H1", subject, pair, "inconclusive", "fit_undecided", nums, single)
+    nums["_fmt"]["fit"] = FIT_TEXT[fit]
+    return _verdict("H1", subject, pair, "supported", "overfits", nums, single)
+
+
+FIT_TEXT = {"better": {"en": "better beyond noise", "zh": "超出噪声地更好"},
+            "ceiling": {"en": f"both at the ceiling of {TRAIN_CEILING:.0%}", "zh": f"两者都达到 {TRAIN_CEILING:.0%} 的上限"},
+            "equivalent": {"en": f"within the ±{EQUIVALENCE_MARGIN * 100:g} point margin",
+                           "zh": f"在 ±{EQUIVALENCE_MARGIN * 100:g} 个百分点的等价范围内"}}
+
+
+def equal_fit(worse: Side, better: Side, dtrain: Estimate) -> str | None:
+    """How the worse model is shown to fit the training set at least as well as the better one
+    (a key of FIT_TEXT), or None when it is not shown."""
+    if dtrain.sign > 0:
+        return "better"
+    if min(worse.clean_train_acc + better.clean_train_acc) >= TRAIN_CEILING:
+        return "ceiling"
+    if dtrain.has_interval and -EQUIVALENCE_MARGIN <= dtrain.low and dtrain.high <= EQUIVALENCE_MARGIN:
+        return "equivalent"
+    return None
 
 
 def gradient_symptom(side: Side) -> tuple[str, Estimate | None]:
@@ -437,11 +474,12 @@ def information_loss(side: Side) -> dict:
     for name, changes in side.sep_change.items():
         if changes:
             e = mean(changes)
-            per[name] = {"change": e.as_dict(), "falls": e.sign < 0, "rises": e.sign > 0}
+            # one seed has no measured spread: its change is shown but counts neither way
+            per[name] = {"change": e.as_dict(), "falls": e.has_interval and e.sign < 0,
+                         "rises": e.has_interval and e.sign > 0}
     m = len(per)
     k = sum(v["falls"] for v in per.values())
-    # a clear "does not fall": a significant rise, or (one seed) a point value that does not fall
-    clear_no = sum(v["rises"] or (not v["falls"] and v["change"]["low"] is None) for v in per.values())
+    clear_no = sum(v["rises"] for v in per.values())  # a clear "does not fall" is a rise beyond seed noise
     if m == 0:
         outcome = "no_data"
     elif k > m / 2:
