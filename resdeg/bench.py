@@ -9,7 +9,7 @@ training steps after a warm-up, with the device synchronised on both sides of th
 (a) and (b) alternate repeat by repeat, so that a change in the machine's load falls on both.
 Reported: images/s, the ratios a/c and a/b, and on a GPU the model FLOP utilisation (FLOPs of
 a training step, counted by torch's FlopCounterMode, per second, over the device's dense bf16
-peak). From measured engine rates it projects the wall time of the full `seed` and `cifar`
+peak). From measured engine rates it projects the wall time of the full `original` and `cifar`
 studies. The figures go to a JSON file (schema resdeg.bench).
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ BENCH_SCHEMA_VERSION = 1
 PEAK_BF16_FLOPS = (("H200 NVL", 835e12), ("H200", 989.4e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12),
                    ("H100", 989.4e12), ("A100", 312e12))
 STUDY_IMAGES = {"train": 50_000, "test": 10_000}  # CIFAR-10, what both studies train and test on
-PROJECTED_PROTOCOLS = ("seed", "cifar")
+PROJECTED_PROTOCOLS = ("original", "cifar")
 LOOPS = {"engine_telemetry": "(a) engine, telemetry on", "engine_no_telemetry": "(b) engine, telemetry off",
          "reference": "(c) reference (original-style)"}
 
@@ -248,7 +248,7 @@ def run_benchmark(model: str, variant: str, protocol: str, device: torch.device,
            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "environment": {**environment(device, precision), "cpu_count": os.cpu_count(),
                            "load_average_1min_at_start": load[0] if load else None},
-           "setup": {"model": cfg.model, "variant": cfg.variant, "protocol": protocol, "image_size": cfg.image_size,
+           "setup": {"model": cfg.model, "variant": cfg.variant, "protocol": cfg.protocol, "image_size": cfg.image_size,
                      "batch_size": bs, "dataset": data.describe()["source"], "compile": compile,
                      "deterministic": cfg.deterministic, "precision_engine": precision,
                      "precision_reference": "fp32", "settings": dataclasses.asdict(settings),

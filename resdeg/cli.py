@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .config import PROTOCOLS, make_config, parse_overrides
+from .config import PROTOCOL_ALIASES, PROTOCOLS, canonical_protocol, make_config, parse_overrides
 from .errors import ResdegError
 from .models import ARCHS
 from .study import VARIANTS
@@ -105,8 +105,7 @@ def _csv(ctx, param, value):
 def common_options(f):
     """Options shared by every command that selects runs."""
     options = [
-        click.option("--protocol", default="seed", show_default=True,
-                     help=f"Named frozen config: {', '.join(PROTOCOLS)} (seed = the original study)."),
+        click.option("--protocol", default="original", show_default=True, callback=_protocol, help=PROTOCOL_HELP),
         click.option("--dataset", default=None,
                      help="cifar10 | cifar100 | imagefolder | synthetic  [default: cifar10]"),
         click.option("--data-dir", type=click.Path(file_okay=False), default=None,
@@ -126,7 +125,7 @@ def train_options(f):
         click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
                      help="Where to train."),
         click.option("--precision", default=None, type=click.Choice(["auto", "bf16", "fp32"]),
-                     help="[default: the protocol's: fp32 for seed/native; auto for the others = bf16 autocast on "
+                     help="[default: the protocol's: fp32 for original/native; auto for the others = bf16 autocast on "
                           "CUDA and on CPUs with native bf16, else fp32]."),
         click.option("--dry-run", is_flag=True, help="Print the planned runs and which are cached; train nothing."),
         click.option("--force", is_flag=True, help="Redo runs even if cached (also corrupt ones)."),
@@ -176,7 +175,7 @@ def _train(configs, results, data_dir, device, dry_run, force, time_limit, quiet
     if dry_run:
         for p in planned:
             note = f"  ({p.problem})" if p.problem else ""
-            click.echo(f"{p.state:<9} {p.cfg.protocol}/{p.cfg.dataset}/{p.cfg.run_name}{note}")
+            click.echo(f"{p.state:<9} {p.cfg.store_protocol}/{p.cfg.dataset}/{p.cfg.run_name}{note}")  # its folder
         todo = sum(p.todo for p in planned)
         click.echo(f"{todo} to train, {len(planned) - todo} cached or skipped")
         return
@@ -306,8 +305,9 @@ def _report(results, docs, protocol, dataset):
               help="Result store folder (read only).")
 @click.option("--docs", default="docs", show_default=True, type=click.Path(file_okay=False), envvar="RESDEG_DOCS",
               help="MkDocs docs folder (or $RESDEG_DOCS): docs/en, docs/zh and docs/downloads are regenerated whole.")
-@click.option("--protocol", default=None,
-              help="Report this protocol's runs [default: the most serious present: seed, cifar, smoke].")
+@click.option("--protocol", default=None, callback=_protocol,
+              help="Report only this protocol's runs [default: every study with results; smoke only when no "
+                   "other study has any].")
 @click.option("--dataset", default=None, help="Report runs on this data set [default: the one with most runs].")
 def report(results, docs, protocol, dataset):
     """Render the report from cached results alone (no training): figures with English and
@@ -362,7 +362,7 @@ def status(results, as_json):
               help="Result store folder.")
 @click.option("--run", "run_folder", type=click.Path(file_okay=False), default=None,
               help="Probe this one run folder (an error if it is missing or unfinished).")
-@click.option("--protocol", default=None, help="Only runs of this protocol [default: all].")
+@click.option("--protocol", default=None, callback=_protocol, help="Only runs of this protocol [default: all].")
 @click.option("--dataset", default=None, help="Only runs on this data set [default: all].")
 @click.option("--models", callback=_csv, default=None, help="Only these models, comma-separated [default: all].")
 @click.option("--variants", callback=_csv, default=None, help="Only these variants, comma-separated [default: all].")
@@ -408,7 +408,7 @@ def probe(results, run_folder, protocol, dataset, models, variants, seeds, probe
 @main.command()
 @click.option("--model", default="resnet18", show_default=True, help=f"One of {', '.join(ARCHS)}.")
 @click.option("--variant", default="FULL", show_default=True, help=f"One of {', '.join(VARIANTS)}.")
-@click.option("--protocol", default="seed", show_default=True, help=f"One of {', '.join(PROTOCOLS)}.")
+@click.option("--protocol", default="original", show_default=True, callback=_protocol, help=PROTOCOL_HELP)
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
               help="Where to time the loops (auto: CUDA when available).")
 @click.option("--batch-size", type=int, default=None,
@@ -427,7 +427,7 @@ def probe(results, run_folder, protocol, dataset, models, variants, seeds, probe
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the engine's stages (not the reference).")
 @click.option("--quick", is_flag=True, help="Few small steps: a CPU run in under two minutes.")
 @click.option("--projection/--no-projection", default=True, show_default=True,
-              help="Also time every study model to project the seed and cifar studies' wall time.")
+              help="Also time every study model to project the original and cifar studies' wall time.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="JSON file [default: benchmarks/<device>-<model>-<protocol>-<time>.json].")
 def bench(model, variant, protocol, device, batch_size, steps, warmup, repeats, projection_steps, workers, dataset,
@@ -435,7 +435,7 @@ def bench(model, variant, protocol, device, batch_size, steps, warmup, repeats, 
     """Time training steps of (a) resdeg's engine with telemetry, (b) without it, and (c) a
     reference loop written like the original study (CPU transforms in a DataLoader, fp32,
     an .item() hook every step), on the same model and images. Prints images/s, a/c, a/b,
-    model FLOP utilisation on a GPU and the projected wall time of the seed and cifar studies;
+    model FLOP utilisation on a GPU and the projected wall time of the original and cifar studies;
     writes the figures as JSON.
     """
     from .bench import Settings, default_output, format_report, run_benchmark, write_bench

@@ -26,7 +26,7 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 @dataclass(frozen=True)
 class Config:
     # what is trained
-    protocol: str = "seed"
+    protocol: str = "original"
     model: str = "resnet18"
     variant: str = "FULL"
     seed: int = 42
@@ -79,8 +79,14 @@ class Config:
         hashed = {f.name: as_json_value(getattr(self, f.name)) for f in fields(self)
                   if f.metadata.get("hash", True)
                   and not (f.metadata.get("hash_unless_default") and getattr(self, f.name) == f.default)}
+        hashed["protocol"] = self.store_protocol  # a renamed protocol keeps its runs' hashes
         blob = json.dumps({"schema": schema, **hashed}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @property
+    def store_protocol(self) -> str:
+        """The protocol's folder in the result store, and its name in the hash (see STORED_AS)."""
+        return STORED_AS.get(self.protocol, self.protocol)
 
     @property
     def run_name(self) -> str:
@@ -102,7 +108,7 @@ SMOKE_TRAIN = 4000
 
 PROTOCOLS: dict[str, dict] = {
     # The original note's code, faithfully (STUDY.md §2): fp32 (TF32 convolutions on CUDA).
-    "seed": dict(),
+    "original": dict(),
     # The original with one change: CIFAR's native 32 px instead of upscaling to 224 (49x cheaper).
     "native": dict(image_size=32),
     # The degradation experiment itself (He et al. 2015, Fig. 6) on their CIFAR nets; bf16 where
@@ -122,6 +128,22 @@ PROTOCOLS: dict[str, dict] = {
                   test_images=1000, clean_train_images=1000, epochs=2, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4,
                   schedule="cosine", precision="auto"),
 }
+
+# Former names still accepted on the command line and in stored runs: `seed` was the original
+# protocol's name, easily read as a random seed (--protocol seed --seeds 42).
+PROTOCOL_ALIASES = {"seed": "original"}
+# A renamed protocol keeps the name its first runs were stored and hashed under, so that those runs
+# keep their folders (results/seed/...) and hashes and a new run of the same settings finds them.
+STORED_AS = {"original": "seed"}
+
+
+def canonical_protocol(name: str) -> str:
+    """The declared name of a protocol given by its name or a former one; a one-line error if unknown."""
+    name = PROTOCOL_ALIASES.get(name, name)
+    if name not in PROTOCOLS:
+        raise ResdegError(f"unknown protocol {_shown(name)}; choose one of {', '.join(PROTOCOLS)}")
+    return name
+
 
 CHOICES = {
     "stem": ("imagenet", "cifar"),
@@ -214,12 +236,11 @@ def validate(cfg: Config) -> Config:
         problem = _type_problem(f.name, getattr(cfg, f.name))
         if problem:
             raise ResdegError(problem)
-    if cfg.protocol not in PROTOCOLS:
-        raise ResdegError(f"unknown protocol {cfg.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    protocol = canonical_protocol(cfg.protocol)  # a run stored under a former name reads as the new one
     model = cfg.model.lower()
     if model not in ARCHS:
         raise ResdegError(f"unknown model {cfg.model!r}; choose one of {', '.join(ARCHS)}")
-    cfg = dataclasses.replace(cfg, model=model, variant=canonical_variant(cfg.variant))
+    cfg = dataclasses.replace(cfg, protocol=protocol, model=model, variant=canonical_variant(cfg.variant))
     for key, allowed in CHOICES.items():
         if getattr(cfg, key) not in allowed:
             raise ResdegError(f"{key}={_shown(getattr(cfg, key))} is not one of {', '.join(allowed)}")
@@ -253,12 +274,11 @@ def resolve_precision(precision: str, device_type: str) -> str:
     return "bf16" if device_type == "cuda" or (device_type == "cpu" and cpu_has_bf16()) else "fp32"
 
 
-def make_config(protocol: str = "seed", overrides: dict | None = None, device_type: str = "cpu",
+def make_config(protocol: str = "original", overrides: dict | None = None, device_type: str = "cpu",
                 **flags) -> Config:
     """The protocol's config with flag values (model, variant, ...) and `--set` overrides, its
     precision resolved for `device_type` (cpu or cuda)."""
-    if protocol not in PROTOCOLS:
-        raise ResdegError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    protocol = canonical_protocol(protocol)
     values = {**PROTOCOLS[protocol], "protocol": protocol}
     values.update({k: v for k, v in flags.items() if v is not None})
     valid = {f.name for f in fields(Config)}

@@ -42,7 +42,7 @@ CorruptRun = CorruptRecord  # a run folder whose files are unreadable or fail va
 
 
 def run_dir(results: str | Path, cfg) -> Path:
-    return Path(results) / cfg.protocol / cfg.dataset / cfg.run_name
+    return Path(results) / cfg.store_protocol / cfg.dataset / cfg.run_name
 
 
 def ensure_writable(results: str | Path) -> Path:
@@ -77,7 +77,7 @@ def _foreign_entries(results: Path) -> list[str]:
     none when it is missing, empty (hidden files aside), holds a run (<protocol>/<dataset>/<run>/
     run.json or checkpoint.pt: extra files beside a store are its owner's business), or holds only
     protocol folders (a store whose first run was stopped before it wrote anything)."""
-    from .config import PROTOCOLS
+    from .config import PROTOCOLS, STORED_AS
 
     try:
         entries = [p for p in results.iterdir() if not p.name.startswith(".")] if results.is_dir() else []
@@ -85,7 +85,7 @@ def _foreign_entries(results: Path) -> list[str]:
         return []  # unreadable: the write test below reports it
     if not entries or any(next(results.glob(f"*/*/*/{name}"), None) for name in (RUN_FILE, CHECKPOINT_FILE)):
         return []
-    return sorted(p.name for p in entries if not (p.is_dir() and p.name in PROTOCOLS))
+    return sorted(p.name for p in entries if not (p.is_dir() and (p.name in PROTOCOLS or p.name in STORED_AS.values())))
 
 
 # -- run.json ---------------------------------------------------------------------------------
@@ -380,7 +380,7 @@ class RunEntry:
 
 def record_place(run: RunRecord) -> tuple[str, str, str]:
     """(protocol, dataset, folder name) where the store keeps this run: what its record says."""
-    return run.protocol, run.dataset, f"{run.model}-{run.variant}-s{run.seed}-{run.config_hash}"
+    return run.config.store_protocol, run.dataset, f"{run.model}-{run.variant}-s{run.seed}-{run.config_hash}"
 
 
 def _place(folder: Path) -> tuple[str, str, str]:

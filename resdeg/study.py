@@ -57,7 +57,7 @@ def canonical_variant(name: str) -> str:
 
 
 # Protocols, most serious first: the order of the report's studies (`config.PROTOCOLS` holds their settings).
-PROTOCOL_RANK = ("seed", "native", "depth-he", "depth-long", "depth", "cifar", "smoke")
+PROTOCOL_RANK = ("original", "native", "depth-he", "depth-long", "depth", "cifar", "smoke")
 # He et al.'s CIFAR nets and recipe, differing only in the number of epochs.
 DEPTH_PROTOCOLS = ("depth", "depth-long", "depth-he")
 
@@ -138,7 +138,7 @@ GRID_VARIANTS = ("FULL", "Nres", "Nbn", "Nboth")
 DEPTH_MODELS = ("resnet20", "resnet32", "resnet44", "resnet56")
 
 STUDIES: tuple[Study, ...] = (
-    Study("original", "seed", "variants", ORIGINAL_MODELS, GRID_VARIANTS,
+    Study("original", "original", "variants", ORIGINAL_MODELS, GRID_VARIANTS,
           {"en": "The original study (224 px)", "zh": "原始研究（224 像素）"}),
     Study("native", "native", "variants", ORIGINAL_MODELS, GRID_VARIANTS,
           {"en": "The original study at 32 px", "zh": "原始研究（32 像素）"}),

@@ -178,10 +178,10 @@ def test_bench_cli_writes_a_consistent_json(tmp_path):
     assert all(r.model_flops_utilisation is None for r in doc.loops.values())  # no peak on a CPU
     assert doc.loops["reference"].workers == 0 and doc.loops["engine_telemetry"].eval_images_per_s > 0
     assert doc.train_flops_per_image > 0 and doc.environment["device_type"] == "cpu"
-    assert set(doc.projection) == {"seed", "cifar"}
-    assert set(doc.projection["seed"]["models"]) == {"resnet18", "resnet50"}
+    assert set(doc.projection) == {"original", "cifar"}
+    assert set(doc.projection["original"]["models"]) == {"resnet18", "resnet50"}
     # what is printed is what is stored
-    assert f"a/c = {doc.ratios.a_over_c:.2f}x" in result.stdout and "projected seed study" in result.stdout
+    assert f"a/c = {doc.ratios.a_over_c:.2f}x" in result.stdout and "projected original study" in result.stdout
     assert f"{doc.loops['reference'].images_per_s:>10.1f}" in result.stdout
 
 

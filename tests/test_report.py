@@ -399,12 +399,13 @@ def test_a_net_that_stopped_learning_under_two_protocols_is_named_once(tmp_path)
     for protocol in ("native", "seed"):
         make_results(results, seeds=(1,), epochs=2, models=("resnet50",), protocol=protocol)
     stopped = answer.components(load_store(results))["residual"].stopped_learning
-    assert len(stopped) == 1 and stopped[0].startswith("resnet50-Nboth") and stopped[0].endswith("(`seed`, `native`)")
+    # made as protocol `seed`, the original protocol's former name: it reads as `original`
+    assert len(stopped) == 1 and stopped[0].startswith("resnet50-Nboth") and stopped[0].endswith("(`original`, `native`)")
     one = answer.components(load_store(results, protocol="native"))["residual"].stopped_learning
     assert len(one) == 1 and "`" not in one[0]  # one protocol: nothing to tell apart
     build_report(results, tmp_path / "docs", log=lambda m: None)
     residual = page(tmp_path / "docs", "en", "index").split("What residual connections do.")[1].split("\n")[0]
-    assert residual.count("resnet50-Nboth") == 1 and "(`seed`, `native`) did not learn at all" in residual
+    assert residual.count("resnet50-Nboth") == 1 and "(`original`, `native`) did not learn at all" in residual
 
 
 def test_depth_page_says_plain_nets_degrade_and_residual_nets_do_not(rendered):
@@ -518,11 +519,12 @@ def test_the_original_studys_pages_say_what_differs_from_the_original(tmp_path):
     docs = tmp_path / "docs"
     build_report(results, docs, log=lambda m: None)
     for name in ("h1", "h2", "h3", "signal"):
-        assert "Protocol seed: what differs from the original study" in page(docs, "en", f"original/{name}")
+        assert "Protocol original: what differs from the original study" in page(docs, "en", f"original/{name}")
         assert "These runs trained in bf16 autocast instead of the original's fp32" in page(docs, "en", f"original/{name}")
         assert "这些运行用 bf16 自动混合精度训练，而原始研究用 fp32" in page(docs, "zh", f"original/{name}")
     # the command that reproduces them asks for the precision they trained in, not the protocol's fp32
-    assert "--protocol seed --dataset synthetic --precision bf16 " in page(docs, "en", "reproducibility")
+    # the protocol's name now (`seed` made these runs and still names their folder: seed/synthetic/...)
+    assert "--protocol original --dataset synthetic --precision bf16 " in page(docs, "en", "reproducibility")
     assert "JPEG copy" not in page(docs, "en", "original/h1")  # synthetic data: no JPEG caveat
 
 
@@ -542,7 +544,7 @@ def test_a_study_trained_with_changed_settings_says_so_on_its_pages(tmp_path):
     nav = json.loads((docs / "site-nav.json").read_text())
     assert [item["section"]["en"] for item in nav if "section" in item] == ["The original study (224 px), changed settings"]
     assert "--set epochs=2 --set image_size=32" in page(docs, "en", "reproducibility")
-    assert "--precision" not in page(docs, "en", "reproducibility")  # fp32, as protocol seed declares
+    assert "--precision" not in page(docs, "en", "reproducibility")  # fp32, as protocol original declares
     # the protocol's own settings: the declared title, no warning
     plain = make_results(tmp_path / "plain", seeds=(7,), epochs=20, steps_per_epoch=2, probes=False,
                          models=("resnet18",), protocol="seed")
@@ -714,7 +716,7 @@ def test_report_cli_errors_are_one_line(tmp_path):
     assert empty.output.strip().count("\n") == 0 and "no runs" in empty.output
     results = make_results(tmp_path / "results", seeds=(1,), epochs=2, models=("resnet18",), probes=False)
     wrong = cli("report", "--results", results, "--docs", tmp_path / "docs", "--protocol", "seed", expect=1)
-    assert "no finished runs for protocol=seed" in wrong.output and "Traceback" not in wrong.output
+    assert "no finished runs for protocol=original" in wrong.output and "Traceback" not in wrong.output
     foreign = tmp_path / "docs" / "en"
     foreign.mkdir(parents=True)
     (foreign / "index.md").write_text("hand-written")
