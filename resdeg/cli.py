@@ -211,7 +211,8 @@ def run(protocol, dataset, data_dir, results, overrides, device, precision, dry_
               help="Probe every finished run on N test images: a fixed, class-balanced subset, the same "
                    "for every run of a data set (see `resdeg probe`).")
 @click.option("--no-probe", is_flag=True, help="Train only; probe later with `resdeg probe`.")
-@click.option("--no-report", is_flag=True, help="Do not render the report at the end (see `resdeg report`).")
+@click.option("--no-report", is_flag=True,
+              help="Do not render the report at the end: of every study in --results, as `resdeg report` does.")
 @click.option("--docs", default="docs", show_default=True, type=click.Path(file_okay=False), envvar="RESDEG_DOCS",
               help="Where the report's pages go (or $RESDEG_DOCS).")
 @click.option("--jobs", type=int, default=1, show_default=True, metavar="N",
@@ -291,7 +292,9 @@ def run_all(protocol, dataset, data_dir, results, overrides, device, precision, 
         click.echo(f"sbatch parameters (one job per run{', as one array' if len(cfgs) > 1 else ''}):")
         click.echo(executor.preview(max(1, sum(p.todo for p in plan(cfgs, results, force=force)))))
     if not (dry_run or no_report):
-        _report(results, docs, cfgs[0].protocol, cfgs[0].dataset)
+        # the whole store, not only this grid's protocol: a report of one protocol would drop every
+        # other study's pages from docs/ (smoke runs beside real studies stay off the pages)
+        _report(results, docs, None, None)
 
 
 def _report(results, docs, protocol, dataset):

@@ -128,6 +128,9 @@ def build_report(results: str | Path, docs: str | Path = "docs", protocol: str |
     with _lock(docs, log):
         _recover(docs)
         new = docs / f"{RENDERING}{os.getpid()}"
+    if F.cjk_font() is None:
+        log(f"resdeg: note: {F.NO_CJK_FONT}")
+    F.MISSING_GLYPHS.clear()
         try:
             n_fig, n_pages = _render(store, new)
             _publish(new, docs)
@@ -137,6 +140,9 @@ def build_report(results: str | Path, docs: str | Path = "docs", protocol: str |
     summary = {"studies": [s.name for s in store.studies], "runs": len(store.runs), "unused": len(store.unused),
                "figures": n_fig, "pages": n_pages, "wall_s": round(time.perf_counter() - t0, 2)}
     log(f"report: {', '.join(summary['studies'])}: {P.count(summary['runs'], 'run', 'en')} ({summary['unused']} unused), "
+    if F.MISSING_GLYPHS:
+        log(f"resdeg: note: {len(F.MISSING_GLYPHS)} figures have characters no installed font draws "
+            f"(e.g. {sorted(F.MISSING_GLYPHS)[0]}); install fonts-noto-cjk")
         f"{n_fig} figures, {n_pages} pages in {docs}/ ({summary['wall_s']} s); "
         "build the site with `mkdocs build --strict`")
     return summary

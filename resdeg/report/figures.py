@@ -46,7 +46,7 @@ CJK_FAMILIES = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans CJK", "Source
 _CJK_FILE = re.compile(r"cjk|wqy|wenquanyi|sourcehan|droidsansfallback|uming|ukai", re.I)
 
 LABELS = {
-    "en": {"epoch": "epoch", "step": "training step", "stage": "stage", "acc": "accuracy (%)",
+    "en": {"lang": "en", "epoch": "epoch", "step": "training step", "stage": "stage", "acc": "accuracy (%)",
            "err": "error (%)", "train_acc": "train accuracy (running, train mode)",
            "clean_train_acc": "train accuracy (eval mode)", "test_acc": "test accuracy",
            "train_err": "training error (running)", "test_err": "test error", "clean_train_err": "training error (eval mode)",
@@ -61,7 +61,7 @@ LABELS = {
            "test_marker": "test", "train_marker": "train (eval mode)",
            "sep": ", ", "colon": ": ", "paren": " ({})", "seed_range": "{lo}-{hi} seeds", "plain_short": "plain", "residual_short": "residual",
            "list_sep": ", ", "zero_series": "{} = 0 (off the log scale)", "same_series": "{} on top of {}"},
-    "zh": {"epoch": "训练轮次", "step": "训练步数", "stage": "阶段", "acc": "准确率（%）", "err": "错误率（%）",
+    "zh": {"lang": "zh", "epoch": "训练轮次", "step": "训练步数", "stage": "阶段", "acc": "准确率（%）", "err": "错误率（%）",
            "train_acc": "训练准确率（训练模式，逐批统计）", "clean_train_acc": "训练集准确率（评估模式）",
            "test_acc": "测试准确率", "train_err": "训练错误率（逐批统计）", "test_err": "测试错误率",
            "clean_train_err": "训练集错误率（评估模式）",
@@ -148,12 +148,16 @@ def cjk_font() -> str | None:
 
 
 def figure_language(lang: str) -> str:
-    """The language the figure labels can be drawn in: zh falls back to en (warning) without a CJK font."""
-    if lang == "zh" and cjk_font() is None:
-        warnings.warn("no CJK font found (install fonts-noto-cjk or fonts-wqy-microhei): "
-                      "Chinese figures use English labels", stacklevel=2)
-        return "en"
-    return lang
+    """The language the figure labels can be drawn in: zh falls back to en without a CJK font (the
+    report says so once, in NO_CJK_FONT)."""
+    return "en" if lang == "zh" and cjk_font() is None else lang
+
+
+NO_CJK_FONT = ("no CJK font found, so the Chinese pages' figures have English labels; for Chinese labels install "
+               "one (apt-get install fonts-noto-cjk) and run `resdeg report` again")
+# Names of the figures drawn with a glyph no font had (each would show a box): the report says so
+# once, instead of matplotlib's warning for every character of every label.
+MISSING_GLYPHS: set[str] = set()
 
 
 def _rc(lang: str) -> dict:
@@ -172,11 +176,17 @@ def _save(fig: Figure, path: Path) -> None:
 def _draw(path: Path, lang: str, nrows: int, ncols: int, height: float, body, width: float = WIDTH) -> None:
     """Make a figure in the language's font setting, let `body(fig, axes, labels)` fill it, save it."""
     lang = figure_language(lang)
-    with matplotlib.rc_context(_rc(lang)):
+    with matplotlib.rc_context(_rc(lang)), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         fig = Figure(figsize=(width, height), layout="constrained")
         axes = np.atleast_2d(fig.subplots(nrows, ncols, squeeze=False))
         body(fig, axes, LABELS[lang])
         _save(fig, path)
+    for w in caught:
+        if re.match(r"Glyph \d+ .* missing from font", str(w.message)):
+            MISSING_GLYPHS.add(path.name)
+        else:  # anything else is not ours to hide
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _legend_below(fig: Figure, axes, ncol: int = 4) -> None:
@@ -274,7 +284,7 @@ def headline(store: Store, lang: str, path: Path) -> None:
             ax.set_xlim(-0.6, len(sr.models) - 0.4)
             ax.set_ylim(0, 101)
             ax.set_ylabel(t["acc"])
-            ax.set_title(sr.title[lang if lang in sr.title else "en"])
+            ax.set_title(sr.title[t["lang"]])  # t: the labels of the language the figure can be drawn in
             _chance(ax, sr, t)
         fig.legend(handles=[Line2D([], [], marker="o", ls="", color="#444444", label=t["test_marker"]),
                             Line2D([], [], marker="o", ls="", mfc="none", color="#444444", label=t["train_marker"])],
@@ -471,7 +481,7 @@ def h3_separability(sr: StudyResults, lang: str, path: Path, model: str) -> None
                 continue
             crit = crits[i]
             _stage_lines(ax, sr, model, t, lambda r: A.probe_values(r, crit))
-            title = CRITERION_NAMES[lang].get(crit, crit)
+            title = CRITERION_NAMES[t["lang"]].get(crit, crit)
             if not CRITERIA[crit].higher_is_better:
                 title += t["lower_better"]
             ax.set_title(title, fontsize=9)
