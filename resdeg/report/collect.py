@@ -202,6 +202,12 @@ class Store:
     def study(self, name: str) -> StudyResults | None:
         return next((s for s in self.studies if s.name == name), None)
 
+    @property
+    def date(self) -> str:
+        """The report's date: the day its newest run was last written (so the same results render to
+        the same pages, whatever day they are rendered on)."""
+        return max((r.record.updated or r.record.created for r in self.runs), default="")[:10] or "unknown"
+
 
 def set_value(value) -> str:
     """A config value as `--set KEY=VALUE` takes it (lists comma-separated)."""

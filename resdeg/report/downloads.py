@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import warnings
 import zipfile
 from pathlib import Path
+
+import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_json
 from . import analysis as A
@@ -46,6 +50,17 @@ DICTIONARY = {
         **_RUN, "step": ("training step, from 0", "训练步，从 0 开始"),
         "g_first_stage": ("mean |dL/d output| of the first stage", "第一个阶段输出梯度的平均绝对值"),
         "g_last_stage": ("mean |dL/d output| of the last stage", "最后一个阶段输出梯度的平均绝对值")}),
+    "h2_gradient_blocks.csv": (("one row per run and block of consecutive training steps (the lines of the "
+                                "gradient figures)", "每次训练每一段连续训练步一行（梯度图中的曲线）"), {
+        **_RUN, "epoch": ("epoch of the block's first step", "该段第一步所在的轮次"),
+        "step_first": ("first training step of the block, from 0", "该段的第一个训练步，从 0 开始"),
+        "step_last": ("last training step of the block", "该段的最后一个训练步"),
+        "g_first_stage": ("median over the block of mean |dL/d output| of the first stage",
+                          "该段内第一个阶段输出梯度平均绝对值的中位数"),
+        "g_last_stage": ("median over the block of mean |dL/d output| of the last stage",
+                         "该段内最后一个阶段输出梯度平均绝对值的中位数"),
+        "ratio": ("median over the block of g(first stage) / g(last stage), the H2 statistic",
+                  "该段内第一个与最后一个阶段的 g 之比的中位数（H2 的统计量）")}),
     "h2_stage_medians.csv": (("one row per run and stage", "每次训练每个阶段一行"), {
         **_RUN, "stage": ("stage", "阶段"),
         "median_grad": ("median over steps of mean |dL/d stage output|", "阶段输出梯度平均绝对值在各步的中位数")}),
@@ -57,7 +72,8 @@ DICTIONARY = {
         "stage": ("stage", "阶段"), "act_mean": ("mean of the activations", "激活值的均值"),
         "act_std": ("standard deviation of the activations", "激活值的标准差"),
         "grad_mean": ("mean of dL/d(stage output)", "阶段输出梯度的均值"),
-        "grad_std": ("standard deviation of dL/d(stage output)", "阶段输出梯度的标准差")}),
+        "grad_std": ("standard deviation of dL/d(stage output)", "阶段输出梯度的标准差"),
+        "effective_rank": ("effective rank of the stage's features", "该阶段特征的有效秩")}),
     "blocks.csv": (("one row per run, phase and residual block", "每次训练、每个时刻、每个残差块一行"), {
         **_RUN, "phase": ("init or trained", "init 或 trained"), "block": ("block (e.g. stage2.3)", "残差块（如 stage2.3）"),
         "stage": ("its stage", "所在阶段"), "index": ("its index in the stage", "在阶段中的序号"),
@@ -116,14 +132,17 @@ def write_study_downloads(sr: StudyResults, out: Path) -> dict[str, list[str]]:
                 for i, (first, last) in enumerate(zip(g[:, 0], g[:, -1])):
                     yield r.model, r.variant, r.seed, i, f"{first:.4g}", f"{last:.4g}"
     _csv(out / "h2_gradient_steps.csv", [*KEYS, "step", "g_first_stage", "g_last_stage"], steps())
+    _csv(out / "h2_gradient_blocks.csv", [*KEYS, "epoch", "step_first", "step_last", "g_first_stage", "g_last_stage",
+                                          "ratio"], _gradient_blocks(sr))
     _csv(out / "h2_stage_medians.csv", [*KEYS, "stage", "median_grad"],
          ([r.model, r.variant, r.seed, s, _g(v)] for r in sr.runs for s, v in A.stage_medians(r).items()))
     _csv(out / "h3_separability.csv", [*KEYS, "criterion", "stage", "value"],
          ([r.model, r.variant, r.seed, c, s, _g(v)] for r in sr.probed for c, per in r.probe.criteria.items()
           for s, v in per.items()))
     sig = ("act_mean", "act_std", "grad_mean", "grad_std")
-    _csv(out / "signal.csv", [*KEYS, "phase", "stage", *sig],
-         ([r.model, r.variant, r.seed, ph, s, *(_g(r.probe.signal[ph][k].get(s)) for k in sig)]
+    _csv(out / "signal.csv", [*KEYS, "phase", "stage", *sig, "effective_rank"],
+         ([r.model, r.variant, r.seed, ph, s, *(_g(r.probe.signal[ph][k].get(s)) for k in sig),
+           _g(r.probe.effective_rank.get(ph, {}).get(s))]
           for r in sr.probed for ph in ("init", "trained") for s in r.probe.stages))
     _csv(out / "blocks.csv", [*KEYS, "phase", "block", "stage", "index", "sq_mean", "variance", "branch_variance",
                               "stage_effective_rank"],
@@ -134,10 +153,51 @@ def write_study_downloads(sr: StudyResults, out: Path) -> dict[str, list[str]]:
         "schema": VERDICTS_SCHEMA, "schema_version": VERDICTS_SCHEMA_VERSION, "rules_version": V.RULES_VERSION,
         "rules": V.RULES, "study": sr.name, "protocol": sr.protocol, "dataset": sr.dataset,
         "comparisons": _verdict_rows(sr)})
-    return {"h1": ["h1_epochs.csv", "runs.csv"], "h2": ["h2_gradient_steps.csv", "h2_stage_medians.csv"],
+    return {"h1": ["h1_epochs.csv", "runs.csv"],
+            "h2": ["h2_gradient_steps.csv", "h2_gradient_blocks.csv", "h2_stage_medians.csv"],
             "h3": ["h3_separability.csv"], "signal": ["signal.csv"],
-            "degradation": ["runs.csv", "h1_epochs.csv", "verdicts.json"],
-            "batchnorm": ["runs.csv", "h1_epochs.csv", "blocks.csv", "verdicts.json"]}
+            "degradation": ["runs.csv", "h1_epochs.csv", "h2_gradient_blocks.csv", "verdicts.json"],
+            "batchnorm": ["runs.csv", "h1_epochs.csv", "blocks.csv", "signal.csv", "verdicts.json"]}
+
+
+GRADIENT_BLOCKS = 200  # blocks of steps over the longest run: a line per run that a page can draw and hover
+
+
+def _gradient_blocks(sr: StudyResults):
+    """Per run and block of consecutive steps: the block's epoch and steps, and the medians over it of
+    g(first stage), g(last stage) and their ratio. One block width for the whole study, so that runs
+    of one length look alike; non-finite or zero values are left out of the medians."""
+    longest = max((len(g) for r in sr.runs if (g := A.grad_series(r)) is not None), default=1)
+    width = max(1, longest // GRADIENT_BLOCKS)
+    for r in sr.runs:
+        g, ratio = A.grad_series(r), A.ratio_series(r)
+        if g is None:
+            continue
+        ratio = np.full(len(g), np.nan) if ratio is None else ratio
+        first, last = (np.where(np.isfinite(c) & (c > 0), c, np.nan) for c in (g[:, 0], g[:, -1]))
+        epochs = r.telemetry["epoch"]
+        for start in range(0, len(g), width):
+            block = slice(start, min(start + width, len(g)))
+            yield (r.model, r.variant, r.seed, int(epochs[start]), start, block.stop - 1,
+                   *(_g(_median(v[block])) for v in (first, last, ratio)))
+
+
+def _median(values: np.ndarray) -> float | None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a block after a divergence is all NaN
+        m = np.nanmedian(values) if len(values) else np.nan
+    return float(m) if np.isfinite(m) else None
+
+
+def write_figure_data(out: Path, key: str) -> str:
+    """`<csv>.js` beside a CSV: its text as a script, for the site's interactive figures (a page
+    opened from disk may run scripts but not read files). The figure reads exactly the download's
+    bytes, under `key` (its path in downloads/)."""
+    text = (out / key).read_text(encoding="utf-8")
+    name = f"{key}.js"
+    atomic_write_bytes(out / name, (f"(window.resdegData = window.resdegData || {{}})[{json.dumps(key)}] = "
+                                    f"{json.dumps(text)};\n").encode())
+    return name
 
 
 def write_site_downloads(store: Store, out: Path) -> dict[str, list[str]]:
@@ -154,7 +214,8 @@ def write_archive(out: Path) -> str:
     """Every download in one zip (fixed timestamps: the same data give the same bytes)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        # not the interactive figures' copies of the CSVs (<csv>.js)
+        for path in sorted(p for p in out.rglob("*") if p.is_file() and p.suffix != ".js"):
             info = zipfile.ZipInfo(path.relative_to(out).as_posix(), date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             z.writestr(info, path.read_bytes())

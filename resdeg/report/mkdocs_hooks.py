@@ -2,14 +2,16 @@
 from disk (file://) and served under any sub-path:
 
 - MathJax is served from the site itself, taken from the installed PyPI package django-static-mathjax,
-  so formulas render with no network and nothing is vendored in git.
+  so formulas render with no network and nothing is vendored in git; so is plotly.js, from the
+  installed `plotly` package, for the interactive figures (docs/assets/javascripts/figures.js).
 - Search from disk: Material's `offline` plugin makes the search index a script, but loads its
   Web Worker shim from a CDN; that shim is replaced by the site's own
   (docs/assets/javascripts/iframe-worker.js).
 - The navigation comes from `docs/site-nav.json`, written by `resdeg report` (see `nav_from_json`);
   without it, the `nav` of mkdocs.yml (or MkDocs' automatic one) stays.
-- Provenance: the repository link (`extra.repository` in mkdocs.yml unless `repo_url` is set) and a
-  footer with the resdeg version and the build date, in each language.
+- Provenance: the repository link (`repo_url` in mkdocs.yml; none when it is not set) and a footer
+  with the resdeg version and one date, in each language: the report's (docs/report.json, written
+  by `resdeg report`), or without a report the build date.
 - Material's repository widget no longer asks the GitHub API for stars, and the language switch of
   404.html leads to the language roots.
 """
@@ -28,13 +30,15 @@ from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File
 
 MATHJAX_URI = "assets/vendor/mathjax/tex-svg.js"
+PLOTLY_URI = "assets/vendor/plotly/plotly.min.js"  # figures.js loads it from beside itself
 NAV_FILE = "site-nav.json"
+REPORT_FILE = "report.json"
 WORKER_SHIM = "assets/javascripts/iframe-worker.js"
 PROVENANCE_CLASS = "resdeg-provenance"
 # Footer words per language; a language not listed gets the English ones.
 FOOTER = {
-    "en": {"built": "built", "source": "source code"},
-    "zh": {"built": "构建于", "source": "源代码"},
+    "en": {"built": "built", "report": "report of", "source": "source code"},
+    "zh": {"built": "构建于", "report": "报告日期", "source": "源代码"},
 }
 
 
@@ -44,6 +48,14 @@ def mathjax_source() -> Path:
     except ImportError:
         raise PluginError("MathJax is missing: pip install django-static-mathjax (a resdeg dependency)") from None
     return Path(mathjax.__file__).parent / "static" / "mathjax" / "es5" / "tex-svg.js"
+
+
+def plotly_source() -> Path:
+    try:
+        import plotly  # the Python package ships the whole plotly.js, minified
+    except ImportError:
+        raise PluginError("plotly.js is missing: pip install plotly (a resdeg dependency)") from None
+    return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 
 # -- configuration ---------------------------------------------------------------------------------
@@ -179,31 +191,48 @@ def build_date() -> str:
     return when.date().isoformat()
 
 
-def footer(locale: str, version: str, date: str, repo: str | None) -> str:
+def report_date(docs_dir) -> str | None:
+    """The date of the report in docs/ (docs/report.json), or None without a report."""
+    path = Path(docs_dir) / REPORT_FILE
+    if not path.is_file():
+        return None
+    try:
+        date = json.loads(path.read_text(encoding="utf-8"))["date"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PluginError(f"{path}: cannot read the report's date ({e}); run `resdeg report` again") from None
+    if not (isinstance(date, str) and re.fullmatch(r"\d{4}-\d\d-\d\d|unknown", date)):
+        raise PluginError(f"{path}: the report's date {date!r} is not YYYY-MM-DD; run `resdeg report` again")
+    return date
+
+
+def footer(locale: str, version: str, date: str, repo: str | None, dated: str = "built") -> str:
+    """`dated`: what the date is, "built" (the site) or "report" (the report's)."""
     words = FOOTER.get(locale, FOOTER["en"])
-    parts = [f"resdeg {version}", f"{words['built']} {date}"]
+    parts = [f"resdeg {version}", f"{words[dated]} {date}"]
     if repo:
         parts.append(f'<a href="{html.escape(repo)}">{words["source"]}</a>')
     return f'<span class="{PROVENANCE_CLASS}">' + " · ".join(parts) + "</span>"
 
 
 def provenance(config) -> None:
-    """Repository link (`repo_url`, else `extra.repository`) and, in every language's footer, the
-    resdeg version and the build date (also in `extra.resdeg_version` and `extra.build_date`)."""
-    if not config.repo_url and config.extra.get("repository"):
-        config["repo_url"] = config.extra["repository"]
-        if not config.repo_name:
-            config["repo_name"] = urlsplit(config.repo_url).path.strip("/") or config.repo_url
+    """In every language's footer the resdeg version, one date and the repository link (`repo_url`,
+    absent when not configured): the report's date when docs/ holds a report (also in
+    `extra.report_date`), else the build date (`extra.build_date`); and `extra.resdeg_version`."""
+    if config.repo_url and not config.repo_name:
+        config["repo_name"] = urlsplit(config.repo_url).path.strip("/") or config.repo_url
     version = config.extra.setdefault("resdeg_version", _version())
-    date = config.extra.setdefault("build_date", build_date())
+    report = report_date(config.docs_dir)
+    dated, key = ("report", "report_date") if report else ("built", "build_date")
+    date = config.extra.setdefault(key, report or build_date())
     default, languages = _languages(config)
     if not (config.copyright or "").count(PROVENANCE_CLASS):
         own = config.copyright
-        config["copyright"] = (f"{own} · " if own else "") + footer(default, version, date, config.repo_url)
+        config["copyright"] = (f"{own} · " if own else "") + footer(default, version, date, config.repo_url, dated)
     for lang in languages:
         if lang.locale != default and PROVENANCE_CLASS not in (lang.copyright or ""):
             own = lang.copyright
-            lang["copyright"] = (f"{own} · " if own else "") + footer(lang.locale, version, date, config.repo_url)
+            lang["copyright"] = (f"{own} · " if own else "") + footer(lang.locale, version, date, config.repo_url,
+                                                                        dated)
 
 
 @event_priority(-50)  # after Material's offline plugin (0), before mkdocs-static-i18n (-100)
@@ -215,11 +244,13 @@ def on_config(config):
 
 
 def on_files(files, config):
-    if files.get_file_from_path(MATHJAX_URI) is None:
-        files.append(File.generated(config, MATHJAX_URI, abs_src_path=str(mathjax_source())))
-    nav_file = files.get_file_from_path(NAV_FILE)
-    if nav_file is not None:  # read by on_config; not part of the site
-        files.remove(nav_file)
+    for uri, source in ((MATHJAX_URI, mathjax_source), (PLOTLY_URI, plotly_source)):
+        if files.get_file_from_path(uri) is None:
+            files.append(File.generated(config, uri, abs_src_path=str(source())))
+    for name in (NAV_FILE, REPORT_FILE):  # read by on_config; not part of the site
+        found = files.get_file_from_path(name)
+        if found is not None:
+            files.remove(found)
     return files
 
 

