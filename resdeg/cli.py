@@ -102,6 +102,15 @@ def _csv(ctx, param, value):
     return out
 
 
+def _protocol(ctx, param, value):
+    """--protocol: the declared name (a former one, `seed`, is accepted); a one-line error if unknown."""
+    return None if value is None else canonical_protocol(value.strip())
+
+
+PROTOCOL_HELP = (f"Named frozen config: {', '.join(PROTOCOLS)} (original = the note's study; "
+                 f"{', '.join(PROTOCOL_ALIASES)} is accepted for it, its former name).")
+
+
 def common_options(f):
     """Options shared by every command that selects runs."""
     options = [
