@@ -161,9 +161,9 @@
                    type: panel.category ? "category" : "linear", gridcolor: "#e5e5e5", zeroline: false};
       if (Object.keys(spec.xmap).length) {  // e.g. a model's depth: ticks at the depths
         xaxis.tickvals = Object.keys(spec.xmap).map(function (m) { return spec.xmap[m]; });
-      } else if (panel.integer) {  // epochs: ticks at whole numbers, about ten of them
+      } else if (panel.integer) {  // epochs: ticks at whole numbers, about six of them
         var last = Math.max.apply(null, rows.map(function (r) { return Number(r[panel.x]) || 0; }));
-        xaxis.dtick = niceStep(Math.max(1, last / 10));
+        xaxis.dtick = niceStep(Math.max(1, last / 6));
         xaxis.tick0 = 0;
       }
       out[ax.xaxis] = xaxis;
