@@ -464,5 +464,58 @@ def bench(model, variant, protocol, device, batch_size, steps, warmup, repeats, 
     click.echo(f"wrote {path}")
 
 
+@main.command()
+@click.option("--results", default="results", show_default=True, type=click.Path(file_okay=False),
+              help="Result store folder: records go to <protocol>/<dataset>/init/ and into trained runs' folders.")
+@click.option("--protocol", default="depth", show_default=True, callback=_protocol, help=PROTOCOL_HELP)
+@click.option("--dataset", default=None, help="cifar10 | cifar100 | imagefolder | synthetic  [default: cifar10]")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Data root, as for `resdeg run` (trained runs: the data they were trained on).")
+@click.option("--models", callback=_csv, default="resnet20,resnet32,resnet44,resnet56,resnet110", show_default=True,
+              help="Comma-separated models (He et al.'s nets by default).")
+@click.option("--variants", callback=_csv, default="FULL,Nres", show_default=True,
+              help="Comma-separated variants (residual and plain by default).")
+@click.option("--seeds", callback=_csv, default="42,43,44", show_default=True, help="Comma-separated seeds.")
+@click.option("--phase", type=click.Choice(["init", "trained", "both"]), default="both", show_default=True,
+              help="init: the grid's nets at initialisation (no training needed); trained: the grid's finished "
+                   "runs that kept their weights (model.pt); both.")
+@click.option("--gradient-images", type=int, default=64, show_default=True,
+              help="Test images (class-balanced, fixed) whose input gradients are correlated along a random line.")
+@click.option("--curvature-images", type=int, default=128, show_default=True,
+              help="Training images (class-balanced, fixed) of the training loss whose Hessian and slices are taken.")
+@click.option("--lanczos-steps", type=int, default=20, show_default=True,
+              help="Hessian-vector products of the Lanczos run that gives the largest and most negative eigenvalue.")
+@click.option("--slice-points", type=int, default=21, show_default=True,
+              help="Points of the 1-D filter-normalised loss slice, from -1 to 1 (odd).")
+@click.option("--slice-2d", type=int, default=0, show_default=True, metavar="N",
+              help="Also an N x N 2-D slice on two filter-normalised directions (odd N; 0: none).")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="Where to compute (always fp32).")
+@click.option("--dry-run", is_flag=True, help="List the nets to measure and which are cached; measure nothing.")
+@click.option("--force", is_flag=True, help="Measure again even if a record for these settings exists (also a corrupt one).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def optim(results, protocol, dataset, data_dir, models, variants, seeds, phase, gradient_images, curvature_images,
+          lanczos_steps, slice_points, slice_2d, device, dry_run, force, quiet):
+    """Measure what makes a net hard to optimise (hypotheses H4, H5) for a grid of nets: the
+    correlation of input gradients at nearby inputs against their distance (shattered gradients,
+    Balduzzi et al. 2017), the largest and most negative Hessian eigenvalue of the training loss
+    and their ratio, and filter-normalised loss slices (Li et al. 2018). One record per net and
+    settings, cached: a second call measures nothing new. Nets at initialisation go to
+    <results>/<protocol>/<dataset>/init/, trained runs' into their folders.
+    """
+    from .probes.optim_measure import run_optim
+    from .probes.optim_store import OptimSettings
+    from .train import resolve_device
+
+    settings = OptimSettings(gradient_images=gradient_images, curvature_images=curvature_images,
+                             lanczos_steps=lanczos_steps, slice_points=slice_points, slice_2d_points=slice_2d)
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    failures = run_optim(results, protocol, dataset, data_dir, models, variants, seeds, settings,
+                         resolve_device(device), ("init", "trained") if phase == "both" else (phase,), force=force,
+                         dry_run=dry_run, progress=not quiet, log=log)
+    if failures:
+        raise ResdegError(f"{len(failures)} net(s) not measured (first: {failures[0]})")
+
+
 if __name__ == "__main__":
     main()
