@@ -34,7 +34,8 @@ from .records import CorruptRecord, Fields, Record, bounded, read_record, requir
 from .store import RunEnvironment
 from .study import default_grid
 from .reference import DEFAULT_WORKERS, ReferenceLoop, reference_loader
-from .train import Engine, duration, environment, epoch_generator, evaluate, numerics, resolve_precision
+from .train import (Engine, check_batches, duration, environment, epoch_generator, evaluate, numerics,
+                    resolve_precision)
 
 BENCH_SCHEMA = "resdeg.bench"
 BENCH_SCHEMA_VERSION = 1
@@ -224,6 +225,7 @@ def run_benchmark(model: str, variant: str, protocol: str, device: torch.device,
         over["batch_size"] = settings.batch_size
     over["compile"] = compile
     cfg = make_config(protocol, over, device_type=device.type, model=model, variant=variant, dataset=dataset)
+    check_batches(cfg)  # before any data is loaded or timed
     bs = cfg.batch_size
     load = (os.getloadavg()[0],) if hasattr(os, "getloadavg") else ()
     started = time.perf_counter()

@@ -37,8 +37,11 @@ class Group(click.Group):
     code (1; 2 for usage errors, as click has it). Any other exception is a bug: its traceback shows."""
 
     def invoke(self, ctx):
+        from .signals import Stopped, stop_signals
+
         try:
-            return super().invoke(ctx)
+            with stop_signals():  # SIGTERM, SIGHUP: stop as Ctrl-C does (runs resumable, workers ended)
+                return super().invoke(ctx)
         except ResdegError as e:
             _fail(str(e), 1)
         except click.UsageError as e:
@@ -49,6 +52,9 @@ class Group(click.Group):
                 raise
             path = e.filename2 if e.filename2 is not None else e.filename
             _fail(_DISK_ERRORS[e.errno].format(path=path if path is not None else "a file"), 1)
+        except Stopped as e:
+            click.echo(f"resdeg: stopped by {e.name}; run the same command again to resume", err=True)
+            sys.exit(128 + e.signum)
         except KeyboardInterrupt:
             click.echo("resdeg: interrupted; run the same command again to resume", err=True)
             sys.exit(130)

@@ -24,6 +24,10 @@ the same stale lock, exactly one gets it), checks that the lock is still the one
 then renames its own lock over it (os.replace: the name never goes missing, so nobody can slip
 in between). The run then resumes from its checkpoint.
 
+A process that lost its lock (paused past the stale timeout, then resumed) finds out within one
+heartbeat (`RunLock.check`, asked at every training step) and before any write (`RunLock.verify`
+reads the lock file): it raises LockLost and writes nothing more to the run.
+
 $RESDEG_LOCK_HEARTBEAT_S and $RESDEG_LOCK_STALE_S change the two periods (tests; file
 systems with coarse timestamps or clocks that disagree by minutes: raise the stale timeout).
 """
@@ -46,6 +50,11 @@ from .errors import ResdegError
 LOCK_FILE = "run.lock"
 LOCK_SCHEMA = "resdeg.lock"
 HEARTBEAT_S, STALE_AFTER_S = 30.0, 300.0
+
+
+class LockLost(ResdegError):
+    """This process's lock was taken over (after a pause past the stale timeout: Ctrl-Z, a
+    suspended laptop, a Slurm suspend) or removed: it must stop writing the run."""
 
 
 class Locked(Exception):
@@ -270,6 +279,7 @@ class RunLock:
     def __init__(self, path: Path, token: str, settings: LockSettings, log):
         self.path, self.token, self.settings, self.log = path, token, settings, log
         self.lost: str | None = None
+        self._mutex = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"resdeg-heartbeat-{path.parent.name}", daemon=True)
         self._thread.start()
@@ -282,18 +292,33 @@ class RunLock:
             return False
         return True
 
-    def heartbeat(self) -> bool:
-        """Refresh the heartbeat; False (once logged) when the lock is no longer ours."""
+    def check(self) -> None:
+        """Raise LockLost once the heartbeat thread has found the lock gone: cheap (a flag), so
+        the trainer asks at every step and stops within one heartbeat."""
         if self.lost:
-            return False
-        if not self._still_mine():
-            self.log(f"warning: {self.lost}")
-            return False
-        try:
-            os.utime(self.path)
-        except OSError as e:
-            self.log(f"warning: cannot refresh the lock heartbeat of {self.path.parent.name} ({e.strerror or e})")
-        return True
+            raise LockLost(self.lost)
+
+    def verify(self) -> None:
+        """Raise LockLost unless the lock file still holds this process's token: read before every
+        write to the run folder, so that a process resumed after a long pause writes nothing the
+        process that took the run over has written since."""
+        if not self.heartbeat():
+            raise LockLost(self.lost)
+
+    def heartbeat(self) -> bool:
+        """Refresh the heartbeat; False (once logged) when the lock is no longer ours. Called by the
+        heartbeat thread and, before each write, by the trainer: one at a time."""
+        with self._mutex:
+            if self.lost:
+                return False
+            if not self._still_mine():
+                self.log(f"warning: {self.lost}")
+                return False
+            try:
+                os.utime(self.path)
+            except OSError as e:
+                self.log(f"warning: cannot refresh the lock heartbeat of {self.path.parent.name} ({e.strerror or e})")
+            return True
 
     def _beat(self) -> None:
         while not self._stop.wait(self.settings.heartbeat_s):

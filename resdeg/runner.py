@@ -20,7 +20,7 @@ from tqdm import tqdm
 from .config import Config
 from .data import load_dataset
 from .errors import ResdegError
-from .store import CHECKPOINT_FILE, RUN_FILE, entry, run_dir
+from .store import CHECKPOINT_FILE, RUN_FILE, WEIGHTS_FILE, entry, run_dir
 
 
 @dataclass
@@ -92,15 +92,63 @@ def _dataset(cfg: Config, data_dir, datasets: dict):
     return datasets[cfg.dataset]
 
 
-def _clear(folder: Path) -> None:
-    """--force: empty a run folder under its lock (the lock and the submission record stay)."""
+def replacement_dir(folder: Path) -> Path:
+    """Where `--force` trains the replacement of a run folder that holds a run: a hidden sibling
+    (not a run for `scan`), swapped in only once the replacement is finished."""
+    return folder.parent / f".{folder.name}.redo"
+
+
+def _holds_a_run(folder: Path) -> bool:
+    return any((folder / name).exists() for name in (RUN_FILE, CHECKPOINT_FILE, WEIGHTS_FILE))
+
+
+def _swap_in(new: Path, folder: Path) -> None:
+    """Make the finished replacement `new` the run folder, under the run lock, and delete the old
+    run. The lock (and a cluster submission record) go with the run: hard links to the same files,
+    so the heartbeat and the release act on them unchanged and the folder is never unlocked."""
+    from .atomic import exchange_paths
     from .launch import SUBMISSION_FILE
     from .locks import LOCK_FILE
 
-    for p in folder.iterdir():
-        if p.name in (LOCK_FILE, SUBMISSION_FILE) or p.name.startswith(f".{LOCK_FILE}."):
-            continue
-        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    for name in (LOCK_FILE, SUBMISSION_FILE):
+        if (folder / name).exists() and not (new / name).exists():
+            os.link(folder / name, new / name)
+    if not exchange_paths(new, folder):  # no atomic swap: two renames (a crash between leaves the old run at `old`)
+        old = new.with_name(new.name + "-old")
+        os.rename(folder, old)
+        os.rename(new, folder)
+        new = old
+    shutil.rmtree(new)  # now the old run
+
+
+def _redo(task: RunTask, data, lock, say, notes: list[str]) -> Outcome:
+    """--force on a folder holding a run: train the replacement in `replacement_dir` (resuming a
+    replacement that was stopped; starting over when its checkpoint is unusable) and swap it in
+    once finished, so that a stop, a time limit or a crash before the end leaves the old run as it was."""
+    from .train import UnusableCheckpoint
+
+    staging = replacement_dir(task.folder)
+    staging.mkdir(exist_ok=True)
+    try:
+        run = _trainer(task, data, staging, lock).run(deadline=task.deadline)
+    except UnusableCheckpoint as e:
+        say(f"note: {e.args[0].split(';')[0]}; the replacement starts over")
+        shutil.rmtree(staging)
+        staging.mkdir()
+        run = _trainer(task, data, staging, lock).run(deadline=task.deadline)
+    if run.status == "partial":
+        say(f"--force: the replacement of {task.name} stopped at epoch {run.epochs_done}/{task.cfg.epochs}; the "
+            f"previous run is kept until it is finished: run the same command with --force to resume it")
+    else:
+        lock.verify()  # the swap writes the run folder too
+        _swap_in(staging, task.folder)
+    return Outcome(task.name, "trained", _result_line(task.cfg, run), run.status, notes)
+
+
+def _trainer(task: RunTask, data, folder: Path, lock):
+    from .train import Trainer
+
+    return Trainer(task.cfg, data, folder, _device(task.device), progress=task.progress, lock=lock)
 
 
 def _device(name: str):
@@ -121,9 +169,10 @@ def _result_line(cfg: Config, run) -> str:
 def train_one(task: RunTask, log=None, datasets: dict | None = None) -> Outcome:
     """Train one run into its folder under the run lock (resuming its checkpoint): the one
     function every executor calls, in this process, a pool worker or a cluster job. A run locked
-    by a live process is skipped; one finished by another process meanwhile is not redone."""
-    from .locks import Locked, acquire
-    from .train import Trainer
+    by a live process is skipped; one finished by another process meanwhile is not redone; a
+    process that loses its lock while training stops (the process that took it over goes on)."""
+    from .locks import Locked, LockLost, acquire
+    from .train import check_batches
 
     notes: list[str] = []
     say = log or notes.append
@@ -132,26 +181,39 @@ def train_one(task: RunTask, log=None, datasets: dict | None = None) -> Outcome:
         return Outcome(name, "not started", f"time limit reached: {name} not started")
     # the data first: a data error leaves the store untouched (and the lock is held for training only)
     data = _dataset(task.cfg, task.data_dir, _DATASETS if datasets is None else datasets)
+    check_batches(task.cfg, _train_used(task.cfg, data))  # before the lock creates the run folder
     try:
         lock = acquire(task.folder, log=say)
     except Locked as e:
         return Outcome(name, "locked", f"{'locked':<9} {name}: {e}; skipped", notes=notes)
-    with lock:
-        if task.force:
-            _clear(task.folder)
-        elif (task.folder / RUN_FILE).exists():
-            e = entry(task.folder)
-            if e.status in ("done", "diverged"):
-                return Outcome(name, "cached", f"{e.status:<9} {name} (finished meanwhile by another process)",
-                               e.status, notes)
-            if e.status == "corrupt":
-                return Outcome(name, "corrupt", f"{'corrupt':<9} {name}: {e.problem}; not trained (redo with --force)",
-                               "corrupt", notes)
-        trainer = Trainer(task.cfg, data, task.folder, _device(task.device), progress=task.progress)
-        run = trainer.run(deadline=task.deadline)
-        if lock.lost:
-            say(f"warning: {lock.lost}")
+    try:
+        with lock:
+            return _train_locked(task, data, lock, say, notes)
+    except LockLost as e:
+        return Outcome(name, "lost", f"{'stopped':<9} {name}: {e}; this process stopped training it and wrote "
+                                     f"nothing more (the process that took it over goes on)", notes=notes)
+
+
+def _train_locked(task: RunTask, data, lock, say, notes: list[str]) -> Outcome:
+    name = task.name
+    if task.force and _holds_a_run(task.folder):
+        return _redo(task, data, lock, say, notes)
+    if (task.folder / RUN_FILE).exists():
+        e = entry(task.folder)
+        if e.status in ("done", "diverged"):
+            return Outcome(name, "cached", f"{e.status:<9} {name} (finished meanwhile by another process)",
+                           e.status, notes)
+        if e.status == "corrupt":
+            return Outcome(name, "corrupt", f"{'corrupt':<9} {name}: {e.problem}; not trained (redo with --force)",
+                           "corrupt", notes)
+    run = _trainer(task, data, task.folder, lock).run(deadline=task.deadline)
     return Outcome(name, "trained", _result_line(task.cfg, run), run.status, notes)
+
+
+def _train_used(cfg: Config, data) -> int:
+    """How many training images the run trains on (its fixed subset's size)."""
+    n = len(data.train_y)
+    return n if cfg.train_images <= 0 else min(cfg.train_images, n)
 
 
 # -- executors: a plan's tasks -> outcomes ----------------------------------------------------
@@ -203,20 +265,39 @@ def cpu_cores() -> int:
 _worker_state = {"in_task": False, "interrupted": False}
 
 
-def _on_sigint(signum, frame):
+def _on_stop(signum, frame):
     first = not _worker_state["interrupted"]
     _worker_state["interrupted"] = True
-    if _worker_state["in_task"] and first:  # once: a second Ctrl-C must not cut the lock's release short
+    if _worker_state["in_task"] and first:  # once: a second signal must not cut the lock's release short
         raise KeyboardInterrupt
 
 
-def _init_worker(threads: int) -> None:
-    """A pool worker: its share of the CPU threads, and Ctrl-C that ends the run it trains
-    (releasing its lock) without starting another one."""
+def _init_worker(threads: int, parent_pid: int) -> None:
+    """A pool worker: its share of the CPU threads; Ctrl-C, SIGTERM or SIGHUP (a closed terminal
+    signals the whole process group) end the run it trains (releasing its lock) and start no other;
+    and the death of the parent, even by SIGKILL, sends it SIGTERM: never an orphan that trains on."""
     import torch
 
+    from .signals import STOP_SIGNALS, die_with_parent
+
     torch.set_num_threads(threads)
-    signal.signal(signal.SIGINT, _on_sigint)
+    for signum in (signal.SIGINT, *STOP_SIGNALS):
+        signal.signal(signum, _on_stop)
+    die_with_parent(parent_pid)
+
+
+def failure_line(e: BaseException) -> str:
+    """A run's failure in one line: a ResdegError's message, else the exception's type and first
+    line (a bug or the machine's state, such as CUDA out of memory: still this run's alone)."""
+    if isinstance(e, ResdegError):
+        return str(e)
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def _failed(name: str, e: BaseException) -> Outcome:
+    why = failure_line(e)
+    return Outcome(name, "failed", f"{'failed':<9} {name}: {why}", error=f"{name}: {why}")
 
 
 def _pool_task(task: RunTask) -> Outcome:
@@ -227,8 +308,8 @@ def _pool_task(task: RunTask) -> Outcome:
         return train_one(task)
     except KeyboardInterrupt:
         return Outcome(task.name, "interrupted", f"interrupted: {task.name} (resumable)")
-    except ResdegError as e:
-        return Outcome(task.name, "failed", f"{'failed':<9} {task.name}: {e}", error=f"{task.name}: {e}")
+    except Exception as e:  # whatever it is, it is this run's: reported for it, the other runs go on
+        return _failed(task.name, e)
     finally:
         _worker_state["in_task"] = False
 
@@ -236,7 +317,9 @@ def _pool_task(task: RunTask) -> Outcome:
 class ProcessPool(Executor):
     """`--jobs N`: N runs at once, each in a worker process of its own (spawned, so CUDA works;
     on one GPU the processes share it), each with cores // N torch threads, each loading its
-    data itself. A one-line error in a run is reported when the others have finished."""
+    data itself. A run's failure of any kind (a one-line error, a bug's exception, CUDA out of
+    memory, a worker that died) is reported for that run; the others go on, and the grid's error
+    comes when they have finished."""
     name = "processes"
 
     def __init__(self, jobs: int, threads: int | None = None, poll_s: float = 1.0):
@@ -258,7 +341,7 @@ class ProcessPool(Executor):
         outcomes = []
         tasks = [replace(t, progress=False) for t in tasks]  # the bars are drawn here, from the store
         pool = ProcessPoolExecutor(min(self.jobs, len(tasks)), mp_context=mp.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(self.threads,))
+                                   initializer=_init_worker, initargs=(self.threads, os.getpid()))
         with StoreProgress(tasks, progress, log) as bars:
             try:
                 pending = {pool.submit(_pool_task, t): t for t in tasks}
@@ -266,7 +349,8 @@ class ProcessPool(Executor):
                     done, _ = wait(pending, timeout=self.poll_s, return_when=FIRST_COMPLETED)
                     for f in done:
                         task = pending.pop(f)
-                        out = f.result()
+                        # a worker that died (killed for memory, say) fails its run, not the grid
+                        out = _failed(task.name, f.exception()) if f.exception() else f.result()
                         for note in out.notes:
                             bars.log(note)
                         bars.log(out.line)
@@ -274,8 +358,9 @@ class ProcessPool(Executor):
                         outcomes.append(out)
                     bars.poll()
             except BaseException:
-                # Ctrl-C reaches the workers too (one process group); a SIGINT sent to this process
-                # alone is passed on. Each worker ends its run (resumable), releases its lock, starts none.
+                # Ctrl-C reaches the workers too (one process group); a SIGINT, SIGTERM or SIGHUP sent
+                # to this process alone (`kill PID`, a scheduler) is passed on as SIGINT. Each worker
+                # ends its run (resumable), releases its lock, starts none; they are waited for.
                 for proc in list(getattr(pool, "_processes", {}).values()):
                     try:
                         os.kill(proc.pid, signal.SIGINT)
@@ -386,8 +471,13 @@ def train_and_probe(planned: list[PlannedRun], device_name: str, results: str | 
     from .store import ensure_writable
     from .train import resolve_device
 
+    from .train import check_batches
+
     executor = executor or Sequential()
     ensure_writable(results)
+    for p in planned:
+        if p.todo:
+            check_batches(p.cfg)  # a config that cannot train fails now, not after the runs before it
     # a local executor trains here: check the device now; a cluster's runs use their node's
     device = resolve_device(device_name) if executor.local or probe_settings is not None else None
     if probe_settings is not None:

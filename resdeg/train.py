@@ -40,6 +40,10 @@ from .telemetry import StageTelemetry
 EVAL_BATCH = 500
 
 
+class UnusableCheckpoint(ResdegError):
+    """A checkpoint that cannot be resumed (damaged, or another config's)."""
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -69,6 +73,35 @@ def lr_at(cfg, step: int, steps_per_epoch: int) -> float:
     if cfg.schedule == "multistep":  # He et al.: /10 at 50% and 75% of training
         return cfg.lr * 0.1 ** ((t >= 0.5) + (t >= 0.75))
     return cfg.lr
+
+
+def steps_per_epoch(n_images: int, batch_size: int) -> int:
+    """Batches of an epoch: ceil(n / batch_size), except that a last batch of a single image is
+    merged into the one before (which then holds batch_size + 1 images). BatchNorm in training
+    mode cannot normalise one image whose maps are 1x1 ("Expected more than 1 value per channel"),
+    and a one-image step would be the noisiest of the epoch; merging keeps every image in every epoch
+    and changes nothing where the last batch is larger."""
+    steps = max(1, math.ceil(n_images / batch_size))
+    return steps - 1 if steps > 1 and n_images % batch_size == 1 else steps
+
+
+def check_batches(cfg, n_train: int | None = None) -> None:
+    """A one-line error before any training where every batch would hold one image and BatchNorm
+    must normalise it: batch_size 1, or a training set of one image (`n_train`, the images the
+    run uses; None: judged from the config alone)."""
+    from .study import VARIANTS
+
+    if not VARIANTS[cfg.variant].norm:
+        return
+    fix = "or choose a variant without BatchNorm (Nbn, Nboth, Fixup, SkipInit)"
+    if cfg.batch_size == 1:
+        raise ResdegError(f"batch size 1 with {cfg.variant}: BatchNorm normalises over the images of a batch and "
+                          f"needs at least 2; use a batch size of 2 or more (--set batch_size=..., bench: "
+                          f"--batch-size), {fix}")
+    used = cfg.train_images if n_train is None else n_train
+    if used == 1:
+        raise ResdegError(f"{cfg.model} {cfg.variant}: the training set holds 1 image and BatchNorm needs at least 2 "
+                          f"per batch; train on more images (--set train_images=...), {fix}")
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
@@ -181,7 +214,8 @@ class Engine:
         self.train_x, self.train_y = to(data.train_x[tr]), to(data.train_y[tr])
         self.test_x, self.test_y = to(data.test_x[te]), to(data.test_y[te])
         self.clean_x, self.clean_y = to(data.train_x[cl]), to(data.train_y[cl])
-        self.steps_per_epoch = math.ceil(len(self.train_y) / cfg.batch_size)
+        check_batches(cfg, len(self.train_y))
+        self.steps_per_epoch = steps_per_epoch(len(self.train_y), cfg.batch_size)
 
         with torch.random.fork_rng(devices=[]):  # seeded default initialisation; the global RNG is left as found
             torch.manual_seed(cfg.seed)
@@ -223,8 +257,9 @@ class Engine:
         self.opt.step()
         return loss.detach(), logits.detach()
 
-    def train_epoch(self, epoch: int, bar: tqdm | None) -> tuple[float, float, float]:
-        """(running train accuracy, mean train loss, last learning rate) of one epoch; one host sync."""
+    def train_epoch(self, epoch: int, bar: tqdm | None, check=None) -> tuple[float, float, float]:
+        """(running train accuracy, mean train loss, last learning rate) of one epoch; one host sync.
+        `check`, when given, is called before every step and may raise to stop the epoch."""
         cfg = self.cfg
         self.model.train()
         gen = epoch_generator(cfg.seed, epoch, self.device)
@@ -234,7 +269,10 @@ class Engine:
         loss_sum = torch.zeros((), device=self.device)
         lr = cfg.lr
         for i in range(self.steps_per_epoch):
-            idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            if check is not None:
+                check()
+            last = i + 1 == self.steps_per_epoch  # the last batch takes the rest (a single image merged in)
+            idx = perm[i * cfg.batch_size:None if last else (i + 1) * cfg.batch_size]
             y = self.train_y[idx]
             lr = lr_at(cfg, epoch * self.steps_per_epoch + i, self.steps_per_epoch)
             loss, logits = self.train_step(self.train_x[idx], y, generator=gen, lr=lr)
@@ -256,10 +294,10 @@ class Engine:
             arrays.update(self.telemetry.take_epoch())
         return arrays
 
-    def run_epoch(self, epoch: int, bar: tqdm | None = None) -> tuple[Epoch, dict[str, np.ndarray]]:
+    def run_epoch(self, epoch: int, bar: tqdm | None = None, check=None) -> tuple[Epoch, dict[str, np.ndarray]]:
         """Train one epoch, then score the clean-train subset and the test set in eval mode."""
         t0 = time.perf_counter()
-        train_acc, train_loss, lr = self.train_epoch(epoch, bar)
+        train_acc, train_loss, lr = self.train_epoch(epoch, bar, check)
         steps = self.take_steps(epoch)
         clean_acc, _ = evaluate(self.model, self.clean_x, self.clean_y, self.cfg, self.precision, self.channels_last)
         test_acc, test_loss = evaluate(self.model, self.test_x, self.test_y, self.cfg, self.precision,
@@ -294,8 +332,11 @@ class Trainer:
     """The run-folder layer around an `Engine`: resume from the checkpoint, train the remaining
     epochs with a checkpoint per epoch, and keep run.json and the telemetry file up to date."""
 
-    def __init__(self, cfg, data: Dataset, folder: Path, device: torch.device, progress: bool = True):
-        self.cfg, self.folder, self.device, self.progress = cfg, Path(folder), device, progress
+    def __init__(self, cfg, data: Dataset, folder: Path, device: torch.device, progress: bool = True,
+                 lock=None):
+        """`lock`: the run lock (locks.RunLock) this process trains under: asked at every step
+        whether it was lost, and checked against the lock file before every write."""
+        self.cfg, self.folder, self.device, self.progress, self.lock = cfg, Path(folder), device, progress, lock
         self.engine = Engine(cfg, data, device)
         self.history: list[Epoch] = []
         self.steps: dict[str, list[np.ndarray]] = {k: [] for k in TELEMETRY_ARRAYS}
@@ -319,7 +360,7 @@ class Trainer:
             self.engine.load_state(state)
             history = [Epoch.from_dict(e) for e in state["history"]]
         except Exception as e:
-            raise ResdegError(f"{path}: unusable checkpoint ({e}); rerun with --force to start over") from None
+            raise UnusableCheckpoint(f"{path}: unusable checkpoint ({e}); rerun with --force to start over") from None
         self.history, self.steps, self.created = history, state["steps"], state["created"]
         self.diverged_at = first_nonfinite_step(self.steps)
         return True
@@ -341,7 +382,16 @@ class Trainer:
             telemetry=telemetry, created=self.created,
             updated=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
+    def _before_write(self) -> None:
+        if self.lock is not None:
+            self.lock.verify()
+
+    def _during_epoch(self) -> None:
+        if self.lock is not None:
+            self.lock.check()
+
     def save(self, status: str) -> RunRecord:
+        self._before_write()
         tel = None
         if self.cfg.telemetry and self.history:
             tel = write_telemetry(self.folder, self.engine.stage_names,
@@ -378,6 +428,7 @@ class Trainer:
                 self.steps[k].append(v)
             self.diverged_at = first_nonfinite_step(self.steps)
             # Checkpoint first: run.json and telemetry are always rebuilt from it on resume.
+            self._before_write()
             atomic_torch_save(self._checkpoint_state(), self.folder / CHECKPOINT_FILE)
             if self.diverged_at is not None:
                 return self._finish("diverged")
@@ -389,11 +440,12 @@ class Trainer:
 
     def train_epoch(self, epoch: int, bar: tqdm | None) -> tuple[Epoch, dict[str, np.ndarray]]:
         """One epoch of the engine (a seam for tests that interrupt a run between epochs)."""
-        return self.engine.run_epoch(epoch, bar)
+        return self.engine.run_epoch(epoch, bar, check=self._during_epoch)
 
     def _finish(self, status: str) -> RunRecord:
         # Weights before the record that says "done": a failure in between leaves a partial run
         # with its checkpoint, which the next command finishes, never a done run without weights.
+        self._before_write()
         if status == "done":
             write_weights(self.folder, self.cfg.hash, self.engine.model.state_dict())
         run = self.save(status)

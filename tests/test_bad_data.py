@@ -317,3 +317,25 @@ def test_cifar_binary_version(tmp_path):
 
 def test_cifar_data_dir_one_level_too_deep(fake_cifar):
     assert "point --data-dir at its parent folder" in _cifar_error(fake_cifar / "cifar-10-batches-py")
+
+
+# -- data shaped against the batch size ------------------------------------------------------------
+
+def test_a_last_batch_of_one_is_merged_and_a_set_smaller_than_a_batch_trains(tmp_path):
+    """65 images at batch 64: the last batch of one image (which BatchNorm cannot normalise in
+    training: "Expected more than 1 value per channel") is merged into the one before: one step of
+    65. 40 images at batch 64: one step of 40. One image with BatchNorm: one line, before training."""
+    from conftest import status_json
+    from resdeg.store import read_run
+
+    results = tmp_path / "r"
+    for n in (65, 40):
+        cli("run", *FAST, "--dataset", "synthetic", "--set", f"train_images={n}", "--results", results)
+    runs = {r["path"]: read_run(r["path"]) for r in status_json(results)}
+    assert sorted((run.data["train_used"], run.summary.steps_per_epoch, run.status) for run in runs.values()) == \
+        [(40, 1, "done"), (65, 1, "done")]
+    one = tmp_path / "one"
+    r = cli("run", *FAST, "--dataset", "synthetic", "--set", "train_images=1", "--results", one, expect=None)
+    assert_one_line_error(r, "the training set holds 1 image and BatchNorm needs at least 2 per batch")
+    assert not list(one.glob("*/*/*"))  # refused before a run folder was made
+    cli("run", *FAST, "--dataset", "synthetic", "--set", "train_images=1", "--variant", "Nbn", "--results", one)

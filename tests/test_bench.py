@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli, status_json
+from conftest import assert_one_line_error, cli, status_json
 from resdeg.bench import project_study, peak_bf16_flops, read_bench, time_engines
 from resdeg.config import make_config
 from resdeg.data import preprocess, synthetic_dataset
@@ -199,6 +199,14 @@ def test_bench_rejects_bad_settings_in_one_line(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"schema": "resdeg.bench", "schema_version": 99}))
     with pytest.raises(ResdegError, match="schema"):
         read_bench(tmp_path / "bad.json")
+
+
+def test_batch_size_1_with_batchnorm_is_one_line(tmp_path):
+    # one image per batch cannot pass BatchNorm in training (32 px: the last stage's maps are 1x1)
+    result = cli("bench", "--device", "cpu", "--quick", "--batch-size", "1", "--set", "image_size=32",
+                 "--out", tmp_path / "b.json", expect=None)
+    assert_one_line_error(result, "batch size 1 with FULL: BatchNorm", "--batch-size")
+    assert not (tmp_path / "b.json").exists()
 
 
 def test_projection_adds_train_and_eval_time_over_the_study():

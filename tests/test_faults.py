@@ -478,3 +478,36 @@ def test_every_field_of_a_run_is_validated_with_its_physical_range(tmp_path, whe
     store = load_store(results)  # what `resdeg report` publishes: the good run only
     assert [r.seed for r in store.runs] == [1]
     assert any(bad.name in rel and fragment in why for rel, why in store.unused), store.unused
+
+
+def test_force_keeps_the_finished_run_until_its_replacement_is_done(tmp_path, monkeypatch):
+    """--force trains the replacement beside the finished run and swaps it in at the end: Ctrl-C
+    (or a time limit, a crash) before that leaves the old run, weights and probe as they were."""
+    from resdeg.train import Trainer
+
+    results = tmp_path / "r"
+    cmd = [*SYNTH, "--set", "epochs=2", "--results", results]
+    cli(*cmd)
+    cli("probe", "--results", results, "--probe-images", "40", "--device", "cpu", "--quiet")
+    (folder,) = {p.parent for p in results.glob("*/*/*/run.json")}
+    before = snapshot(folder)
+    assert {"model.pt", "run.json"} <= set(before) and any(n.startswith("probe-") for n in before)
+    real = Trainer.train_epoch
+
+    def stop_at_second(self, epoch, bar):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, epoch, bar)
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "train_epoch", stop_at_second)
+        cli(*cmd, "--force", expect=130)
+    assert snapshot(folder) == before  # the finished run, untouched
+    (row,) = status_json(results)  # the replacement in progress is not a run of the store
+    assert row["status"] == "done" and row["probed"] is True
+    out = cli(*cmd, "--force")  # resumes the replacement, then swaps it in
+    assert "seed 42: done" in out.stderr
+    after = snapshot(folder)
+    assert not any(n.startswith("probe-") for n in after)  # the old weights' probe went with them
+    assert json.loads(after["run.json"])["created"] != json.loads(before["run.json"])["created"]
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no replacement folder left
+    assert not (folder / "run.lock").exists()

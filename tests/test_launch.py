@@ -5,14 +5,16 @@ submissions show in `resdeg status`; every bad input is one line."""
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 
-from conftest import TINY, assert_one_line_error, cli, status_json
+from conftest import TINY, assert_one_line_error, cli, cli_subprocess, status_json
 from resdeg.locks import LOCK_FILE
 from resdeg.store import read_run
 
@@ -211,3 +213,104 @@ def test_read_only_store_is_one_line(read_only_store):
     for args in (["--jobs", "2"], ["--launcher", "submitit-local"], ["--launcher", "submitit-local", "--wait"]):
         r = cli(*GRID, *args, "--results", read_only_store, expect=None)
         assert_one_line_error(r, str(read_only_store), "not writable")
+
+
+# -- stopping: every signal a user or a scheduler sends ------------------------------------------
+
+def _children(pid: int) -> set[int]:
+    """The live processes whose parent is `pid` (from /proc)."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.add(int(stat.parent.name))
+    return out
+
+
+def _epochs_done(results) -> list[int]:
+    out = []
+    for p in results.glob("*/*/*/run.json"):
+        try:
+            out.append(json.loads(p.read_text())["epochs_done"])
+        except (OSError, ValueError, KeyError):
+            pass
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_sigterm_to_run_all_jobs_ends_its_workers_and_leaves_the_runs_resumable(tmp_path):
+    """`kill PID` of a background `run-all --jobs 2` (what systemd or a scheduler sends): the workers
+    stop with it (no orphans training on), every lock is released, the runs are partial and resumable,
+    and the command says so in one line."""
+    results = tmp_path / "r"
+    proc = cli_subprocess(*GRID, "--device", "cpu", "--variants", "FULL,Nres", "--set", "epochs=400", "--jobs", "2",
+                          "--results", results)
+    workers = set()
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and sorted(_epochs_done(results)) < [1, 1]:  # both runs mid-training
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        workers = _children(proc.pid)
+        assert len(workers) >= 2, workers  # the two workers (and multiprocessing's resource tracker)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert err.strip().splitlines()[-1] == "resdeg: stopped by SIGTERM; run the same command again to resume"
+        assert "Traceback" not in err
+        gone = time.time() + 30
+        while any(_alive(w) for w in workers) and time.time() < gone:
+            time.sleep(0.2)
+        assert not [w for w in workers if _alive(w)], "workers outlived their run-all"
+    finally:
+        proc.kill()
+        for w in workers:  # the old behaviour: orphans that train on; end them here
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
+    rows = status_json(results)
+    assert [r["status"] for r in rows] == ["partial", "partial"] and all(r["activity"] is None for r in rows)
+    assert not list(results.glob(f"*/*/*/{LOCK_FILE}"))
+    assert all(1 <= r["epochs_done"] < 400 for r in rows)
+
+
+def test_sighup_stops_a_command_as_ctrl_c_does():
+    """A closed terminal sends SIGHUP: inside a command it is a KeyboardInterrupt (Stopped) like
+    SIGTERM, so that every run ends cleanly; outside, the previous handlers are back."""
+    from resdeg.signals import Stopped, stop_signals
+
+    before = signal.getsignal(signal.SIGHUP)
+    for signum in (signal.SIGHUP, signal.SIGTERM):
+        with pytest.raises(KeyboardInterrupt) as e:
+            with stop_signals():
+                os.kill(os.getpid(), signum)
+                time.sleep(5)  # the handler runs at the next bytecode
+        assert isinstance(e.value, Stopped) and e.value.signum == signum
+    assert signal.getsignal(signal.SIGHUP) == before
+
+
+@pytest.mark.parametrize("error", [ValueError("Expected more than 1 value per channel"),
+                                   RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")])
+def test_a_pool_workers_failure_of_any_kind_is_its_runs_alone(tmp_path, monkeypatch, error):
+    """A worker's run that raises anything (a bug's ValueError, CUDA out of memory) is reported as
+    that run's failure, in one line; the worker returns it, so the pool and the other runs go on."""
+    from resdeg import runner
+    from resdeg.config import make_config
+
+    def boom(task, **kw):
+        raise error
+    monkeypatch.setattr(runner, "train_one", boom)
+    cfg = make_config("smoke", device_type="cpu", dataset="synthetic")
+    out = runner._pool_task(runner.RunTask(cfg, tmp_path / cfg.run_name))
+    assert out.result == "failed" and out.error == f"{cfg.run_name}: {type(error).__name__}: {error}"
+    assert re.fullmatch(rf"failed +{cfg.run_name}: {type(error).__name__}: .+", out.line)

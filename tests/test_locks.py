@@ -2,6 +2,7 @@
 among racing processes; and through the CLI: a locked run is skipped, a stale or garbage lock is
 taken over and the run resumes, and two concurrent run-alls over one store train every run once,
 with the numbers of one sequential run-all."""
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -254,3 +255,68 @@ def test_two_concurrent_run_alls_train_every_run_exactly_once(tmp_path):
     per = [sum(i == k for v in trained.values() for i in v) for k in (0, 1)]
     print(f"\nconcurrent run-alls: runs trained per process {per}, skipped {skips}; "
           f"sequential {t_ref:.1f}s in-process, the pair {t_pair:.1f}s")
+
+
+# `resdeg` whose epochs take at least 0.4 s (tiny nets train too fast to pause one mid-run)
+SLOW = """
+import sys, time
+from resdeg.train import Trainer
+from resdeg.cli import main
+real = Trainer.train_epoch
+def train_epoch(self, epoch, bar):
+    time.sleep(0.4)
+    return real(self, epoch, bar)
+Trainer.train_epoch = train_epoch
+main(sys.argv[1:])
+"""
+
+
+def test_a_process_paused_past_the_stale_timeout_stops_writing_once_taken_over(tmp_path, monkeypatch):
+    """Ctrl-Z (or a suspended laptop, a Slurm suspend) past the stale timeout: another process rightly
+    takes the run over and goes on; the paused one, resumed, notices within a heartbeat that it lost
+    the lock and writes nothing more. The record never goes backwards, and the run ends done."""
+    import signal
+
+    monkeypatch.setenv("RESDEG_LOCK_HEARTBEAT_S", "0.3")
+    monkeypatch.setenv("RESDEG_LOCK_STALE_S", "1.5")
+    results = tmp_path / "r"
+    args = [*GRID, "--variants", "FULL", "--set", "epochs=12", "--results", results]
+    slow = lambda: subprocess.Popen([sys.executable, "-c", SLOW, *map(str, args)], text=True,  # noqa: E731
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen = []
+
+    def watch(until, limit=240):
+        deadline = time.time() + limit
+        while not until():
+            assert time.time() < deadline, f"timed out; the record so far: {sorted(set(seen))}"
+            try:
+                seen.append(json.loads(next(results.glob("*/*/*/run.json")).read_text())["epochs_done"])
+            except (StopIteration, OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.02)
+
+    first = slow()
+    second = None
+    try:
+        watch(lambda: (seen and seen[-1] >= 2) or first.poll() is not None)
+        first.send_signal(signal.SIGSTOP)
+        paused_at = seen[-1]
+        time.sleep(2.0)  # past the stale timeout: no heartbeat
+        second = slow()
+        watch(lambda: (seen and seen[-1] >= paused_at + 3) or second.poll() is not None)  # it took over, goes on
+        first.send_signal(signal.SIGCONT)
+        watch(lambda: first.poll() is not None and second.poll() is not None)
+        outs = [p.communicate(timeout=60) for p in (first, second)]
+    finally:
+        for p in (first, second):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.kill()
+    changes = [k for k, _ in itertools.groupby(seen)]  # epochs_done as each write left it
+    assert changes == sorted(changes), f"the record went backwards: {changes}"
+    assert [p.returncode for p in (first, second)] == [0, 0], outs
+    assert "taking over a stale lock" in outs[1][1] and "resumes from its checkpoint" in outs[1][1]
+    assert re.search(r"^stopped +resnet18-FULL-s42-\w+: lock on .* was taken over", outs[0][1], re.M), outs[0][1]
+    run = read_run(next(results.glob("*/*/*/run.json")).parent)
+    assert run.status == "done" and run.epochs_done == 12 and [e.epoch for e in run.epochs] == list(range(1, 13))
