@@ -3,6 +3,9 @@
 A crash leaves either the old file or the new one, never half of either. So does a full or
 read-only disk: a failed write removes its temp file, leaves the old file as it was, and raises
 an OSError that names the target path (the CLI turns ENOSPC, EROFS, EACCES into one line).
+
+The file gets the mode a plain open() would give it (0666 less the umask): mkstemp's 0600 would
+keep a store shared by a group unreadable to everyone but its writer.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise _naming(e, path) from e
     try:
         try:
+            os.fchmod(fd, 0o666 & ~_umask())
             view = memoryview(data).cast("B")
             while view:  # os.write may write less than asked (a nearly full disk, a signal)
                 view = view[os.write(fd, view):]
@@ -38,6 +42,21 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             raise _naming(e, path) from e
         raise
     _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux says it (/proc), else by the
+    set-and-restore that is the only portable way."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _naming(e: OSError, path: Path) -> OSError:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import sys
 
 import click
@@ -108,6 +109,13 @@ def _csv(ctx, param, value):
     return out
 
 
+def _minutes(ctx, param, value):
+    """--time-limit: a positive, finite number of minutes (nan or inf would silently mean no limit)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ResdegError(f"--time-limit {value}: must be a positive, finite number of minutes")
+    return value
+
+
 def _protocol(ctx, param, value):
     """--protocol: the declared name (a former one, `seed`, is accepted); a one-line error if unknown."""
     return None if value is None else canonical_protocol(value.strip())
@@ -144,7 +152,7 @@ def train_options(f):
                           "CUDA and on CPUs with native bf16, else fp32]."),
         click.option("--dry-run", is_flag=True, help="Print the planned runs and which are cached; train nothing."),
         click.option("--force", is_flag=True, help="Redo runs even if cached (also corrupt ones)."),
-        click.option("--time-limit", type=float, default=None, metavar="MINUTES",
+        click.option("--time-limit", type=float, default=None, metavar="MINUTES", callback=_minutes,
                      help="Stop cleanly (resumable) before an epoch that would end past this limit."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]

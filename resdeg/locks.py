@@ -22,7 +22,7 @@ is stale too, with a message. A stale lock is taken over in place: the contender
 a takeover marker named after that lock's token (link() again: of several contenders judging
 the same stale lock, exactly one gets it), checks that the lock is still the one it judged,
 then renames its own lock over it (os.replace: the name never goes missing, so nobody can slip
-in between). The run then resumes from its checkpoint.
+in between). The run then resumes from its checkpoint, if it has one.
 
 A process that lost its lock (paused past the stale timeout, then resumed) finds out within one
 heartbeat (`RunLock.check`, asked at every training step) and before any write (`RunLock.verify`
@@ -342,6 +342,14 @@ class RunLock:
         self.release()
 
 
+def _what_follows(folder: Path) -> str:
+    """The end of the takeover message: a run with a checkpoint resumes from it; say nothing of a
+    checkpoint where there is none (a run that never finished an epoch, the report's lock)."""
+    from .store import CHECKPOINT_FILE
+
+    return "; the run resumes from its checkpoint" if (folder / CHECKPOINT_FILE).exists() else ""
+
+
 def acquire(folder: str | Path, settings: LockSettings | None = None, log=print) -> RunLock:
     """Lock a run folder for this process (creating the folder); raise `Locked` when a live
     process holds it; take a stale lock over (saying why through `log`)."""
@@ -362,7 +370,7 @@ def acquire(folder: str | Path, settings: LockSettings | None = None, log=print)
             if reason is None:
                 raise Locked(info)
             if _take_over(info, content):
-                log(f"taking over a stale lock on {folder.name}: {reason}; the run resumes from its checkpoint")
+                log(f"taking over a stale lock on {folder.name}: {reason}{_what_follows(folder)}")
                 return RunLock(path, token, settings, log)
             time.sleep(0.01)  # another process is taking it over: look again
     except OSError as e:

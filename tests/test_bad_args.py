@@ -120,6 +120,13 @@ def test_bad_set_values(tmp_path, item, fragment):
     assert len(r.stderr) < 400  # a 5000-digit value is cut short in the message
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-5"])
+def test_time_limit_must_be_a_positive_finite_number(tmp_path, value):
+    # nan compared false with every deadline: it meant "no limit" without a word
+    r = cli("run-all", *DRY, "--results", tmp_path, f"--time-limit={value}", expect=None)
+    assert_one_line_error(r, "--time-limit", "must be a positive, finite number of minutes")
+
+
 # -- lists of runs -------------------------------------------------------------------------------
 
 def _dry(tmp_path, *args):

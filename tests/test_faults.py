@@ -403,7 +403,7 @@ def test_files_from_a_newer_resdeg_are_reported_not_used(tmp_path):
     assert row["status"] == "corrupt" and "newer resdeg" in row["problem"]
 
 
-# -- readers during a write; every field validated ---------------------------------------------
+# -- readers during a write; every field validated; --force; file modes; a stopped report ----------
 
 def _fake_run(root: Path, seed: int = 1) -> Path:
     """A finished run written through the stores' writers, without training (report_fixture)."""
@@ -511,3 +511,46 @@ def test_force_keeps_the_finished_run_until_its_replacement_is_done(tmp_path, mo
     assert json.loads(after["run.json"])["created"] != json.loads(before["run.json"])["created"]
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no replacement folder left
     assert not (folder / "run.lock").exists()
+
+
+@pytest.mark.parametrize("mask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_result_files_are_readable_as_the_umask_allows(tmp_path, mask, mode):
+    """Atomic writes give the mode a plain open() would (mkstemp's 0600 hid a group's store from the group)."""
+    old = os.umask(mask)
+    try:
+        atomic.atomic_write_json(tmp_path / "run.json", {"a": 1})
+        atomic.atomic_write_bytes(tmp_path / "model.pt", b"x")
+    finally:
+        os.umask(old)
+    assert [(tmp_path / n).stat().st_mode & 0o777 for n in ("run.json", "model.pt")] == [mode, mode]
+
+
+def test_a_stopped_report_cleans_up_and_a_killed_ones_lock_is_taken_over_without_a_checkpoint(tmp_path):
+    """SIGTERM while a report renders: its hidden render folder goes at once, one line, exit 143.
+    SIGKILL: the next report removes the leftovers and takes the lock over, saying nothing of a
+    checkpoint (a report has none)."""
+    from report_fixture import make_results
+
+    from conftest import cli_subprocess
+    from resdeg.report import build_report
+
+    results = make_results(tmp_path / "results", seeds=(1,), epochs=2, models=("resnet18",), protocol="native")
+    docs = tmp_path / "docs"
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        proc = cli_subprocess("report", "--results", results, "--docs", docs)
+        deadline = time.time() + 240
+        while not list(docs.glob(".report-render-*")) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        if sig == signal.SIGTERM:
+            assert proc.returncode == 128 + signal.SIGTERM, err
+            assert err.strip() == "resdeg: stopped by SIGTERM; run the same command again to resume"
+            assert not list(docs.glob(".report-render-*")) and not list(docs.glob(".report-lock/*"))  # lock released
+    assert list(docs.glob(".report-render-*")) and (docs / ".report-lock" / "run.lock").exists()  # SIGKILL's
+    said = []
+    build_report(results, docs, log=said.append)
+    assert not list(docs.glob(".report-render-*"))
+    (takeover,) = [m for m in said if "stale lock" in m]
+    assert "taking over a stale lock on .report-lock: process" in takeover and "checkpoint" not in takeover
