@@ -367,28 +367,24 @@ def test_verdicts_are_on_the_pages_with_their_rule_and_numbers(rendered):
 def test_the_landing_page_answers_first_with_computed_sentences(rendered):
     from resdeg.report import answer
 
-    hyp = answer.hypotheses(build_store(rendered))
+    syn = answer.synthesis(build_store(rendered))
     en, zh = page(rendered.docs, "en", "index"), page(rendered.docs, "zh", "index")
-    answer_en = en.split("## The answer")[1].split("## Results")[0]
-    # one sentence per hypothesis and per component, before the results matrix and the figure
-    for label in ("(H1)", "(H2)", "(H3)", "What residual connections do.", "What BatchNorm does."):
-        assert label in answer_en
-    for label in ("（H1）", "（H2）", "（H3）", "残差连接的作用。", "批归一化的作用。"):
-        assert label in zh.split("## 结果总览")[0]
-    h1 = hyp["H1"]
-    assert h1.outcome == "not_supported" and h1.not_supported  # the fixture's worse models are worse on train too
-    example = h1.example()[2]
-    assert example.explain("en") in answer_en and example.explain("zh") in zh
-    # the example names its study, whose title mid-sentence starts lower-case, then its comparison
-    assert re.search(r"e\.g\. in the original study at 32 px, changed settings \([^()]+\), resnet", answer_en), answer_en
-    assert re.search(r"例如在.+中（[^（）]+），resnet", zh), zh
-    assert "which is degradation" in answer_en  # plain 20 -> 56 is worse on the training set beyond noise
-    # a net that stops learning without BatchNorm is said so, not hidden in a count of undecided comparisons
-    bn_en = answer_en.split("What BatchNorm does.")[1]
-    assert "Without BatchNorm, " in bn_en and "resnet56-Nboth did not learn at all" in bn_en
-    assert "resnet56 Fixup is undecided, its 95% interval includes zero" in bn_en  # two seeds each: an interval
-    assert "去掉批归一化后完全没有学会的网络：" in zh.split("批归一化的作用。")[1]
-    assert "figures/headline.png" in en and en.index("## Results") < en.index("figures/headline.png")
+    answer_en = en.split("**The answer.**")[1].split("## Results")[0]
+    answer_zh = zh.split("**结论。**")[1].split("## 结果总览")[0]
+    # one paragraph before the figure: what degrades, each hypothesis on it, why nets fail to train,
+    # what residual connections and BatchNorm do, what is open
+    p = syn["degradation"]["plain"]
+    assert p["verdict"] == "degrades" and f"falls by {100 * abs(p['dtrain'].value):.1f} points (95% interval" in answer_en
+    for h in ("H1", "H2", "H3"):
+        assert f"({h})" in answer_en and f"（{h}）" in answer_zh
+    assert syn["verdicts"]["H1"].outcome == "not_supported" and "It is not overfitting (H1)" in answer_en
+    # the fixture's Nboth-56 learns nothing and its gradients vanish: H2 answers the other question
+    kinds = {(f.model, f.variant): f.kind for f in syn["failures"]}
+    assert kinds[("resnet56", "Nboth")].startswith("vanishing") and "there H2 holds" in answer_en
+    assert "So residual connections keep the deep net trainable: at 56 layers" in answer_en
+    assert "initialised by Fixup instead, the 56-layer residual net" in answer_en
+    assert "stays open" in answer_en and "开放问题" in answer_zh
+    assert "figures/headline.png" in en and en.index("**The answer.**") < en.index("figures/headline.png")
 
 
 def test_a_net_that_stopped_learning_under_two_protocols_is_named_once(tmp_path):
@@ -404,8 +400,9 @@ def test_a_net_that_stopped_learning_under_two_protocols_is_named_once(tmp_path)
     one = answer.components(load_store(results, protocol="native"))["residual"].stopped_learning
     assert len(one) == 1 and "`" not in one[0]  # one protocol: nothing to tell apart
     build_report(results, tmp_path / "docs", log=lambda m: None)
-    residual = page(tmp_path / "docs", "en", "index").split("What residual connections do.")[1].split("\n")[0]
-    assert residual.count("resnet50-Nboth") == 1 and "(`original`, `native`) did not learn at all" in residual
+    residual = next(line for line in page(tmp_path / "docs", "en", "index").splitlines()
+                    if line.startswith("| residual connections |"))
+    assert residual.count("resnet50-Nboth") == 1 and residual.endswith(" (`original`, `native`) |")
 
 
 def test_depth_page_says_plain_nets_degrade_and_residual_nets_do_not(rendered):
@@ -457,11 +454,11 @@ def test_a_depth_study_with_more_seeds_at_some_depths_judges_each_pair_by_what_i
     item = next(line for line in hyp.splitlines() if line.startswith("- Nres: resnet20 vs resnet56: "))
     assert item.count("The 95% interval of the test difference includes zero") == 1 and "do not differ" not in item
     assert hyp.index("Not judged, for H1, H2 and H3 alike") < hyp.index(item)
-    # Fixup-20 (one seed) against FULL-20 (three): an interval that includes zero is undecided, not "as well"
+    # Fixup-56 (one seed) against FULL-56 (one): within one run's noise, it cannot be told apart, never "as well"
     index_en, index_zh = page(tmp_path / "docs", "en", "index"), page(tmp_path / "docs", "zh", "index")
-    assert re.search(r"resnet20 Fixup is undecided, its 95% interval includes zero \(train accuracy in eval mode "
-                     r"[+-][0-9.]+ pp \[[+-][0-9.]+, [+-][0-9.]+\]", index_en), index_en
-    assert "resnet20 的 Fixup 与之的差异在 95% 区间内无法确定" in index_zh
+    assert re.search(r"the 56-layer residual net without BatchNorm cannot be told from the BatchNorm net: "
+                     r"train accuracy [−+][0-9.]+ points\.", index_en), index_en
+    assert "看不出差别" in index_zh and "as well" not in index_en.split("## Results")[0]
     judged = next(line for line in hyp.splitlines() if line.startswith("| Nres: resnet20 vs resnet32 | "))
     assert judged.count("**not supported**") >= 1 and "resnet32-Nres is worse on the training set too" in judged
     bn = page(tmp_path / "docs", "en", "batchnorm/batchnorm")

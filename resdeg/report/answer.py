@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from ..study import ARCHS, Comparison
 from . import analysis as A
 from . import verdicts as V
 from .collect import Store, StudyResults
@@ -126,3 +129,91 @@ def matrix(store: Store) -> list[dict]:
 def primary(store: Store) -> StudyResults | None:
     """The most serious study with results (the headline's first panel)."""
     return store.studies[0] if store.studies else None
+
+
+# -- the landing page's synthesis: one paragraph, every number from here --------------------------------
+
+EARLY_STEPS = 100  # "from the first steps": the median gradient ratio over a run's first 100 steps
+
+
+def early_ratio(run) -> float | None:
+    """Median g(first stage) / g(last stage) over the first EARLY_STEPS steps: H2 measured before a
+    net stops learning, so it can tell a cause of the failure from its consequence."""
+    r = A.ratio_series(run)
+    if r is None or not np.isfinite(r[:EARLY_STEPS]).any():
+        return None
+    return float(np.nanmedian(r[:EARLY_STEPS]))
+
+
+def _geomean(values) -> float | None:
+    v = [x for x in values if x is not None and x > 0]
+    return float(10 ** np.mean(np.log10(v))) if v else None
+
+
+@dataclass
+class Failure:
+    """A net that did not learn, with its gradient ratio early and over the whole run (geometric mean over seeds)."""
+    study: StudyResults
+    model: str
+    variant: str
+    early: float | None
+    whole: float | None
+    diverged: int
+
+    @property
+    def kind(self) -> str:
+        """exploding (diverged or ratio above EXPLODE), vanishing_early (from the first steps),
+        vanishing_later (only over the whole run), or none."""
+        if self.diverged or (self.whole is not None and self.whole > V.EXPLODE):
+            return "exploding"
+        if self.early is not None and self.early < V.VANISH:
+            return "vanishing_early"
+        if self.whole is not None and self.whole < V.VANISH:
+            return "vanishing_later"
+        return "none"
+
+
+def failures(store: Store) -> list[Failure]:
+    """Every (model, variant) that did not learn, once (the first study that has it)."""
+    out, seen = [], set()
+    for sr in store.studies:
+        for model, variant, runs in sr.cells():
+            if (model, variant) in seen or not A.side(sr, model, variant).did_not_learn:
+                continue
+            seen.add((model, variant))
+            out.append(Failure(sr, model, variant, _geomean(early_ratio(r) for r in runs),
+                               _geomean(A.median_ratio(r) for r in runs), sum(r.status == "diverged" for r in runs)))
+    return out
+
+
+def synthesis(store: Store) -> dict:
+    """The numbers of the landing page's paragraph: the degradation and its verdicts, why nets fail
+    to train at all, and what residual connections and BatchNorm do (each None when not measured)."""
+    depth_sr = next((s for s in store.studies if s.name == "depth"), None) or \
+        next((s for s in store.studies if s.kind == "depth"), None)
+    out = {"degradation": None, "verdicts": None, "plain_ratios": None, "residual_deep": None,
+           "failures": failures(store), "normfree": None, "bn_removed": None}
+    if depth_sr is None:
+        return out
+    entries = A.degradation(depth_sr)
+    plain = [e for e in entries if e["comparison"].reference[1] == "Nres"]
+    if plain:
+        p = plain[-1]  # shallowest vs deepest (study._depth_pairs)
+        resid = next((e for e in entries if e["comparison"].reference[1] == "FULL"
+                      and e["comparison"].reference[0] == p["comparison"].reference[0]
+                      and e["comparison"].other[0] == p["comparison"].other[0]), None)
+        out["degradation"] = {"plain": p, "residual": resid}
+        row = next((r for r in A.all_verdicts(depth_sr) if r["comparison"] == p["comparison"]), None)
+        out["verdicts"] = row and row["verdicts"]
+        ratios = [10 ** r["ratio"].value for r in A.h2_rows(depth_sr) if r["variant"] == "Nres" and r["ratio"]]
+        out["plain_ratios"] = (min(ratios), max(ratios)) if ratios else None
+        deep = p["comparison"].other[0]
+        full_vs_plain = Comparison("ablation", "residual", (deep, "FULL"), (deep, "Nres"))
+        if full_vs_plain.reference in {(m, v) for m, v, _ in depth_sr.cells()} and \
+                full_vs_plain.other in {(m, v) for m, v, _ in depth_sr.cells()}:
+            out["residual_deep"] = A.effect(depth_sr, full_vs_plain)
+    bn = components(store)
+    fixup = [e for e in bn["normfree"].effects if e["comparison"].other[1] == "Fixup"]
+    out["normfree"] = max(fixup, key=lambda e: list(ARCHS).index(e["comparison"].reference[0]), default=None)
+    out["bn_removed"] = [f for f in out["failures"] if f.variant == "Nbn"]
+    return out

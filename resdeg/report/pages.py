@@ -52,6 +52,47 @@ def err(ms) -> str:
     return pm((None if m is None else 1 - m, s, n), fmt=".1f")
 
 
+SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def human(x) -> str:
+    """A ratio as people write it: 0.58, 2.0, 28, 3,600; beyond that 2 × 10⁻²² (no e-notation)."""
+    if x is None or not math.isfinite(x):
+        return "—"
+    if 0.01 <= abs(x) < 10_000:
+        return f"{float(f'{x:.2g}'):,.{max(0, 1 - math.floor(math.log10(abs(x))))}f}"
+    exponent = math.floor(math.log10(abs(x)))
+    mantissa = round(x / 10 ** exponent)
+    if abs(mantissa) == 10:
+        mantissa, exponent = mantissa // 10, exponent + 1
+    return f"{'' if mantissa == 1 else f'{mantissa} × '}10{str(exponent).translate(SUPERSCRIPT)}"
+
+
+def points(e, lang: str = "en") -> str:
+    """A difference of accuracies in points with its interval in words: '32.4 points (95% interval
+    24.1 to 40.7)'; the sign is left to the sentence."""
+    if e is None:
+        return "—"
+    v = f"{abs(e.value) * 100:.1f}"
+    if not e.has_interval:
+        return f"{v} points" if lang == "en" else f"{v} 个百分点"
+    lo, hi = sorted((abs(e.low) * 100, abs(e.high) * 100)) if e.sign else (e.low * 100, e.high * 100)
+    rng = f"{lo:.1f} to {hi:.1f}" if lang == "en" else f"{lo:.1f} 至 {hi:.1f}"
+    return f"{v} points (95% interval {rng})" if lang == "en" else f"{v} 个百分点（95% 区间 {rng}）"
+
+
+def signed(e, lang: str = "en") -> str:
+    """A signed difference in points with its interval in words: '−0.9 points (95% interval −2.0 to +0.2)'."""
+    if e is None:
+        return "—"
+    f = lambda x: f"{x * 100:+.1f}".replace("-", "−")  # noqa: E731
+    unit = " points" if lang == "en" else " 个百分点"
+    if not e.has_interval:
+        return f(e.value) + unit
+    rng = f"{f(e.low)} to {f(e.high)}" if lang == "en" else f"{f(e.low)} 至 {f(e.high)}"
+    return f"{f(e.value)}{unit} (95% interval {rng})" if lang == "en" else f"{f(e.value)}{unit}（95% 区间 {rng}）"
+
+
 def sci(x) -> str:
     return "—" if x is None or not math.isfinite(x) else f"{x:.3g}" if 1e-3 <= abs(x) < 1e4 else f"{x:.2e}"
 
@@ -81,7 +122,7 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("resdeg.report", "templates"),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(pct=pct, pm=pm, err=err, sci=sci, num=num, ratio=ratio_text, diff=diff)
+    env.filters.update(pct=pct, pm=pm, err=err, human=human, points=points, signed=signed, sci=sci, num=num, ratio=ratio_text, diff=diff)
     return env
 
 
@@ -174,6 +215,7 @@ def site_context(store: Store, lang: str, figures: dict, downloads: dict) -> dic
     """Context of the site pages (index, method, setup, reflection, reproducibility)."""
     return {**base_context(store, lang), "root": "", "figures": figures, "downloads": downloads,
             "hypotheses": answers.hypotheses(store), "components": answers.components(store),
+            "synthesis": answers.synthesis(store), "answer_steps": answers.EARLY_STEPS,
             "degradation": answers.degradation(store), "matrix": answers.matrix(store),
             "depth_study": store.study("depth"), "bn_study": store.study("batchnorm"),
             "unused": store.unused}

@@ -299,8 +299,8 @@ REASONS = {
     "loss_both": {"en": "Both lose information ({d}: {kd}; {h}: {kh}).",
                   "zh": "两者都出现信息丢失（{d}：{kd}；{h}：{kh}）。"},
     "no_loss": {"en": "{d} does not lose information ({kd}).", "zh": "{d} 没有出现信息丢失（{kd}）。"},
-    "loss_unclear": {"en": "Too few criteria give a clear answer ({d}: {kd} fall; {h}: {kh} fall).",
-                     "zh": "给出明确结论的判据太少（{d}：{kd} 下降；{h}：{kh} 下降）。"},
+    "loss_unclear": {"en": "Too few criteria give a clear answer ({d}: {kd}; {h}: {kh}).",
+                     "zh": "给出明确结论的判据太少（{d}：{kd}；{h}：{kh}）。"},
 }
 # The reasons `_degradation` gives before any hypothesis is looked at: they are about the comparison
 # (no data, a net that did not learn, no degraded net), so H1-H3 share them.
@@ -491,6 +491,10 @@ def information_loss(side: Side) -> dict:
     return {"criteria": per, "k": k, "m": m, "outcome": outcome}
 
 
+def _k_of_m(loss: dict) -> dict:
+    return {"en": f"{loss['k']} of {loss['m']} criteria fall", "zh": f"{loss['m']} 个判据中 {loss['k']} 个下降"}
+
+
 def h3(subject: str, a: Side, b: Side, depth: bool = False) -> Verdict:
     """Information loss (STUDY §4 H3)."""
     early, pair, nums, single = _degradation("H3", subject, a, b, depth=depth)
@@ -499,7 +503,7 @@ def h3(subject: str, a: Side, b: Side, depth: bool = False) -> Verdict:
     worse, better = pair
     lw, lb = information_loss(worse), information_loss(better)
     nums.update(degraded=lw, healthy=lb)
-    nums["_fmt"].update(kd=f"{lw['k']}/{lw['m']}", kh=f"{lb['k']}/{lb['m']}")
+    nums["_fmt"].update(kd=_k_of_m(lw), kh=_k_of_m(lb))
     if lw["outcome"] == "no_data" or lb["outcome"] == "no_data":
         return _verdict("H3", subject, pair, "inconclusive", "no_data", nums, single)
     if lw["outcome"] == "not_supported":

@@ -1,0 +1,77 @@
+"""The landing page answers first: one computed paragraph, within its word budget, each number as
+people write it, no sentence twice. Rendered from the committed results (no figures drawn)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from resdeg.report import pages as P
+from resdeg.report.collect import load_store
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+@pytest.fixture(scope="module")
+def landing():
+    if not any(RESULTS.glob("depth/*/*/run.json")):
+        pytest.skip("no committed depth study")
+    store = load_store(RESULTS)
+    env = P.environment()
+    out = {}
+    for lang in P.LANGS:
+        ctx = P.site_context(store, lang, {"index": ["headline.png"]}, {"index": ["runs.csv"]})
+        ctx["anchors"] = None
+        out[lang] = P.render(env, "index", ctx)
+    return out
+
+
+def first_screen(text: str) -> str:
+    head = text[:text.index("<figure")]
+    head = re.sub(r"\]\([^)]*\)", "]", head)  # link targets are not read
+    return re.sub(r"[#*\[\]`]", "", head)
+
+
+def test_the_answer_comes_first_within_its_budget(landing):
+    en, zh = first_screen(landing["en"]), first_screen(landing["zh"])
+    assert len(en.split()) <= 300
+    assert len(re.findall(r"[\u4e00-\u9fff]", zh)) <= 600
+    # the synthesis names what degrades, each hypothesis and both components, with deciding numbers
+    for words in ("degrade", "(H1)", "(H2)", "(H3)", "residual connections keep", "BatchNorm keeps", "points (95% interval"):
+        assert words in en, words
+    for words in ("退化", "（H1）", "（H2）", "（H3）", "残差连接让", "批归一化则"):
+        assert words in zh, words
+
+
+def test_numbers_are_written_as_people_write_them(landing):
+    for lang, text in landing.items():
+        head = first_screen(text)
+        assert not re.search(r"\d\.\d+e[+-]\d", head), lang  # no 5.72e-01
+        assert "pp [" not in head and "(noise ±" not in head, lang
+        assert not re.search(r"\([^()]*\([^()]*\)[^()]*\)", head), lang  # no nested brackets
+        assert not re.search(r"（[^（）]*（[^（）]*）[^（）]*）", head), lang
+
+
+def test_no_sentence_appears_twice_on_the_landing_page(landing):
+    for lang, text in landing.items():
+        splitter = r"(?<=[.!?])\s+" if lang == "en" else r"(?<=[。！？])"
+        body = re.sub(r"<[^>]+>|\|[^\n]*\|", " ", text)  # figures and table rows are not prose
+        sentences = [s.strip() for s in re.split(splitter, body) if len(s.strip()) > 40]
+        repeated = {s for s in sentences if sentences.count(s) > 1}
+        assert not repeated, (lang, repeated)
+
+
+@pytest.mark.parametrize("x, text", [(0.5806, "0.58"), (2.04, "2.0"), (27.5, "28"), (3616.8, "3,600"),
+                                     (1.8e-22, "2 × 10⁻²²"), (1.02e-7, "10⁻⁷"), (0.0319, "0.032")])
+def test_ratios_read_as_people_write_them(x, text):
+    assert P.human(x) == text
+
+
+def test_differences_read_in_points_with_their_interval_in_words():
+    from resdeg.report.verdicts import Estimate
+
+    e = Estimate(-0.3236, -0.4066, -0.2406, (3, 3))
+    assert P.points(e) == "32.4 points (95% interval 24.1 to 40.7)"
+    assert P.signed(Estimate(-0.0092, -0.0202, 0.0018, (3, 3))) == "−0.9 points (95% interval −2.0 to +0.2)"
+    assert P.signed(e, "zh") == "−32.4 个百分点（95% 区间 −40.7 至 −24.1）"
