@@ -57,3 +57,12 @@ def test_the_other_schedule_links_to_the_side_by_side_page_and_keeps_its_declare
     nav = json.loads((docs / "site-nav.json").read_text())
     sections = [item["section"]["en"] for item in nav if "section" in item]
     assert "Degradation with depth, 60 epochs" in sections  # declared settings: never "changed settings"
+
+
+def test_the_depth_page_says_what_its_schedule_does_to_the_residual_order(docs):
+    en = (docs / "en" / "depth" / "degradation.md").read_text()
+    assert "keep improving" not in en
+    assert "Under this study's 4-epoch schedule the 56-layer residual net's test accuracy differs from the " \
+           "20-layer one's by " in en
+    zh = (docs / "zh" / "depth" / "degradation.md").read_text()
+    assert "在本研究 4 个轮次的方案下，56 层残差网络的测试准确率比 20 层" in zh and "低 −" not in zh
