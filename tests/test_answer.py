@@ -75,3 +75,23 @@ def test_differences_read_in_points_with_their_interval_in_words():
     assert P.points(e) == "32.4 points (95% interval 24.1 to 40.7)"
     assert P.signed(Estimate(-0.0092, -0.0202, 0.0018, (3, 3))) == "−0.9 points (95% interval −2.0 to +0.2)"
     assert P.signed(e, "zh") == "−32.4 个百分点（95% 区间 −40.7 至 −24.1）"
+
+
+def test_the_original_study_stands_beside_its_protocols_runs():
+    store = load_store(RESULTS)
+    sr = store.study("original")
+    if sr is None:
+        pytest.skip("no committed run of the original protocol")
+    from resdeg.report import anchors
+
+    ctx = P.study_context(store, sr, "en", {"h1": []}, {"h1": []})
+    ctx["anchors"] = anchors
+    text = P.render(P.environment(), "h1", ctx).split("## Beside the original study's own results")[1].split("\n## ")[0]
+    rows = {tuple(line.split(" | ")[:2]): line for line in text.splitlines() if line.startswith("| resnet")}
+    assert len(rows) == 8  # every cell of the original grid, trained here or not
+    for (model, variant), (test, train) in anchors.ORIGINAL_FINAL.items():
+        line = rows[(f"| {model}", variant)]
+        assert f" {test:.2f} " in line
+        if not sr.cell(model, variant):
+            assert "not yet run (needs a GPU)" in line
+    assert "-0.00" not in text and "The test accuracies differ by at most" in text

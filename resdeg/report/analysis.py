@@ -323,3 +323,30 @@ def schedules(studies: list[StudyResults]) -> list[dict]:
                     "plain": with_degradation_verdict(complete["Nres"]) if "Nres" in complete else None,
                     "residual": complete.get("FULL")})
     return out
+
+
+# -- the original study's own numbers beside its protocol's runs -------------------------------------------
+
+def original_rows(sr: StudyResults, published: dict) -> list[dict]:
+    """Per (model, variant) of the original grid: the original study's final test and running train
+    accuracy (`published`, %) beside this study's runs at their last epoch, as the original reports it
+    (mean over seeds, %), and the difference; runs None where the cell has not been trained."""
+    rows = []
+    for (model, variant), (test, train) in published.items():
+        lasts = [r.record.final for r in sr.cell(model, variant) if r.record.final is not None]
+        here_test = mean_std([e.test_acc for e in lasts])[0] if lasts else None
+        here_train = mean_std([e.train_acc for e in lasts])[0] if lasts else None
+        rows.append({"model": model, "variant": variant, "published_test": test, "published_train": train,
+                     "runs": len(lasts) or None, "test": None if here_test is None else 100 * here_test,
+                     "train": None if here_train is None else 100 * here_train,
+                     "dtest": None if here_test is None else 100 * here_test - test})
+    return rows
+
+
+def seed_spread(sr: StudyResults | None) -> tuple[float, float] | None:
+    """The smallest and largest standard deviation of test accuracy over seeds (points) among the
+    study's nets that learned and have several seeds: how much one run can move by its seed alone."""
+    if sr is None:
+        return None
+    stds = [100 * r["test_acc"][1] for r in accuracy_rows(sr) if r["test_acc"][1] is not None and not r["did_not_learn"]]
+    return (min(stds), max(stds)) if stds else None

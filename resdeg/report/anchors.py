@@ -24,6 +24,16 @@ DEPTH_TRAIN_ERROR_PLAIN = {"resnet20": 1.0, "resnet32": 1.0, "resnet44": 3.0, "r
 FIXUP_110 = {"Fixup": (93.0, 0.2), "FULL": (92.58, 0.08)}
 SEED_STD_POINTS = (0.15, 0.3)  # typical seed-to-seed std of CIFAR-10 ResNets, in points
 
+# The original study's own results (its code repository WaterMinding/Exp-ResNet, model_data/*.json; 224 px,
+# fp32, seed 42, 20 epochs, its last epoch): final test accuracy and final running train accuracy, %.
+ORIGINAL_FINAL = {
+    ("resnet18", "FULL"): (85.87, 100.0), ("resnet18", "Nres"): (87.46, 100.0),
+    ("resnet18", "Nbn"): (75.45, 87.45), ("resnet18", "Nboth"): (10.00, 10.07),
+    ("resnet50", "FULL"): (77.90, 98.83), ("resnet50", "Nres"): (73.10, 97.37),
+    ("resnet50", "Nbn"): (63.17, 65.58), ("resnet50", "Nboth"): (10.00, 10.01),
+}
+ORIGINAL_CODE = ("WaterMinding/Exp-ResNet", "https://github.com/WaterMinding/Exp-ResNet")
+
 REFERENCES = {
     "he": ("He, Zhang, Ren, Sun (2015). Deep Residual Learning for Image Recognition", "https://arxiv.org/abs/1512.03385"),
     "li": ("Li, Xu, Taylor, Studer, Goldstein (2018). Visualizing the Loss Landscape of Neural Nets",
