@@ -272,18 +272,44 @@ def _on_stop(signum, frame):
         raise KeyboardInterrupt
 
 
-def _init_worker(threads: int, parent_pid: int) -> None:
-    """A pool worker: its share of the CPU threads; Ctrl-C, SIGTERM or SIGHUP (a closed terminal
-    signals the whole process group) end the run it trains (releasing its lock) and start no other;
-    and the death of the parent, even by SIGKILL, sends it SIGTERM: never an orphan that trains on."""
+# Of one GPU's memory, what N runs sharing it may take in all: the rest is left for the CUDA contexts
+# (each process has its own, a few hundred MB) and for other users of the card.
+GPU_SHARED_FRACTION = 0.95
+
+
+def gpu_memory_share(device_names, jobs: int, cuda_available: bool, device_count: int) -> float | None:
+    """The fraction of the GPU's memory each of `jobs` workers may allocate when they share one GPU
+    (None when they do not). Without a cap, the first run's caching allocator can hold memory the
+    second one needs, and the second fails with an out-of-memory error instead of the first waiting;
+    with it, a run that needs more than its share fails at once and says so."""
+    on_gpu = cuda_available and any(name in ("cuda", "auto") for name in device_names)
+    if not on_gpu or jobs < 2 or device_count != 1:
+        return None
+    return GPU_SHARED_FRACTION / jobs
+
+
+def _init_worker(threads: int, parent_pid: int, gpu_share: float | None = None) -> None:
+    """A pool worker: its share of the CPU threads (and of the GPU's memory when the runs share one
+    GPU); Ctrl-C, SIGTERM or SIGHUP (a closed terminal signals the whole process group) end the run
+    it trains (releasing its lock) and start no other; and the death of the parent, even by SIGKILL,
+    sends it SIGTERM: never an orphan that trains on."""
     import torch
 
     from .signals import STOP_SIGNALS, die_with_parent
 
     torch.set_num_threads(threads)
+    if gpu_share is not None:
+        torch.cuda.set_per_process_memory_fraction(gpu_share)
     for signum in (signal.SIGINT, *STOP_SIGNALS):
         signal.signal(signum, _on_stop)
     die_with_parent(parent_pid)
+
+
+def _cuda_devices() -> tuple[bool, int]:
+    """(CUDA available, number of devices), without creating a CUDA context in this process."""
+    import torch
+
+    return torch.cuda.is_available(), torch.cuda.device_count()
 
 
 def failure_line(e: BaseException) -> str:
@@ -340,8 +366,12 @@ class ProcessPool(Executor):
             log(f"note: --jobs {self.jobs} on {cpu_cores()} CPU cores: 1 torch thread each, cores shared")
         outcomes = []
         tasks = [replace(t, progress=False) for t in tasks]  # the bars are drawn here, from the store
-        pool = ProcessPoolExecutor(min(self.jobs, len(tasks)), mp_context=mp.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(self.threads, os.getpid()))
+        workers = min(self.jobs, len(tasks))
+        share = gpu_memory_share([t.device for t in tasks], workers, *_cuda_devices())
+        if share is not None:  # time-sliced: one run's host work and launches overlap the other's kernels
+            log(f"note: {workers} runs share one GPU, each with at most {share:.0%} of its memory")
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(self.threads, os.getpid(), share))
         with StoreProgress(tasks, progress, log) as bars:
             try:
                 pending = {pool.submit(_pool_task, t): t for t in tasks}

@@ -314,3 +314,36 @@ def test_a_pool_workers_failure_of_any_kind_is_its_runs_alone(tmp_path, monkeypa
     out = runner._pool_task(runner.RunTask(cfg, tmp_path / cfg.run_name))
     assert out.result == "failed" and out.error == f"{cfg.run_name}: {type(error).__name__}: {error}"
     assert re.fullmatch(rf"failed +{cfg.run_name}: {type(error).__name__}: .+", out.line)
+
+
+# -- several runs on one GPU (run-all --jobs N --device cuda) ------------------------------------------------
+
+def test_runs_sharing_one_gpu_split_its_memory_and_runs_elsewhere_do_not():
+    from resdeg.runner import GPU_SHARED_FRACTION, gpu_memory_share
+
+    assert gpu_memory_share(["cuda"] * 4, 2, True, 1) == pytest.approx(GPU_SHARED_FRACTION / 2)
+    assert gpu_memory_share(["auto"], 3, True, 1) == pytest.approx(GPU_SHARED_FRACTION / 3)
+    assert gpu_memory_share(["cpu"] * 4, 2, True, 1) is None  # CPU runs on a GPU machine
+    assert gpu_memory_share(["auto"] * 4, 2, False, 0) is None  # auto on a CPU-only machine
+    assert gpu_memory_share(["cuda"], 1, True, 1) is None  # one run has the card to itself
+    assert gpu_memory_share(["cuda"] * 2, 2, True, 2) is None  # two GPUs: not one shared card
+
+
+def test_a_pool_worker_on_a_shared_gpu_caps_its_memory(monkeypatch):
+    """The worker initialiser's GPU path, exercised on the CPU: it asks torch for its share."""
+    import torch
+
+    from resdeg import runner, signals
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device=None: calls.append(f))
+    monkeypatch.setattr(signals, "die_with_parent", lambda pid: None)  # this is the test process, not a worker
+    threads, handlers = torch.get_num_threads(), {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        runner._init_worker(1, os.getpid(), 0.475)
+        runner._init_worker(1, os.getpid(), None)
+    finally:
+        torch.set_num_threads(threads)
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    assert calls == [0.475]
