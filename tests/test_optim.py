@@ -11,7 +11,7 @@ from torch import nn
 from conftest import TINY, cli
 from resdeg.models import build_model
 from resdeg.probes import optim
-from resdeg.probes.optim_measure import batch_statistics_net, frozen_statistics_net, measure_net
+from resdeg.probes.optim_measure import frozen_statistics_net, measure_net
 from resdeg.probes.optim_store import CorruptOptim, OptimRecord, OptimSettings, read_optim
 
 SMALL = OptimSettings(gradient_images=4, distances=(0.001, 0.01, 0.1), summary_distance=0.01, curvature_images=8,
@@ -64,23 +64,27 @@ def test_lanczos_with_few_steps_brackets_the_spectrum():
     assert ext.steps == 8 and len(ext.ritz) == 8
 
 
-def test_hessian_of_a_batchnorm_net_in_training_mode_is_exact():
-    """With BatchNorm on batch statistics (the training loss), the products still match the exact
-    Hessian, and averaging over batches is the Hessian of the mean loss."""
+def test_hessian_of_a_batchnorm_net_with_frozen_statistics_is_exact():
+    """As measured: BatchNorm on statistics fixed from the batches, the weights of two or more
+    dimensions moved, the loss averaged over batches. The extremes match the exact Hessian's."""
     torch.manual_seed(0)
-    net = batch_statistics_net(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)).double())
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)).double()
     x, y = torch.randn(10, 3, dtype=torch.float64), torch.randint(0, 2, (10,))
-    names = [n for n, _ in net.named_parameters()]
-    like = [p.detach() for p in net.parameters()]
+    halves = [(x[:5], y[:5]), (x[5:], y[5:])]
+    frozen = frozen_statistics_net(net, halves)
+    assert not frozen.training and not torch.equal(frozen[1].running_mean, net[1].running_mean)
+    names = [n for n, p in frozen.named_parameters() if p.dim() > 1]
+    like = [frozen.get_parameter(n).detach() for n in names]
 
     def loss(vector):
         params = dict(zip(names, optim.unflatten(vector, like)))
-        return sum(F.cross_entropy(torch.func.functional_call(net, params, (x[s],)), y[s])
-                   for s in (slice(0, 5), slice(5, 10))) / 2
+        return sum(F.cross_entropy(torch.func.functional_call(frozen, params, (xb,)), yb) for xb, yb in halves) / 2
 
     hessian = torch.autograd.functional.hessian(loss, optim.flatten(like))
-    matvec = optim.hessian_vector_product([lambda s=s: F.cross_entropy(net(x[s]), y[s])
-                                           for s in (slice(0, 5), slice(5, 10))], list(net.parameters()))
+    leaves = [w.clone().requires_grad_(True) for w in like]
+    matvec = optim.hessian_vector_product(
+        [lambda xb=xb, yb=yb: F.cross_entropy(torch.func.functional_call(frozen, dict(zip(names, leaves)), (xb,)), yb)
+         for xb, yb in halves], leaves)
     ext = optim.lanczos(matvec, len(hessian), len(hessian), torch.Generator().manual_seed(1), dtype=torch.float64)
     exact = torch.linalg.eigvalsh(hessian)
     assert ext.lambda_max == pytest.approx(float(exact[-1]), abs=1e-8)
