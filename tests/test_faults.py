@@ -1,7 +1,9 @@
 """Faults (issue 16): a full disk while writing run.json, telemetry, a checkpoint or a probe file,
 results from other data, SIGKILL during a probe or a site build, a truncated checkpoint and files
 from a newer resdeg. Each ends in one line and a non-zero exit, leaves the previous file as it was
-and no temp file behind, and the same command resumes once the fault is gone."""
+and no temp file behind, and the same command resumes once the fault is gone. Issue 36: a reader
+between a run's two writes, malformed or out-of-range fields, --force stopped before the end, file
+modes under the umask, a report stopped by SIGTERM or SIGKILL."""
 import errno
 import fnmatch
 import json

@@ -1,7 +1,8 @@
 """Executors and launchers: `run-all --jobs N` (worker processes), `--launcher submitit-local`
 (submitit's LocalExecutor) and `--launcher slurm` on a real single-node Slurm started here (skipped,
 with its reason, where one cannot start) train the same numbers as a sequential run-all; the
-submissions show in `resdeg status`; every bad input is one line."""
+submissions show in `resdeg status`; every bad input is one line. SIGTERM to `run-all --jobs`
+ends its workers too, and a worker's failure of any kind is its run's alone (issue 36)."""
 import json
 import os
 import re

@@ -1,7 +1,8 @@
 """Run locks: exclusive, released on success / error / Ctrl-C, heartbeat, stale rules, one winner
 among racing processes; and through the CLI: a locked run is skipped, a stale or garbage lock is
 taken over and the run resumes, and two concurrent run-alls over one store train every run once,
-with the numbers of one sequential run-all."""
+with the numbers of one sequential run-all; a process paused past the stale timeout and taken over
+stops writing (issue 36)."""
 import itertools
 import json
 import multiprocessing as mp
