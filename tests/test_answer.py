@@ -48,7 +48,7 @@ def test_numbers_are_written_as_people_write_them(landing):
     for lang, text in landing.items():
         head = first_screen(text)
         assert not re.search(r"\d\.\d+e[+-]\d", head), lang  # no 5.72e-01
-        assert "pp [" not in head and "(noise ±" not in head, lang
+        assert "pp [" not in head and "noise ±" not in head and "噪声 ±" not in head, lang
         assert not re.search(r"\([^()]*\([^()]*\)[^()]*\)", head), lang  # no nested brackets
         assert not re.search(r"（[^（）]*（[^（）]*）[^（）]*）", head), lang
 

@@ -415,7 +415,7 @@ def test_depth_page_says_plain_nets_degrade_and_residual_nets_do_not(rendered):
     takeaway = next(line for line in text.splitlines() if line.startswith("**Takeaway:**"))
     assert "from 20 to 56 layers, the plain net gets worse on the training set beyond noise: it degrades" in takeaway
     assert "; the residual net of the same depths " in takeaway  # the contrast, computed the same way
-    assert "退化：在训练集上超出噪声地变差" in page(rendered.docs, "zh", "depth/degradation")
+    assert "退化：在训练集上变差，且超出噪声" in page(rendered.docs, "zh", "depth/degradation")
 
 
 def test_a_depth_study_with_more_seeds_at_some_depths_judges_each_pair_by_what_it_has(tmp_path):
@@ -441,7 +441,7 @@ def test_a_depth_study_with_more_seeds_at_some_depths_judges_each_pair_by_what_i
     text = page(tmp_path / "docs", "en", "depth/degradation")
     table = text.split("## The degradation verdict")[1].split("## Beside")[0]
     row = next(line for line in table.splitlines() if line.startswith("| FULL: resnet20 vs resnet56 "))
-    assert row.startswith("| FULL: resnet20 vs resnet56 | 1 |") and "(noise ±" not in row and "[" in row
+    assert row.startswith("| FULL: resnet20 vs resnet56 | 1 |") and ", noise ±" not in row and "[" in row
     assert "| plain-20 | 3 |" in text and "| residual-56 | 1 |" in text
     assert re.search(r"\| plain-20 \| 3 \| [0-9.]+ ± [0-9.]+ \| [0-9.]+ ± [0-9.]+ \|", text)  # test and train spread
     # seeds on both sides but an interval straddling zero: undecided, never "no difference"
@@ -463,13 +463,13 @@ def test_a_depth_study_with_more_seeds_at_some_depths_judges_each_pair_by_what_i
     assert judged.count("**not supported**") >= 1 and "resnet32-Nres is worse on the training set too" in judged
     bn = page(tmp_path / "docs", "en", "batchnorm/batchnorm")
     assert re.search(r"resnet20: FULL vs Nbn: without BatchNorm, train accuracy in eval mode [-+][0-9.]+ pp \[", bn)
-    assert re.search(r"resnet56: FULL vs Nbn: without BatchNorm, train accuracy in eval mode [-+][0-9.]+ pp \(noise", bn)
+    assert re.search(r"resnet56: FULL vs Nbn: without BatchNorm, train accuracy in eval mode [-+][0-9.]+ pp, noise ±", bn)
     assert (tmp_path / "docs" / "en" / "depth" / "figures" / "depth-final.png").stat().st_size > 10_000
 
 
 def test_batchnorm_page_computes_its_statements(rendered):
     text = page(rendered.docs, "en", "batchnorm/batchnorm")
-    assert "resnet56: the normalisation-free Fixup residual net trains as well as (within noise)" in text
+    assert "resnet56: the normalisation-free Fixup residual net cannot be told apart, on the training set, from the BatchNorm one" in text
     assert "resnet56-Nboth did not learn" in text
     assert "resnet56-Nboth (plain net without BatchNorm) collapses in rank at initialisation and after training" in text
     assert "resnet56-Nres (plain net with BatchNorm) does not collapse at initialisation or after training" in text

@@ -91,3 +91,11 @@ def test_is_cjk():
     assert all(is_cjk(c) for c in "汉字，。（）：；「」ア")
     assert not any(is_cjk(c) for c in "a1,.;:()é ")
     assert not is_cjk("")
+
+
+def test_calques_and_nested_brackets_are_caught():
+    # the wordings a reader found in earlier pages (issue: Chinese as a Chinese researcher writes it)
+    assert kinds("普通网络超出噪声地下降。") == [("calque", "超")]
+    assert kinds("它与之的差异在 95% 区间内无法确定。") == [("calque", "与")]
+    assert kinds("差异（+0.00 个百分点（噪声 ±1.00））。") == [("nested-brackets", "（")]
+    assert kinds("差异（+0.00 个百分点，噪声 ±1.00）。") == []

@@ -85,11 +85,12 @@ def signal_values(run: Run, phase: str, key: str = "act_std") -> dict[str, float
 
 # -- per model -------------------------------------------------------------------------------------
 
-def side(sr: StudyResults, model: str, variant: str) -> V.Side:
+def side(sr: StudyResults, model: str, variant: str, last_epoch: bool = False) -> V.Side:
+    """One model of a comparison, read at its final figure (Run.final), or at its last epoch."""
     runs = sr.cell(model, variant)
     test, clean = [], []
     for r in runs:
-        f = r.final
+        f = r.record.final if last_epoch else r.final
         if f is not None:
             test.append(f.test_acc)
             clean.append(f.clean_train_acc)
@@ -106,12 +107,12 @@ def side(sr: StudyResults, model: str, variant: str) -> V.Side:
                   chance=1 / classes)
 
 
-def all_verdicts(sr: StudyResults) -> list[dict]:
+def all_verdicts(sr: StudyResults, last_epoch: bool = False) -> list[dict]:
     """One row per comparison of the study: its H1, H2, H3 verdicts, and `shared`, the verdict of all
     three when the comparison itself leaves nothing to explain (else None)."""
     rows = []
     for comp in sr.comparisons():
-        a, b = side(sr, *comp.reference), side(sr, *comp.other)
+        a, b = side(sr, *comp.reference, last_epoch), side(sr, *comp.other, last_epoch)
         verdicts = {h: fn(comp.subject, a, b, depth=comp.kind == "depth") for h, fn in V.RULE_FUNCTIONS.items()}
         reasons = {v.reason for v in verdicts.values()}
         # one reason about the comparison itself, the same for H1-H3: pages state it once
@@ -350,3 +351,13 @@ def seed_spread(sr: StudyResults | None) -> tuple[float, float] | None:
         return None
     stds = [100 * r["test_acc"][1] for r in accuracy_rows(sr) if r["test_acc"][1] is not None and not r["did_not_learn"]]
     return (min(stds), max(stds)) if stds else None
+
+
+def final_sensitivity(sr: StudyResults) -> dict:
+    """What reading each run's last epoch instead of its final figure (Run.final) would change:
+    the verdicts that differ, as (comparison, hypothesis, outcome now, outcome at the last epoch)."""
+    now, last = all_verdicts(sr), all_verdicts(sr, last_epoch=True)
+    changed = [(a["comparison"], h, a["verdicts"][h].outcome, b["verdicts"][h].outcome)
+               for a, b in zip(now, last) for h in a["verdicts"]
+               if (a["verdicts"][h].outcome, a["verdicts"][h].reason) != (b["verdicts"][h].outcome, b["verdicts"][h].reason)]
+    return {"verdicts": sum(len(a["verdicts"]) for a in now), "changed": changed}

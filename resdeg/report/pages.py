@@ -7,6 +7,7 @@ Chinese pages cannot drift apart in structure. The context holds numbers and nam
 from __future__ import annotations
 
 import math
+import re
 
 import jinja2
 
@@ -93,6 +94,11 @@ def signed(e, lang: str = "en") -> str:
     return f"{f(e.value)}{unit} (95% interval {rng})" if lang == "en" else f"{f(e.value)}{unit}（95% 区间 {rng}）"
 
 
+def code_spans(text: str) -> str:
+    """`name` -> <code>name</code>: a figure's caption is HTML, where Markdown is not rendered."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+
+
 def sci(x) -> str:
     return "—" if x is None or not math.isfinite(x) else f"{x:.3g}" if 1e-3 <= abs(x) < 1e4 else f"{x:.2e}"
 
@@ -122,7 +128,7 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("resdeg.report", "templates"),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(pct=pct, pm=pm, err=err, human=human, points=points, signed=signed, sci=sci, num=num, ratio=ratio_text, diff=diff)
+    env.filters.update(pct=pct, pm=pm, err=err, human=human, points=points, signed=signed, code_spans=code_spans, sci=sci, num=num, ratio=ratio_text, diff=diff)
     return env
 
 

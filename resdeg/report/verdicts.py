@@ -38,7 +38,7 @@ RULES = {
               "means a larger train-test gap, which the pages report. If the worse model is worse on the "
               "training set as well, overfitting does not explain it; if neither is shown, it is undecided.",
         "zh": "两个模型中，测试准确率较低的一个是较差的模型。只有证明较差模型对训练集的拟合不比较好模型差"
-              "（评估模式下的训练集准确率超出噪声地更高，或两者都达到 99% 以上的上限，或两者之差的 95% 区间落在"
+              "（评估模式下的训练集准确率更高且超出噪声，或两者都达到 99% 以上的上限，或两者之差的 95% 区间落在"
               " ±1 个百分点以内），过拟合才能解释两者的差异；测试更差而训练集不差，训练与测试之间的差距自然更大，"
               "页面会给出这个差距。若较差模型在训练集上同样更差，过拟合就解释不了；两者都无法证明时，判为无法判定。",
     },
@@ -68,6 +68,22 @@ RULES = {
               "net is the worse one. When the shallower net is worse, there is no degradation to explain.",
         "zh": "在深度比较中，这些假说只用来解释退化：只有较深的网络是较差的模型时才作判定；"
               "若较浅的网络更差，就没有需要解释的退化。",
+    },
+    "comparisons": {
+        "en": "Comparisons are typed. An ablation removes one component from the same net; a depth pair is the "
+              "same block and widths with more blocks (He et al.'s nets), the only kind that can show degradation; "
+              "ResNet18 → ResNet50 is an architecture change (bottleneck blocks, four times wider outputs), "
+              "reported but never called degradation, since it differs in more than depth.",
+        "zh": "比较分为几类。消融：同一个网络去掉一个组成部分；深度对比：块的类型和宽度相同、块更多（He 等人的网络），"
+              "只有这一类能显示退化；ResNet18 到 ResNet50 是架构变化（瓶颈块，输出宽四倍），只报告，不称为退化，"
+              "因为它们的区别不只是深度。",
+    },
+    "final": {
+        "en": "Verdicts, tables and figures read one final figure per run: after a decayed learning rate (the "
+              "depth and cifar protocols) the last epoch; under a constant learning rate (the original and native "
+              "protocols) the mean of the last 3 epochs, because one epoch there is a noisy snapshot.",
+        "zh": "判定、表格和图都读每次训练的同一个最终数字：学习率衰减的方案（depth、cifar 协议）取最后一个轮次；"
+              "学习率不变的方案（original、native 协议）取最后 3 个轮次的均值，因为那里单个轮次的数字波动很大。",
     },
     "seeds": {
         "en": "With several seeds a difference counts only when its 95% t interval (Welch for two groups, "
@@ -318,7 +334,8 @@ def fmt_diff(e: Estimate, lang: str = "en", scale: float = 100.0) -> str:
         return s + f" [{e.low * scale:+.2f}, {e.high * scale:+.2f}]"
     if e.noise is None:
         return s
-    return s + (f" (noise ±{e.noise * scale:.2f})" if lang == "en" else f"（噪声 ±{e.noise * scale:.2f}）")
+    # a comma, not brackets: the difference usually stands in brackets itself, and brackets do not nest
+    return s + (f", noise ±{e.noise * scale:.2f}" if lang == "en" else f"，噪声 ±{e.noise * scale:.2f}")
 
 
 def fmt_both(e: Estimate) -> dict:
@@ -389,7 +406,7 @@ def h1(subject: str, a: Side, b: Side, depth: bool = False) -> Verdict:
     return _verdict("H1", subject, pair, "supported", "overfits", nums, single)
 
 
-FIT_TEXT = {"better": {"en": "better beyond noise", "zh": "超出噪声地更好"},
+FIT_TEXT = {"better": {"en": "better beyond noise", "zh": "更好，且超出噪声"},
             "ceiling": {"en": f"both at the ceiling of {TRAIN_CEILING:.0%}", "zh": f"两者都达到 {TRAIN_CEILING:.0%} 的上限"},
             "equivalent": {"en": f"within the ±{EQUIVALENCE_MARGIN * 100:g} point margin",
                            "zh": f"在 ±{EQUIVALENCE_MARGIN * 100:g} 个百分点的等价范围内"}}
@@ -431,7 +448,8 @@ def _symptom_fmt(side: Side, symptom: str, e: Estimate | None) -> dict:
     """The symptom in each language, with the ratio (10^mean log10 median) or the diverged count."""
     name = SYMPTOM_TEXT[symptom]
     if side.diverged:
-        return {"en": f"{name['en']}, {side.diverged} run(s) diverged", "zh": f"{name['zh']}，{side.diverged} 次训练发散"}
+        runs = "1 run" if side.diverged == 1 else f"{side.diverged} runs"
+        return {"en": f"{name['en']}, {runs} diverged", "zh": f"{name['zh']}，{side.diverged} 次训练发散"}
     if e is None:
         return name
     ratio = f"{10 ** e.value:.2e}"

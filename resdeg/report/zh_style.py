@@ -9,6 +9,10 @@
   paragraph (the browser shows a line break in the source as a space).
 - `emphasis-on-cjk`: italic markup (`*...*`, `_..._`, `***...***`, `<em>`, `<i>`) around CJK text:
   CJK fonts have no italics, so browsers slant the glyphs artificially. Bold (`**...**`) is fine.
+- `calque`: a phrase translated word for word from this project's English (CALQUES says what to
+  write instead), e.g. `超出噪声地下降` for "falls beyond noise".
+- `nested-brackets`: full-width brackets inside full-width brackets (`（+0.00 个百分点（噪声 ±1.00））`):
+  Chinese prose does not nest them; split the sentence or use a comma.
 
 Ignored: fenced code blocks, code spans, URLs, math (`\\( \\)`, `\\[ \\]`, `$...$`, `$$...$$`), HTML tags
 and their attributes, HTML entities, Markdown link targets `](...)`, image and link brackets,
@@ -113,6 +117,15 @@ def _neighbour(s: str, i: int, step: int, skip: str) -> str:
     return s[i] if 0 <= i < len(s) and s[i] != "\n" else ""
 
 
+# Calques of this project's English wording, found in earlier generated pages, and what to write.
+CALQUES = {
+    "超出噪声地": "an adverb calqued from 'beyond noise': write '…，且超出噪声' or '超出噪声的…'",
+    "与之的差异": "'its difference from it' word for word: name both sides ('与批归一化网络的差异')",
+    "在噪声范围内训练得一样好": "equal fit is not shown by noise: say what the interval shows",
+}
+_NESTED = re.compile(r"（[^（）\n]*（")
+
+
 def check(markdown: str) -> list[Issue]:
     """Typography issues of the Chinese text in `markdown`, in the order they appear."""
     text = markdown.replace("\r\n", "\n")
@@ -143,6 +156,12 @@ def check(markdown: str) -> list[Issue]:
                 j += 1
             if j < len(s) and is_cjk(s[j]) and is_cjk(_neighbour(s, i, -1, TRANSPARENT)):
                 add(i, "space-between-cjk", "a space between Chinese characters: remove it", j)
+
+    for phrase, hint in CALQUES.items():
+        for m in re.finditer(re.escape(phrase), opaque):
+            add(m.start(), "calque", hint, m.end())
+    for m in _NESTED.finditer(opaque):
+        add(m.end() - 1, "nested-brackets", "brackets inside brackets: split the sentence or use a comma", m.end())
 
     lines = s.split("\n")
     offsets = [0]
