@@ -506,7 +506,8 @@ def bench(model, variant, protocol, device, batch_size, steps, warmup, repeats, 
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
               help="Where to compute (always fp32).")
 @click.option("--dry-run", is_flag=True, help="List the nets to measure and which are cached; measure nothing.")
-@click.option("--force", is_flag=True, help="Measure again even if a record for these settings exists (also a corrupt one).")
+@click.option("--force", is_flag=True,
+              help="Measure again even if a record for these settings exists (also a corrupt one).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def optim(results, protocol, dataset, data_dir, models, variants, seeds, phase, gradient_images, curvature_images,
           lanczos_steps, slice_points, slice_2d, device, dry_run, force, quiet):

@@ -64,6 +64,19 @@ def test_lanczos_with_few_steps_brackets_the_spectrum():
     assert ext.steps == 8 and len(ext.ritz) == 8
 
 
+def test_an_end_hidden_beneath_a_huge_other_end_is_unresolved_and_gives_no_ratio():
+    """A deep plain net at initialisation: eigenvalues up to millions above, one small negative one.
+    A few Lanczos steps find the top but not the bottom: it is marked so and no ratio is claimed."""
+    eigenvalues = torch.cat([torch.tensor([-1.0]), torch.logspace(0, 6, 59)]).double()
+    q, _ = torch.linalg.qr(torch.randn(60, 60, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    h = q @ torch.diag(eigenvalues) @ q.T
+    few = optim.lanczos(lambda v: h @ v, 60, 6, torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert few.max_resolved and not few.min_resolved and few.ratio is None
+    full = optim.lanczos(lambda v: h @ v, 60, 60, torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert full.min_resolved and full.lambda_min == pytest.approx(-1.0, abs=1e-6)
+    assert full.ratio == pytest.approx(1e-6, rel=1e-4)
+
+
 def test_hessian_of_a_batchnorm_net_with_frozen_statistics_is_exact():
     """As measured: BatchNorm on statistics fixed from the batches, the weights of two or more
     dimensions moved, the loss averaged over batches. The extremes match the exact Hessian's."""
@@ -250,6 +263,11 @@ def test_a_damaged_record_is_reported_and_redone_with_force(tmp_path, one_thread
     cli("optim", "--results", results, *args)
     (path,) = (results / "depth" / "synthetic" / "init").glob("*.json")
     doc = json.loads(path.read_text())
+    curvature = doc["curvature"]
+    flipped = {**doc, "curvature": {**curvature, "lambda_min_resolved": not curvature["lambda_min_resolved"]}}
+    path.write_text(json.dumps(flipped))
+    with pytest.raises(CorruptOptim, match="resolved"):
+        read_optim(path)
     doc["curvature"]["lambda_min"] = doc["curvature"]["lambda_max"] + 1
     path.write_text(json.dumps(doc))
     with pytest.raises(CorruptOptim):

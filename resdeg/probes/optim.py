@@ -128,6 +128,16 @@ def hessian_vector_product(losses: Sequence[Callable[[], torch.Tensor]],
     return matvec
 
 
+# A Ritz value counts as resolved when its residual is at most this share of its size. An extreme
+# eigenvalue far smaller than the other end of the spectrum converges slowly: in a deep plain net at
+# initialisation (lambda_max in the millions) 20 steps leave the negative end unresolved.
+RESOLVED = 0.05
+
+
+def resolved(value: float, residual: float, relative: float = RESOLVED) -> bool:
+    return residual <= relative * abs(value)
+
+
 @dataclass(frozen=True)
 class Extremes:
     """The extreme Ritz values of a Lanczos run, and the residual norm ||H y - theta y|| of each
@@ -141,9 +151,18 @@ class Extremes:
     ritz: tuple[float, ...]  # every Ritz value, ascending
 
     @property
+    def max_resolved(self) -> bool:
+        return resolved(self.lambda_max, self.residual_max)
+
+    @property
+    def min_resolved(self) -> bool:
+        return resolved(self.lambda_min, self.residual_min)
+
+    @property
     def ratio(self) -> float | None:
-        """|lambda_min / lambda_max|: 0 for a convex loss, large far from convexity (Li et al.)."""
-        if self.lambda_max <= 0:
+        """|lambda_min / lambda_max|: 0 for a convex loss, large far from convexity (Li et al.);
+        None unless both ends are resolved and lambda_max is positive."""
+        if self.lambda_max <= 0 or not (self.max_resolved and self.min_resolved):
             return None
         return abs(min(self.lambda_min, 0.0)) / self.lambda_max
 

@@ -160,7 +160,8 @@ def measure_net(net: ResNet, x_grad: torch.Tensor, batches: list[tuple[torch.Ten
         return {"skipped": "a Hessian-vector product is not finite"}
     curvature = Curvature(loss=centre, lambda_max=extremes.lambda_max, lambda_min=extremes.lambda_min,
                           ratio=extremes.ratio, residual_max=extremes.residual_max,
-                          residual_min=extremes.residual_min, steps=extremes.steps, ritz=extremes.ritz)
+                          residual_min=extremes.residual_min, lambda_max_resolved=extremes.max_resolved,
+                          lambda_min_resolved=extremes.min_resolved, steps=extremes.steps, ritz=extremes.ritz)
 
     # H5: loss slices along filter-normalised directions (Li et al.)
     start = time.perf_counter()
@@ -353,7 +354,8 @@ def describe(record: OptimRecord, state: str) -> str:
     took = f"measured earlier in {record.wall_s:.0f}s" if state == "cached" else f"{record.wall_s:.0f}s"
     return head + (f"{state:<8} gradient corr at {record.settings.summary_distance:g}: "
                    f"{'n/a' if at is None else f'{at:.3f}'}, halves at {'n/a' if half is None else f'{half:.3g}'}; "
-                   f"lambda max {c.lambda_max:.4g} min {c.lambda_min:.4g} ratio "
+                   f"lambda max {c.lambda_max:.4g}{'' if c.lambda_max_resolved else ' (unresolved)'} "
+                   f"min {c.lambda_min:.4g}{'' if c.lambda_min_resolved else ' (unresolved)'} ratio "
                    f"{'n/a' if c.ratio is None else f'{c.ratio:.3g}'}; {took}")
 
 

@@ -22,6 +22,7 @@ from ..config import Config
 from ..errors import ResdegError
 from ..records import CorruptRecord, Fields, Record, bounded, read_record, require, write_record
 from ..store import run_dir
+from .optim import resolved
 
 OPTIM_SCHEMA = "resdeg.optim"
 OPTIM_SCHEMA_VERSION = 1
@@ -57,7 +58,7 @@ class OptimSettings:
             raise ResdegError(f"gradient_images={self.gradient_images}: need at least 1 image")
         if not isinstance(self.curvature_images, int) or self.curvature_images < 2:
             raise ResdegError(f"curvature_images={self.curvature_images}: need at least 2 images (BatchNorm)")
-        if not self.distances or any(not 0 < d for d in self.distances) or list(self.distances) != sorted(set(self.distances)):
+        if not self.distances or min(self.distances) <= 0 or list(self.distances) != sorted(set(self.distances)):
             raise ResdegError(f"distances {self.distances}: need positive distances in increasing order")
         if self.summary_distance not in self.distances:
             raise ResdegError(f"summary_distance {self.summary_distance} is not one of the distances {self.distances}")
@@ -130,19 +131,28 @@ class GradientCurves(Fields):
 
 @dataclass(frozen=True)
 class Curvature(Fields):
-    """The extreme Hessian eigenvalues of the training loss on the curvature images (Lanczos)."""
+    """The extreme Hessian eigenvalues of the training loss on the curvature images (Lanczos). An end
+    is resolved when its residual is at most optim.RESOLVED (5%) of it; the ratio |lambda_min /
+    lambda_max| is given only when both are (and lambda_max > 0), else None."""
     loss: float
     lambda_max: float
     lambda_min: float
-    ratio: float | None = bounded(0.0)  # |lambda_min / lambda_max|; None when lambda_max <= 0
+    ratio: float | None = bounded(0.0)
     residual_max: float = bounded(0.0)
     residual_min: float = bounded(0.0)
+    lambda_max_resolved: bool
+    lambda_min_resolved: bool
     steps: int = bounded(1)
     ritz: tuple[float, ...] = ()
 
     def check(self) -> None:
         require(self.lambda_min <= self.lambda_max, "lambda_min exceeds lambda_max")
         require(len(self.ritz) == self.steps, "ritz: not one Ritz value per Lanczos step")
+        require(self.lambda_max_resolved == resolved(self.lambda_max, self.residual_max)
+                and self.lambda_min_resolved == resolved(self.lambda_min, self.residual_min),
+                "the resolved flags disagree with the residuals")
+        both = self.lambda_max_resolved and self.lambda_min_resolved and self.lambda_max > 0
+        require((self.ratio is not None) == both, "ratio: given exactly when both ends are resolved")
 
 
 @dataclass(frozen=True)
