@@ -360,6 +360,19 @@ def status(results, as_json):
         return
     if not rows:
         click.echo(f"no runs in {results}/")
+    _status_table(rows)
+    from .probes.optim_store import measurement_summary
+
+    for m in measurement_summary(results):  # `resdeg optim`: nets measured at initialisation or trained
+        skipped = f", {m['skipped']} skipped" if m["skipped"] else ""
+        corrupt = f", {len(m['corrupt'])} corrupt" if m["corrupt"] else ""
+        click.echo(f"optim ({m['phase']}): {m['where']}/: {m['done']} measured{skipped}{corrupt}")
+        for problem in m["corrupt"]:
+            click.echo(f"corrupt optim record: {m['where']}/{problem}", err=True)
+
+
+def _status_table(rows: list[dict]) -> None:
+    if not rows:
         return
     from .train import duration
 

@@ -178,6 +178,86 @@ class Page:
     title: dict  # {"en": ..., "zh": ...}: the nav's and the page's heading
 
 
+@dataclass(frozen=True)
+class Hypothesis:
+    """One explanation of degradation under test. The method page, its own page in every study of
+    the note's grid, the landing page's counts, verdicts.json and the downloads loop over HYPOTHESES;
+    its rule (text and function) is registered under its id in report/verdicts.py."""
+    id: str  # H1, H2, ...: the key of its verdicts everywhere
+    name: dict  # {"en": "overfitting", ...}
+    claim: dict  # what it says, and what it predicts about the worse net
+    measured: tuple[dict, dict]  # (when, what): the measurement it is judged on
+    page: str  # its page's name, in every study of kind `study_kind`
+    downloads: tuple[str, ...]  # the data files its page offers (report/downloads.py writes them)
+    study_kind: str = "variants"  # the studies whose pages judge it at length (all studies' tables show it)
+
+    @property
+    def title(self) -> dict:
+        return {"en": f"{self.id}: {self.name['en']}", "zh": f"{self.id}：{self.name['zh']}"}
+
+
+HYPOTHESES = (
+    Hypothesis(
+        "H1", {"en": "overfitting", "zh": "过拟合"},
+        {"en": "more layers and more parameters, so the deeper net overfits. If so, the degraded net would be no "
+               "worse on the training set, only on the test set.",
+         "zh": "层数越多、参数越多，网络越容易过拟合。若如此，退化的网络在训练集上应当不比浅的网络差，只在测试集上更差。"},
+        ({"en": "Per epoch", "zh": "每个训练轮次"},
+         {"en": "the running train accuracy over the epoch's batches in train mode (as the original study), the train "
+                "accuracy in eval mode on a fixed subset of the training set, and the test accuracy. The train-test gap "
+                "is the train accuracy in eval mode minus the test accuracy. An epoch's batches cover the training set "
+                "once; a last batch of a single image is merged into the batch before it (BatchNorm in train mode "
+                "cannot normalise one image).",
+          "zh": "训练中的准确率（训练模式，对本轮各批次累计，与原始研究相同）；评估模式下的训练集准确率，在训练集的一个固定"
+                "子集上测得；测试准确率。训练与测试之间的差距 = 评估模式下的训练集准确率 − 测试准确率。每个训练轮次的各批次"
+                "恰好覆盖训练集一次；若最后一批只剩一张图像，就把它并入前一批（训练模式下的批归一化无法只对一张图像归一化）。"}),
+        "h1", ("h1_epochs.csv", "runs.csv")),
+    Hypothesis(
+        "H2", {"en": "vanishing or exploding gradients", "zh": "梯度消失或爆炸"},
+        {"en": "the gradient that reaches the shallow stages is tiny or huge, so those stages cannot be optimised.",
+         "zh": "传到浅层阶段的梯度极小或极大，浅层无法被优化。"},
+        ({"en": "Per training step", "zh": "每个训练步"},
+         {"en": "for every stage, the mean absolute gradient of the loss with respect to the stage's output, "
+                "\\( g_s = \\operatorname{mean} |\\partial L / \\partial h_s| \\): a gradient of activations, not of "
+                "weights, as in the original study. The values stay on the device and are copied to the host once per epoch.",
+          "zh": "每个阶段上损失对阶段输出的梯度的平均绝对值 \\( g_s = \\operatorname{mean} |\\partial L / \\partial h_s| \\)。"
+                "这是激活值的梯度，不是权重的梯度，与原始研究相同。数值先留在设备上，每个训练轮次只拷回主机一次。"}),
+        "h2", ("h2_gradient_steps.csv", "h2_gradient_blocks.csv", "h2_stage_medians.csv")),
+    Hypothesis(
+        "H3", {"en": "information loss", "zh": "信息丢失"},
+        {"en": "deep features have lost the information in the input that is needed to classify, so the classes are "
+               "less separable at the deep stages than at the shallow ones.",
+         "zh": "深层特征丢失了输入中分类所需的信息，所以深层阶段的类别可分性比浅层更差。"},
+        ({"en": "Per stage after training", "zh": "训练结束后每个阶段"},
+         {"en": "separability criteria (table below) on the stage outputs of {probe_images} test images in eval mode.",
+          "zh": "在 {probe_images} 张测试图像上、评估模式下，各阶段输出的可分性判据（见下表）。"}),
+        "h3", ("h3_separability.csv",)),
+    Hypothesis(
+        "H4", {"en": "shattered gradients", "zh": "梯度破碎"},
+        {"en": "in a deep plain net the gradient with respect to the input changes almost at random as the input "
+               "moves, so a gradient step says little about nearby inputs (Balduzzi et al. 2017). If so, the "
+               "degraded net's input gradients would decorrelate faster than the shallower net's.",
+         "zh": "深的普通网络中，输入稍有变化，对输入的梯度就几乎随机地改变，一步梯度对附近的输入几乎没有指导意义"
+               "（Balduzzi 等人 2017）。若如此，退化的网络的输入梯度应当比浅的网络更快地失去相关性。"},
+        ({"en": "At initialisation", "zh": "初始化时"},
+         {"en": "the correlation of input gradients at nearby inputs against their distance, and the largest Hessian "
+                "eigenvalue of the training loss (the mechanism page says how; `resdeg optim`).",
+          "zh": "相邻输入处输入梯度的相关系数随距离的变化，以及训练损失 Hessian 的最大特征值（方法见机制页；`resdeg optim`）。"}),
+        "mechanism", ("optim_init.csv", "optim_gradients.csv"), study_kind="depth"),
+    Hypothesis(
+        "H5", {"en": "a sharper loss surface", "zh": "更尖锐的损失曲面"},
+        {"en": "without skip connections the loss surface is chaotic and sharply curved, so gradient descent at a "
+               "usable learning rate is unstable (Li et al. 2018). If so, the degraded net's top Hessian eigenvalue "
+               "would be larger than the shallower net's.",
+         "zh": "没有跳跃连接时损失曲面混乱且曲率很大，在可用的学习率下梯度下降不稳定（Li 等人 2018）。若如此，"
+               "退化的网络的 Hessian 最大特征值应当比浅的网络更大。"},
+        ({"en": "At initialisation", "zh": "初始化时"},
+         {"en": "as for H4, the same records.", "zh": "与 H4 相同的记录。"}),
+        "mechanism", ("optim_init.csv", "optim_slices.csv"), study_kind="depth"),
+)
+HYPOTHESIS_IDS = tuple(h.id for h in HYPOTHESES)
+
+
 # The report's pages: site pages once, study pages once per study that has results (in its folder).
 SITE_PAGES = (
     Page("index", {"en": "The answer", "zh": "结论"}),
@@ -186,12 +266,15 @@ SITE_PAGES = (
     Page("reflection", {"en": "Reflection", "zh": "反思"}),
     Page("reproducibility", {"en": "Reproducibility", "zh": "可复现性"}),
 )
-PAGES = {p.name: p for p in SITE_PAGES + (
-    Page("h1", {"en": "H1: overfitting", "zh": "H1：过拟合"}),
-    Page("h2", {"en": "H2: vanishing or exploding gradients", "zh": "H2：梯度消失或爆炸"}),
-    Page("h3", {"en": "H3: information loss", "zh": "H3：信息丢失"}),
+PAGES = {p.name: p for p in SITE_PAGES + tuple(Page(h.page, h.title) for h in HYPOTHESES if h.page == h.id.lower()) + (
+    Page("mechanism", {"en": "What does explain degradation", "zh": "是什么导致了退化"}),
     Page("signal", {"en": "Signal propagation", "zh": "信号传播"}),
     Page("degradation", {"en": "Degradation with depth", "zh": "随深度的退化"}),
     Page("batchnorm", {"en": "What BatchNorm does", "zh": "批归一化的作用"}),
 )}
-STUDY_PAGES = {"variants": ("h1", "h2", "h3", "signal"), "depth": ("degradation",), "batchnorm": ("batchnorm",)}
+def _hypothesis_pages(kind: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(h.page for h in HYPOTHESES if h.study_kind == kind))
+
+
+STUDY_PAGES = {"variants": (*_hypothesis_pages("variants"), "signal"), "depth": ("degradation", *_hypothesis_pages("depth")),
+               "batchnorm": ("batchnorm",)}

@@ -274,8 +274,13 @@ def test_a_damaged_record_is_reported_and_redone_with_force(tmp_path, one_thread
         read_optim(path)
     out = cli("optim", "--results", results, *args, expect=1)
     assert "corrupt record" in out.stderr and "--force" in out.stderr
+    # `resdeg status` lists the measurements beside the runs, the damaged one as corrupt
+    status = cli("status", "--results", results)
+    assert "optim (init): depth/synthetic/init/: 0 measured, 1 corrupt" in status.stdout
+    assert f"corrupt optim record: depth/synthetic/init/{path.name}" in status.stderr
     cli("optim", "--results", results, *args, "--force")
     assert read_optim(path).done
+    assert "optim (init): depth/synthetic/init/: 1 measured" in cli("status", "--results", results).stdout
 
 
 def test_trained_runs_with_weights_are_measured_and_diverged_ones_skipped(tmp_path, one_thread):

@@ -24,6 +24,7 @@ from resdeg.report import verdicts as V
 from resdeg.report import zh_style
 from resdeg.report.pages import LANGS
 from resdeg.store import scan
+from resdeg.study import HYPOTHESES
 
 # -- statistics ----------------------------------------------------------------------------------------
 
@@ -346,14 +347,20 @@ def test_numbers_on_the_pages_equal_the_result_files(rendered):
 
 def test_verdicts_are_on_the_pages_with_their_rule_and_numbers(rendered):
     doc = json.loads((rendered.docs / "downloads" / "native" / "verdicts.json").read_text())
-    assert (doc["schema"], doc["schema_version"], doc["rules_version"]) == ("resdeg.verdicts", 2, V.RULES_VERSION)
+    assert (doc["schema"], doc["schema_version"], doc["rules_version"]) == ("resdeg.verdicts", 3, V.RULES_VERSION)
+    # the hypotheses travel with their verdicts, read from the one declaration
+    assert [h["id"] for h in doc["hypotheses"]] == [h.id for h in HYPOTHESES]
+    assert all(h["rule"] == V.RULES[h["id"]] and h["claim"] == d.claim for h, d in zip(doc["hypotheses"], HYPOTHESES))
     assert len(doc["comparisons"]) == 12  # 4 ablations x 2 models + 4 variants across the 2 depths
     for lang in LANGS:
         for comp in doc["comparisons"]:
-            for h, v in comp["verdicts"].items():
-                assert v["explanation"][lang] in page(rendered.docs, lang, f"native/{h.lower()}")
+            for h in (h for h in HYPOTHESES if h.study_kind == "variants"):  # the note's grid has their pages
+                assert comp["verdicts"][h.id]["explanation"][lang] in page(rendered.docs, lang, f"native/{h.page}")
         assert V.RULES["H2"][lang] in page(rendered.docs, lang, "native/h2")
         assert V.RULES["seeds"][lang] in page(rendered.docs, lang, "method")
+        # said once, on the method page; the others link to it
+        assert [p.name for p in (rendered.docs / lang).rglob("*.md") if V.RULES["seeds"][lang] in p.read_text()] \
+            == ["method.md"]
     by = {c["subject"]: c for c in doc["comparisons"]}
     # ResNet18 -> ResNet50 changes the block (bottlenecks, 4x wider outputs): an architecture change, never degradation
     assert by["resnet18: FULL vs Nres"]["kind"] == "ablation" and by["FULL: resnet18 vs resnet50"]["kind"] == "architecture"
@@ -362,6 +369,43 @@ def test_verdicts_are_on_the_pages_with_their_rule_and_numbers(rendered):
     assert by["resnet50: FULL vs Nres"]["verdicts"]["H3"]["outcome"] == "supported"
     site = json.loads((rendered.docs / "downloads" / "verdicts.json").read_text())
     assert {c["study"] for c in site["comparisons"]} == {"native", "depth", "batchnorm"}
+
+
+def test_one_comparison_carries_the_same_verdict_words_on_every_page(rendered):
+    """Every table row that names a comparison shows, per hypothesis, the words of its verdict in
+    verdicts.json: on the hypothesis pages, the depth page and the BatchNorm page alike; and a
+    comparison that two studies of one protocol share has one verdict."""
+    site = json.loads((rendered.docs / "downloads" / "verdicts.json").read_text())
+    ids = [h.id for h in HYPOTHESES]
+    by_protocol: dict = {}
+    for comp in site["comparisons"]:
+        words = {h: comp["verdicts"][h]["outcome"] for h in ids}
+        assert by_protocol.setdefault((comp["protocol"], comp["subject"]), words) == words, comp["subject"]
+    checked = 0
+    for lang in LANGS:
+        label = {c["subject"]: c for c in site["comparisons"]}
+        for path in (rendered.docs / lang).rglob("*.md"):
+            study = path.parent.name
+            for line in path.read_text().splitlines():
+                cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("| ") else []
+                comp = next((c for c in site["comparisons"] if cells and c["study"] == study
+                             and cells[0] == _label(c, lang)), None)
+                if comp is None:
+                    continue
+                shown = re.findall(r"\*\*([^*]+)\*\*", line)
+                if not set(shown) & {w[lang] for w in V.OUTCOME_TEXT.values()}:
+                    continue  # not a table of hypothesis verdicts (the depth page's degradation table)
+                own = [h.id for h in HYPOTHESES if h.page == path.stem]  # a hypothesis's own page shows it alone
+                expect = [V.OUTCOME_TEXT[comp["verdicts"][h]["outcome"]][lang] for h in (own or ids)]
+                assert shown == expect, (path, line)
+                checked += 1
+    assert checked >= 2 * 12  # every native comparison on its hypothesis pages, in both languages, at least
+
+
+def _label(comp: dict, lang: str) -> str:
+    """The comparison's label as the pages print it (study.Comparison.label)."""
+    subject = comp["subject"]
+    return subject if lang == "en" else subject.replace(": ", "：").replace(" vs ", " 与 ")
 
 
 def test_the_landing_page_answers_first_with_computed_sentences(rendered):
@@ -380,9 +424,9 @@ def test_the_landing_page_answers_first_with_computed_sentences(rendered):
     assert syn["verdicts"]["H1"].outcome == "not_supported" and "It is not overfitting (H1)" in answer_en
     # the fixture's Nboth-56 learns nothing and its gradients vanish: H2 answers the other question
     kinds = {(f.model, f.variant): f.kind for f in syn["failures"]}
-    assert kinds[("resnet56", "Nboth")].startswith("vanishing") and "there H2 holds" in answer_en
+    assert kinds[("resnet56", "Nboth")].startswith("vanishing") and "Where nets never train, H2 holds" in answer_en
     assert "So residual connections keep the deep net trainable: at 56 layers" in answer_en
-    assert "initialised by Fixup instead, the 56-layer residual net" in answer_en
+    assert "with Fixup's initialisation instead, the 56-layer residual net without it" in answer_en
     assert "stays open" in answer_en and "开放问题" in answer_zh
     assert "figures/headline.png" in en and en.index("**The answer.**") < en.index("figures/headline.png")
 
@@ -453,14 +497,16 @@ def test_a_depth_study_with_more_seeds_at_some_depths_judges_each_pair_by_what_i
     assert not [line for line in hyp.splitlines() if line.startswith("| Nres: resnet20 vs resnet56 ")]
     item = next(line for line in hyp.splitlines() if line.startswith("- Nres: resnet20 vs resnet56: "))
     assert item.count("The 95% interval of the test difference includes zero") == 1 and "do not differ" not in item
-    assert hyp.index("Not judged, for H1, H2 and H3 alike") < hyp.index(item)
+    ids = [h.id for h in HYPOTHESES]
+    assert hyp.index(f"Not judged, for {', '.join(ids[:-1])} and {ids[-1]} alike") < hyp.index(item)
     # Fixup-56 (one seed) against FULL-56 (one): within one run's noise, it cannot be told apart, never "as well"
     index_en, index_zh = page(tmp_path / "docs", "en", "index"), page(tmp_path / "docs", "zh", "index")
-    assert re.search(r"the 56-layer residual net without BatchNorm cannot be told from the BatchNorm net: "
+    assert re.search(r"the 56-layer residual net without it cannot be told from the BatchNorm net: "
                      r"train accuracy [−+][0-9.]+ points\.", index_en), index_en
     assert "看不出差别" in index_zh and "as well" not in index_en.split("## Results")[0]
     judged = next(line for line in hyp.splitlines() if line.startswith("| Nres: resnet20 vs resnet32 | "))
-    assert judged.count("**not supported**") >= 1 and "resnet32-Nres is worse on the training set too" in judged
+    why = next(line for line in hyp.splitlines() if line.startswith("- **Nres: resnet20 vs resnet32**: "))
+    assert judged.count("**not supported**") >= 1 and "H1: resnet32-Nres is worse on the training set too" in why
     bn = page(tmp_path / "docs", "en", "batchnorm/batchnorm")
     assert re.search(r"resnet20: FULL vs Nbn: without BatchNorm, train accuracy in eval mode [-+][0-9.]+ pp \[", bn)
     assert re.search(r"resnet56: FULL vs Nbn: without BatchNorm, train accuracy in eval mode [-+][0-9.]+ pp, noise ±", bn)

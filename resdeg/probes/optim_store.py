@@ -265,3 +265,26 @@ def read_optim(path: str | Path, settings: OptimSettings | None = None) -> Optim
 def write_optim(path: str | Path, record: OptimRecord) -> Path:
     write_record(path, record)
     return Path(path)
+
+
+def measurement_summary(results: str | Path) -> list[dict]:
+    """Per <protocol>/<dataset>/init folder and per run folder group: how many optimisation records
+    are done, skipped and corrupt (`resdeg status` lists them beside the runs)."""
+    results = Path(results)
+    out = []
+    for folder in sorted(results.glob(f"*/*/{INIT_FOLDER}")) + sorted({p.parent.parent for p in results.glob("*/*/*/optim-*.json")}):
+        trained = folder.name != INIT_FOLDER
+        paths = sorted(folder.glob("*/optim-*.json")) if trained else sorted(folder.glob("*-optim-*.json"))
+        done = skipped = 0
+        corrupt = []
+        for path in paths:
+            try:
+                record = read_optim(path)
+            except CorruptOptim as e:
+                corrupt.append(str(e))
+                continue
+            done += record.done
+            skipped += not record.done
+        out.append({"where": folder.relative_to(results).as_posix(), "phase": "trained" if trained else "init",
+                    "done": done, "skipped": skipped, "corrupt": corrupt})
+    return out

@@ -8,7 +8,7 @@ import numpy as np
 from ..probes.criteria import CRITERIA
 from ..study import Comparison
 from . import verdicts as V
-from .collect import Run, StudyResults, finite
+from .collect import Run, StudyResults, depth, finite
 
 
 def label(model: str, variant: str) -> str:
@@ -83,6 +83,12 @@ def signal_values(run: Run, phase: str, key: str = "act_std") -> dict[str, float
     return run.probe.signal.get(phase, {}).get(key, {}) if run.probe else {}
 
 
+def init_correlation(record, where: str = "input") -> float | None:
+    """H4's statistic of one net at initialisation: the mean correlation of its `where` gradients at
+    the settings' summary distance (None where undefined: Fixup's zero last layer has no input gradient)."""
+    return record.gradients.at_summary.get(where)
+
+
 # -- per model -------------------------------------------------------------------------------------
 
 def side(sr: StudyResults, model: str, variant: str, last_epoch: bool = False) -> V.Side:
@@ -100,11 +106,19 @@ def side(sr: StudyResults, model: str, variant: str, last_epoch: bool = False) -
         vals = [sep_change(r, crit) for r in runs]
         changes[crit] = [v for v in vals if v is not None]
     classes = len(sr.data.get("classes") or []) or 10
+    at_init = sr.optim_cell(model, variant)
     return V.Side(label(model, variant), test, clean, diverged=sum(r.status == "diverged" for r in runs),
+                  grad_corr=[c for c in (init_correlation(o) for o in at_init) if c is not None],
+                  log_lambda_max=[math.log10(o.curvature.lambda_max) for o in at_init
+                                  if o.curvature.lambda_max_resolved and o.curvature.lambda_max > 0],
                   log_ratio=[math.log10(x) for x in ratios if x is not None],
                   sep_change={c: v for c, v in changes.items() if v},
                   test_n=min((r.test_n for r in runs), default=0), clean_n=min((r.clean_n for r in runs), default=0),
                   chance=1 / classes)
+
+
+# a plain variant -> the residual one with the same normalisation: the control of a plain depth pair
+RESIDUAL_CONTROL = {"Nres": "FULL", "Nboth": "Nbn"}
 
 
 def all_verdicts(sr: StudyResults, last_epoch: bool = False) -> list[dict]:
@@ -113,7 +127,12 @@ def all_verdicts(sr: StudyResults, last_epoch: bool = False) -> list[dict]:
     rows = []
     for comp in sr.comparisons():
         a, b = side(sr, *comp.reference, last_epoch), side(sr, *comp.other, last_epoch)
-        verdicts = {h: fn(comp.subject, a, b, depth=comp.kind == "depth") for h, fn in V.RULE_FUNCTIONS.items()}
+        control = None
+        residual = RESIDUAL_CONTROL.get(comp.reference[1])
+        if comp.kind == "depth" and residual and sr.optim_cell(comp.reference[0], residual):
+            control = (side(sr, comp.reference[0], residual, last_epoch), side(sr, comp.other[0], residual, last_epoch))
+        verdicts = {h: fn(comp.subject, a, b, depth=comp.kind == "depth", control=control)
+                    for h, fn in V.RULE_FUNCTIONS.items()}
         reasons = {v.reason for v in verdicts.values()}
         # one reason about the comparison itself, the same for H1-H3: pages state it once
         shared = next(iter(verdicts.values())) if len(reasons) == 1 and reasons <= V.COMPARISON_REASONS else None
@@ -361,3 +380,51 @@ def final_sensitivity(sr: StudyResults) -> dict:
                for a, b in zip(now, last) for h in a["verdicts"]
                if (a["verdicts"][h].outcome, a["verdicts"][h].reason) != (b["verdicts"][h].outcome, b["verdicts"][h].reason)]
     return {"verdicts": sum(len(a["verdicts"]) for a in now), "changed": changed}
+
+
+# -- what shapes the optimisation, at initialisation (H4, H5) ------------------------------------------
+
+MECHANISM_VARIANTS = ("Nres", "FULL", "Nboth")  # plain, residual, and the net that never trains
+
+
+def at_init_by_depth(sr: StudyResults) -> list[dict]:
+    """One row per (variant, depth) measured at initialisation, deepest last: per-seed input-gradient
+    correlations at the summary distance and top Hessian eigenvalues, with their summaries (mean
+    correlation; geometric mean of lambda_max, as H5 reads log10 lambda_max). The figures, the
+    download and the mechanism page all read these rows."""
+    rows = []
+    for variant in MECHANISM_VARIANTS:
+        models = sorted({o.net.model for o in sr.optim if o.net.variant == variant}, key=depth)
+        for model in models:
+            records = sr.optim_cell(model, variant)
+            if not records:
+                continue
+            corr = [init_correlation(o) for o in records]
+            lam = [o.curvature.lambda_max if o.curvature.lambda_max_resolved and o.curvature.lambda_max > 0 else None
+                   for o in records]
+            ok_c, ok_l = [c for c in corr if c is not None], [x for x in lam if x is not None]
+            rows.append({"model": model, "variant": variant, "depth": depth(model), "seeds": [o.net.seed for o in records],
+                         "corr": corr, "lambda_max": lam,
+                         "lambda_min": [o.curvature.lambda_min if o.curvature.lambda_min_resolved else None
+                                        for o in records],
+                         "corr_mean": float(np.mean(ok_c)) if ok_c else None,
+                         "lambda_gmean": float(10 ** np.mean(np.log10(ok_l))) if ok_l else None,
+                         "wall_s": [o.wall_s for o in records], "records": records})
+    return rows
+
+
+def at_init_row(rows: list[dict], model: str, variant: str) -> dict | None:
+    return next((r for r in rows if (r["model"], r["variant"]) == (model, variant)), None)
+
+
+def init_contrast(rows: list[dict], model: str, variant: str, reference: str = "FULL") -> dict | None:
+    """`variant` against `reference` at one depth, at initialisation: Welch differences of the
+    correlation and of log10 lambda_max (variant minus reference); None when either is unmeasured."""
+    a, b = at_init_row(rows, model, variant), at_init_row(rows, model, reference)
+    if a is None or b is None:
+        return None
+    corr = [[c for c in r["corr"] if c is not None] for r in (a, b)]
+    lam = [[math.log10(x) for x in r["lambda_max"] if x is not None] for r in (a, b)]
+    if not all(corr + lam):
+        return None
+    return {"corr": V.difference(*corr), "log_lambda": V.difference(*lam), "row": a, "reference": b}

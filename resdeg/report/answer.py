@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..study import ARCHS, Comparison
+from ..study import ARCHS, HYPOTHESIS_IDS, Comparison
 from . import analysis as A
 from . import verdicts as V
 from .collect import Store, StudyResults
@@ -58,7 +58,7 @@ class HypothesisAnswer:
 
 
 def hypotheses(store: Store) -> dict[str, HypothesisAnswer]:
-    out = {h: HypothesisAnswer(h) for h in ("H1", "H2", "H3")}
+    out = {h: HypothesisAnswer(h) for h in HYPOTHESIS_IDS}
     for sr in store.studies:
         for row in A.all_verdicts(sr):
             for h, v in row["verdicts"].items():
@@ -192,7 +192,7 @@ def synthesis(store: Store) -> dict:
     depth_sr = next((s for s in store.studies if s.name == "depth"), None) or \
         next((s for s in store.studies if s.kind == "depth"), None)
     out = {"degradation": None, "verdicts": None, "plain_ratios": None, "residual_deep": None,
-           "failures": failures(store), "normfree": None, "bn_removed": None}
+           "failures": failures(store), "normfree": None, "bn_removed": None, "at_init": None}
     if depth_sr is None:
         return out
     entries = A.degradation(depth_sr)
@@ -208,6 +208,11 @@ def synthesis(store: Store) -> dict:
         ratios = [10 ** r["ratio"].value for r in A.h2_rows(depth_sr) if r["variant"] == "Nres" and r["ratio"]]
         out["plain_ratios"] = (min(ratios), max(ratios)) if ratios else None
         deep = p["comparison"].other[0]
+        rows = A.at_init_by_depth(depth_sr)
+        at_init = {v: (A.at_init_row(rows, p["comparison"].reference[0], v), A.at_init_row(rows, deep, v))
+                   for v in ("Nres", "FULL")}
+        if all(a and b and a["corr_mean"] is not None and b["corr_mean"] is not None for a, b in at_init.values()):
+            out["at_init"] = {"plain": at_init["Nres"], "residual": at_init["FULL"]}
         full_vs_plain = Comparison("ablation", "residual", (deep, "FULL"), (deep, "Nres"))
         if full_vs_plain.reference in {(m, v) for m, v, _ in depth_sr.cells()} and \
                 full_vs_plain.other in {(m, v) for m, v, _ in depth_sr.cells()}:

@@ -83,6 +83,8 @@ class StudyResults:
     dataset: str
     setting: str  # short hash of the config without model, variant and seed
     runs: list[Run]
+    # nets measured at initialisation (H4, H5; `resdeg optim`) in this study's setting, any depth
+    optim: list = field(default_factory=list)
 
     name = property(lambda self: self.study.name)
     protocol = property(lambda self: self.study.protocol)
@@ -97,6 +99,11 @@ class StudyResults:
     def variants(self) -> list[str]:
         present = {r.variant for r in self.runs}
         return [v for v in VARIANTS if v in present]
+
+    def optim_cell(self, model: str, variant: str) -> list:
+        """The done measurements at initialisation of one (model, variant), by seed."""
+        return sorted((o for o in self.optim if o.done and (o.net.model, o.net.variant) == (model, variant)),
+                      key=lambda o: o.net.seed)
 
     def cell(self, model: str, variant: str) -> list[Run]:
         return sorted((r for r in self.runs if r.model == model and r.variant == variant), key=lambda r: r.seed)
@@ -219,8 +226,30 @@ def depth(model: str) -> int:
 
 
 def _setting(run: RunRecord) -> str:
-    rest = {k: v for k, v in run.config.to_dict().items() if k not in PER_RUN_KEYS}
+    return _config_setting(run.config)
+
+
+def _config_setting(config) -> str:
+    rest = {k: v for k, v in config.to_dict().items() if k not in PER_RUN_KEYS}
     return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _optim_at_init(results: Path, protocol: str, dataset: str, setting: str, unused: list) -> list:
+    """The valid measurements at initialisation in <protocol>/<dataset>/init/ made with the default
+    settings, in the study's setting; a damaged record is listed as unused, never read."""
+    from ..probes.optim_store import INIT_FOLDER, CorruptOptim, OptimSettings, read_optim
+
+    settings = OptimSettings()
+    out = []
+    for path in sorted((results / protocol / dataset / INIT_FOLDER).glob(f"*-optim-{settings.hash}.json")):
+        try:
+            record = read_optim(path, settings)
+        except CorruptOptim as e:
+            unused.append((path.relative_to(results).as_posix(), f"corrupt: {e}"))
+            continue
+        if record is not None and _config_setting(record.config) == setting:
+            out.append(record)
+    return out
 
 
 def _as_declared(run: RunRecord) -> bool:
@@ -266,7 +295,8 @@ def load_store(results: str | Path, protocol: str | None = None, dataset: str | 
         key = max(by_key, key=lambda k: (all(_as_declared(e.run) for _, e in by_key[k]), len(by_key[k]),
                                          max(e.run.updated for _, e in by_key[k]), k))
         runs = [_with_probe(Run(e.path, rel, e.run)) for rel, e in sorted(by_key[key], key=lambda re_: _order(re_[1].run))]
-        studies.append(StudyResults(study, results, key[0], key[1], runs))
+        optim = _optim_at_init(results, study.protocol, key[0], key[1], unused)
+        studies.append(StudyResults(study, results, key[0], key[1], runs, optim))
         used.update(rel for rel, _ in by_key[key])
     if len(studies) > 1:
         smoke = [s for s in studies if s.is_smoke]
@@ -277,7 +307,7 @@ def load_store(results: str | Path, protocol: str | None = None, dataset: str | 
             why = "smoke runs are shown only when no other study has results" if e.run.protocol == "smoke" \
                 else "not in a declared study's grid, or another data set or setting than the study's"
             unused.append((rel, why))
-    return Store(results, studies, sorted(unused))
+    return Store(results, studies, sorted(set(unused)))  # a study sharing an init folder lists it once
 
 
 def _order(r: RunRecord):

@@ -12,17 +12,19 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_json
+from ..study import HYPOTHESES, HYPOTHESIS_IDS
 from . import analysis as A
 from . import verdicts as V
-from .collect import Store, StudyResults
+from .collect import Store, StudyResults, depth
 
-VERDICTS_SCHEMA, VERDICTS_SCHEMA_VERSION = "resdeg.verdicts", 2
+VERDICTS_SCHEMA, VERDICTS_SCHEMA_VERSION = "resdeg.verdicts", 3  # 3: the hypotheses declared
 ARCHIVE = "resdeg-data.zip"
 
 # file -> (what it holds, {column: meaning}), in English and Chinese. The pages print it; a column
 # a writer adds without an entry here fails tests/test_report.py.
 _RUN = {"model": ("model", "模型"), "variant": ("variant (see the setup page)", "变体（见实验设置页）"),
         "seed": ("random seed", "随机种子")}
+_IDS_EN = ", ".join(HYPOTHESIS_IDS[:-1]) + " and " + HYPOTHESIS_IDS[-1]
 DICTIONARY = {
     "runs.csv": (("one row per run", "每次训练一行"), {
         "folder": ("result folder, relative to results/", "结果目录（相对于 results/）"),
@@ -82,8 +84,32 @@ DICTIONARY = {
         "branch_variance": ("average channel variance of its residual branch before the add",
                             "残差分支在相加之前的通道方差的平均"),
         "stage_effective_rank": ("effective rank of its stage's features", "所在阶段特征的有效秩")}),
-    "verdicts.json": (("every comparison with its H1, H2 and H3 verdicts, the deciding numbers and the rules "
-                       "(JSON, schema resdeg.verdicts)", "每组比较的 H1、H2、H3 判定、判定依据和规则（JSON，schema 为 resdeg.verdicts）"), {}),
+    "optim_init.csv": (("one row per net measured at initialisation (H4, H5; `resdeg optim`)",
+                        "每个在初始化时测量的网络一行（H4、H5；`resdeg optim`）"), {
+        **_RUN, "depth": ("layers", "层数"),
+        "corr_input": ("mean correlation of the input gradients at the summary distance (empty: undefined)",
+                       "在概括距离处输入梯度相关系数的平均（空：无定义）"),
+        "summary_distance": ("that distance, in data standard deviations", "该距离，单位为数据标准差"),
+        "half_distance": ("distance where the input-gradient correlation first falls to 1/2 (empty: not on the grid)",
+                          "输入梯度相关系数首次降到 1/2 的距离（空：不在所测的距离上）"),
+        "lambda_max": ("top Hessian eigenvalue of the training loss", "训练损失 Hessian 的最大特征值"),
+        "lambda_max_resolved": ("its Lanczos residual is at most 5% of it", "其 Lanczos 残差不超过自身的 5%"),
+        "lambda_min": ("most negative (smallest) Hessian eigenvalue", "最小（最负）的 Hessian 特征值"),
+        "lambda_min_resolved": ("its Lanczos residual is at most 5% of it", "其 Lanczos 残差不超过自身的 5%"),
+        "loss": ("training loss on the curvature images", "在曲率图像上的训练损失"),
+        "wall_s": ("measurement wall time, seconds", "测量用时，秒")}),
+    "optim_gradients.csv": (("one row per net, gradient and distance: the correlation curves",
+                             "每个网络、每处梯度、每个距离一行：相关系数曲线"), {
+        **_RUN, "gradient": ("input, or a stage's output", "输入，或某个阶段的输出"),
+        "distance": ("distance between the inputs, data standard deviations", "两个输入之间的距离，单位为数据标准差"),
+        "corr_mean": ("mean correlation over the images", "各图像相关系数的平均"),
+        "corr_sd": ("its standard deviation over the images", "各图像相关系数的标准差")}),
+    "optim_slices.csv": (("one row per net and step of its 1-D loss slice", "每个网络的一维损失切片上每一步一行"), {
+        **_RUN, "alpha": ("step along the filter-normalised direction", "沿滤波器归一化方向的步长"),
+        "loss": ("training loss there (empty: not finite)", "该处的训练损失（空：非有限值）")}),
+    "verdicts.json": ((f"the hypotheses, and every comparison with its {_IDS_EN} verdicts, the deciding numbers and the "
+                       "rules (JSON, schema resdeg.verdicts)",
+                       f"各假说，以及每组比较的 {'、'.join(HYPOTHESIS_IDS)} 判定、判定依据和规则（JSON，schema 为 resdeg.verdicts）"), {}),
 }
 
 
@@ -109,6 +135,11 @@ def _runs_csv(path: Path, runs) -> None:
            _g(r.final and r.final.train_acc), _g(r.final and r.final.clean_train_acc), _g(r.final and r.final.test_acc),
            r.record.diverged_at_step if r.record.diverged_at_step is not None else "", _g(r.record.summary.wall_s),
            r.probe_file or ""] for r in runs))
+
+
+def _hypotheses() -> list[dict]:
+    """The declaration (study.HYPOTHESES) a reader of verdicts.json needs to read its keys."""
+    return [{"id": h.id, "name": h.name, "claim": h.claim, "rule": V.RULES[h.id]} for h in HYPOTHESES]
 
 
 def _verdict_rows(sr: StudyResults) -> list[dict]:
@@ -149,13 +180,29 @@ def write_study_downloads(sr: StudyResults, out: Path) -> dict[str, list[str]]:
          ([r.model, r.variant, r.seed, ph, b.name, b.stage, b.index, _g(b.sq_mean), _g(b.variance),
            _g(b.branch_variance), _g(r.probe.effective_rank.get(ph, {}).get(b.stage))]
           for r in sr.probed for ph, blocks in r.probe.blocks.items() for b in blocks))
+    at_init = [o for o in sr.optim if o.done]
+    _csv(out / "optim_init.csv", [*KEYS, "depth", "corr_input", "summary_distance", "half_distance", "lambda_max",
+                                  "lambda_max_resolved", "lambda_min", "lambda_min_resolved", "loss", "wall_s"],
+         ([o.net.model, o.net.variant, o.net.seed, depth(o.net.model), _g(A.init_correlation(o)),
+           _g(o.settings.summary_distance), _g(o.gradients.half_distance.get("input")), _g(o.curvature.lambda_max),
+           o.curvature.lambda_max_resolved, _g(o.curvature.lambda_min), o.curvature.lambda_min_resolved,
+           _g(o.curvature.loss), _g(o.wall_s)] for o in at_init))
+    _csv(out / "optim_gradients.csv", [*KEYS, "gradient", "distance", "corr_mean", "corr_sd"],
+         ([o.net.model, o.net.variant, o.net.seed, where, _g(dist), _g(m), _g(sd)] for o in at_init
+          for where in o.gradients.mean
+          for dist, m, sd in zip(o.gradients.distances, o.gradients.mean[where], o.gradients.sd[where])))
+    _csv(out / "optim_slices.csv", [*KEYS, "alpha", "loss"],
+         ([o.net.model, o.net.variant, o.net.seed, _g(a), _g(loss)] for o in at_init
+          for a, loss in zip(o.slice_1d.alphas, o.slice_1d.losses)))
     atomic_write_json(out / "verdicts.json", {
         "schema": VERDICTS_SCHEMA, "schema_version": VERDICTS_SCHEMA_VERSION, "rules_version": V.RULES_VERSION,
-        "rules": V.RULES, "study": sr.name, "protocol": sr.protocol, "dataset": sr.dataset,
+        "rules": V.RULES, "hypotheses": _hypotheses(), "study": sr.name, "protocol": sr.protocol, "dataset": sr.dataset,
         "comparisons": _verdict_rows(sr)})
-    return {"h1": ["h1_epochs.csv", "runs.csv"],
-            "h2": ["h2_gradient_steps.csv", "h2_gradient_blocks.csv", "h2_stage_medians.csv"],
-            "h3": ["h3_separability.csv"], "signal": ["signal.csv"],
+    pages = {}
+    for h in HYPOTHESES:  # a page shared by several hypotheses offers each one's files once
+        files = pages.setdefault(h.page, [])
+        files += [f for f in h.downloads if f not in files]
+    return {**pages, "signal": ["signal.csv"],
             "degradation": ["runs.csv", "h1_epochs.csv", "h2_gradient_blocks.csv", "verdicts.json"],
             "batchnorm": ["runs.csv", "h1_epochs.csv", "blocks.csv", "signal.csv", "verdicts.json"]}
 
@@ -204,7 +251,7 @@ def write_site_downloads(store: Store, out: Path) -> dict[str, list[str]]:
     _runs_csv(out / "runs.csv", store.runs)
     atomic_write_json(out / "verdicts.json", {
         "schema": VERDICTS_SCHEMA, "schema_version": VERDICTS_SCHEMA_VERSION, "rules_version": V.RULES_VERSION,
-        "rules": V.RULES, "comparisons": [row for sr in store.studies for row in _verdict_rows(sr)]})
+        "rules": V.RULES, "hypotheses": _hypotheses(), "comparisons": [row for sr in store.studies for row in _verdict_rows(sr)]})
     return {"index": ["verdicts.json", "runs.csv"]}
 
 

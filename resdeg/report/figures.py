@@ -60,7 +60,11 @@ LABELS = {
            "branch_variance": "residual branch variance (before the add)", "rank": "effective rank",
            "test_marker": "test", "train_marker": "train (eval mode)",
            "sep": ", ", "colon": ": ", "paren": " ({})", "seed_range": "{lo}-{hi} seeds", "plain_short": "plain", "residual_short": "residual",
-           "list_sep": ", ", "zero_series": "{} = 0 (off the log scale)", "same_series": "{} on top of {}"},
+           "list_sep": ", ", "zero_series": "{} = 0 (off the log scale)", "same_series": "{} on top of {}",
+           "corr": "input-gradient correlation", "corr_at": "at distance {d}", "distance": "distance (data standard deviations)",
+           "lambda_max": "top Hessian eigenvalue λmax", "alpha": "step along a filter-normalised direction",
+           "slice_loss": "training loss", "no_grad_plain": "plain without BatchNorm (Nboth)", "seed_n": "seed {n}",
+           "layers": "{d} layers"},
     "zh": {"lang": "zh", "epoch": "训练轮次", "step": "训练步数", "stage": "阶段", "acc": "准确率（%）", "err": "错误率（%）",
            "train_acc": "训练准确率（训练模式，逐批统计）", "clean_train_acc": "训练集准确率（评估模式）",
            "test_acc": "测试准确率", "train_err": "训练错误率（逐批统计）", "test_err": "测试错误率",
@@ -75,7 +79,11 @@ LABELS = {
            "branch_variance": "残差分支方差（相加之前）", "rank": "有效秩",
            "test_marker": "测试集", "train_marker": "训练集（评估模式）",
            "sep": "，", "colon": "：", "paren": "（{}）", "seed_range": "{lo}–{hi} 个种子", "plain_short": "普通", "residual_short": "残差",
-           "list_sep": "、", "zero_series": "{} 恒为 0（对数坐标上不显示）", "same_series": "{} 与 {} 重合"},
+           "list_sep": "、", "zero_series": "{} 恒为 0（对数坐标上不显示）", "same_series": "{} 与 {} 重合",
+           "corr": "输入梯度的相关系数", "corr_at": "距离 {d}", "distance": "距离（数据标准差）",
+           "lambda_max": "Hessian 最大特征值 λmax", "alpha": "沿滤波器归一化方向的步长",
+           "slice_loss": "训练损失", "no_grad_plain": "无批归一化的普通网络（Nboth）", "seed_n": "种子 {n}",
+           "layers": "{d} 层"},
 }
 CRITERION_NAMES = {
     "en": {"fisher_trace_ratio": "Fisher tr(S_B)/tr(S_W), per image", "fisher_channel_maps": "Fisher, per channel map",
@@ -657,3 +665,96 @@ def bn_rank(sr: StudyResults, lang: str, path: Path) -> None:
             axes[row, 0].set_ylabel(t["rank"])
         _legend_below(fig, axes)
     _draw(path, lang, len(models), 2, 2.8 * len(models) + 0.6, body)
+
+
+# -- what shapes the optimisation (H4, H5), at initialisation --------------------------------------------
+
+def _has_optim(sr) -> bool:
+    return any(o.done for o in sr.optim)
+
+
+_MECHANISM_LABEL = {"Nres": "plain", "FULL": "residual", "Nboth": "no_grad_plain"}
+
+
+@figure("mechanism-depth", "mechanism", needs=_has_optim)
+def mechanism_depth(sr: StudyResults, lang: str, path: Path) -> None:
+    """Against depth, at initialisation: the input-gradient correlation at the summary distance
+    (left; Balduzzi et al. 2017) and the top Hessian eigenvalue (right, log scale; Li et al. 2018).
+    Plain dashed, residual solid; points are the mean (geometric for lambda_max), bars span the seeds."""
+    rows = A.at_init_by_depth(sr)
+    distance = next(o.settings.summary_distance for o in sr.optim if o.done)
+
+    def body(fig, axes, t):
+        for ax, key, summary in ((axes[0, 0], "corr", "corr_mean"), (axes[0, 1], "lambda_max", "lambda_gmean")):
+            for variant in A.MECHANISM_VARIANTS:
+                mine = [r for r in rows if r["variant"] == variant and r[summary] is not None]
+                if not mine:
+                    continue
+                xs = [r["depth"] for r in mine]
+                mid = [r[summary] for r in mine]
+                lo = [m - min(v for v in r[key] if v is not None) for m, r in zip(mid, mine)]
+                hi = [max(v for v in r[key] if v is not None) - m for m, r in zip(mid, mine)]
+                colour, ls, marker = STYLE[variant]
+                ns = [len([v for v in r[key] if v is not None]) for r in mine]
+                ax.errorbar(xs, mid, yerr=[lo, hi], color=colour, ls=ls, marker=marker, ms=5, lw=1.6, capsize=3,
+                            label=t[_MECHANISM_LABEL[variant]] + t["sep"] + _seeds_text(ns, t))
+            ax.set_xlabel(t["depth"])
+            ax.set_xticks(sorted({r["depth"] for r in rows}))
+        axes[0, 0].set_title(t["corr"] + t["sep"] + t["corr_at"].format(d=f"{distance:g}"))
+        axes[0, 0].axhline(0, color="#555555", lw=0.8)
+        axes[0, 1].set_title(t["lambda_max"])
+        axes[0, 1].set_yscale("log")
+        _legend_below(fig, axes, ncol=3)
+    _draw(path, lang, 1, 2, 3.6, body)
+
+
+@figure("mechanism-correlation", "mechanism", needs=_has_optim)
+def mechanism_correlation(sr: StudyResults, lang: str, path: Path) -> None:
+    """The input-gradient correlation against the distance between the inputs, at initialisation, for
+    the shallowest and deepest net measured: mean over seeds (Balduzzi et al. 2017, Fig. 1's question)."""
+    rows = [r for r in A.at_init_by_depth(sr) if r["variant"] in ("Nres", "FULL")]
+    depths = sorted({r["depth"] for r in rows})
+    shown = [d for d in (depths[0], depths[-1])] if depths else []
+
+    def body(fig, axes, t):
+        for ax, d in zip(axes[0], shown):
+            for r in (r for r in rows if r["depth"] == d):
+                curves = [o.gradients.mean["input"] for o in r["records"]]
+                distances = r["records"][0].gradients.distances
+                mean = [np.mean([c[i] for c in curves if c[i] is not None] or [np.nan]) for i in range(len(distances))]
+                colour, ls, marker = STYLE[r["variant"]]
+                ax.plot(distances, mean, color=colour, ls=ls, marker=marker, ms=3.5, lw=1.6,
+                        label=t[_MECHANISM_LABEL[r["variant"]]] + t["sep"] + _seeds_text([len(curves)], t))
+            ax.set_xscale("log")
+            ax.axhline(0, color="#555555", lw=0.8)
+            ax.set_title(t["layers"].format(d=d))
+            ax.set_xlabel(t["distance"])
+        axes[0, 0].set_ylabel(t["corr"])
+        _legend_below(fig, axes, ncol=2)
+    _draw(path, lang, 1, max(1, len(shown)), 3.4, body)
+
+
+@figure("mechanism-slices", "mechanism", needs=_has_optim)
+def mechanism_slices(sr: StudyResults, lang: str, path: Path) -> None:
+    """The training loss along one filter-normalised random direction through the initial weights
+    (Li et al. 2018), log scale, for the shallowest and deepest plain and residual net (first seed)."""
+    rows = [r for r in A.at_init_by_depth(sr) if r["variant"] in ("Nres", "FULL")]
+    depths = sorted({r["depth"] for r in rows})
+    # the shallowest, Li et al.'s ResNet-56, and the deepest
+    shown = sorted({depths[0], 56 if 56 in depths else depths[-1], depths[-1]}) if depths else []
+
+    def body(fig, axes, t):
+        for ax, d in zip(axes[0], shown):
+            for r in (r for r in rows if r["depth"] == d):
+                first = r["records"][0]
+                s = first.slice_1d
+                ok = [(a, l) for a, l in zip(s.alphas, s.losses) if l is not None and l > 0]
+                colour, ls, marker = STYLE[r["variant"]]
+                ax.plot([a for a, _ in ok], [l for _, l in ok], color=colour, ls=ls, lw=1.6,
+                        label=t[_MECHANISM_LABEL[r["variant"]]] + t["sep"] + t["seed_n"].format(n=first.net.seed))
+            ax.set_yscale("log")
+            ax.set_title(t["layers"].format(d=d))
+            ax.set_xlabel(t["alpha"])
+        axes[0, 0].set_ylabel(t["slice_loss"])
+        _legend_below(fig, axes, ncol=2)
+    _draw(path, lang, 1, max(1, len(shown)), 3.4, body)

@@ -16,7 +16,8 @@ from ..config import PROTOCOLS, Config
 from ..models import ARCHS, build_model
 from ..probes.criteria import CRITERIA
 from ..probes.store import ProbeSettings
-from ..study import PAGES, VARIANTS
+from ..probes.optim_store import OptimSettings
+from ..study import HYPOTHESES, PAGES, VARIANTS
 from . import analysis as A
 from . import answer as answers
 from . import downloads as D
@@ -53,20 +54,12 @@ def err(ms) -> str:
     return pm((None if m is None else 1 - m, s, n), fmt=".1f")
 
 
-SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+human = V.human  # numbers as people write them (verdicts.py: the verdicts' sentences use it too)
 
 
-def human(x) -> str:
-    """A ratio as people write it: 0.58, 2.0, 28, 3,600; beyond that 2 × 10⁻²² (no e-notation)."""
-    if x is None or not math.isfinite(x):
-        return "—"
-    if 0.01 <= abs(x) < 10_000:
-        return f"{float(f'{x:.2g}'):,.{max(0, 1 - math.floor(math.log10(abs(x))))}f}"
-    exponent = math.floor(math.log10(abs(x)))
-    mantissa = round(x / 10 ** exponent)
-    if abs(mantissa) == 10:
-        mantissa, exponent = mantissa // 10, exponent + 1
-    return f"{'' if mantissa == 1 else f'{mantissa} × '}10{str(exponent).translate(SUPERSCRIPT)}"
+def short(x) -> str:
+    """A correlation or other number below 1 in two significant digits, no exponent: 0.44, 0.0065."""
+    return "—" if x is None else f"{float(f'{x:.2g}'):g}" if abs(x) >= 1e-4 else "0"
 
 
 def points(e, lang: str = "en") -> str:
@@ -128,7 +121,7 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("resdeg.report", "templates"),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(pct=pct, pm=pm, err=err, human=human, points=points, signed=signed, code_spans=code_spans, sci=sci, num=num, ratio=ratio_text, diff=diff)
+    env.filters.update(pct=pct, pm=pm, err=err, human=human, short=short, points=points, signed=signed, code_spans=code_spans, sci=sci, num=num, ratio=ratio_text, diff=diff)
     return env
 
 
@@ -207,7 +200,7 @@ def study_commands(sr: StudyResults) -> list[str]:
 def base_context(store: Store, lang: str) -> dict:
     return {
         "lang": lang, "zh": lang == "zh", "store": store, "studies": store.studies, "A": A, "V": V,
-        "pages": PAGES, "variants_declared": VARIANTS, "archs": ARCHS, "criteria_declared": CRITERIA,
+        "pages": PAGES, "hypotheses": HYPOTHESES, "variants_declared": VARIANTS, "archs": ARCHS, "criteria_declared": CRITERIA,
         "rules": V.RULES, "rules_version": V.RULES_VERSION, "outcome_text": V.OUTCOME_TEXT,
         "symptom_text": V.SYMPTOM_TEXT, "vanish": V.VANISH, "explode": V.EXPLODE,
         "probe_defaults": ProbeSettings(), "count": lambda n, en: count(n, en, lang), "depth": depth,
@@ -220,7 +213,7 @@ def base_context(store: Store, lang: str) -> dict:
 def site_context(store: Store, lang: str, figures: dict, downloads: dict) -> dict:
     """Context of the site pages (index, method, setup, reflection, reproducibility)."""
     return {**base_context(store, lang), "root": "", "figures": figures, "downloads": downloads,
-            "hypotheses": answers.hypotheses(store), "components": answers.components(store),
+            "hypothesis_answers": answers.hypotheses(store), "components": answers.components(store),
             "synthesis": answers.synthesis(store), "answer_steps": answers.EARLY_STEPS,
             "degradation": answers.degradation(store), "matrix": answers.matrix(store),
             "depth_study": store.study("depth"), "bn_study": store.study("batchnorm"),
@@ -234,6 +227,7 @@ def study_context(store: Store, sr: StudyResults, lang: str, figures: dict, down
             "accuracy_rows": A.accuracy_rows(sr), "h2_rows": A.h2_rows(sr), "h3_rows": A.h3_rows(sr),
             "criteria": A.criteria_present(sr.runs), "degradation": A.degradation(sr),
             "effects": [A.effect(sr, c) for c in sr.comparisons() if c.kind == "ablation"],
+            "at_init_rows": A.at_init_by_depth(sr), "distance": OptimSettings().summary_distance,
             **schedule_context(store, sr)}
 
 

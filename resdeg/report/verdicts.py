@@ -16,6 +16,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from ..study import HYPOTHESIS_IDS
+
 RULES_VERSION = 6  # 2: single-seed noise rule, "did not learn"; 3: a depth pair explains only degradation;
 # 4: Welch intervals use the t quantile of their fractional df (it was rounded down); 5: one seed against
 # several gets the other model's seed spread (it had only the binomial noise of one run); 6: H1 needs
@@ -62,6 +64,37 @@ RULES = {
               "下降，且下降超出种子间的噪声（各种子的 95% 区间；单个种子不作判定），判该模型发生信息丢失。"
               "逐通道特征图的 Fisher 比值、轮廓系数和编码率缩减都依赖宽度，只展示，不计入。"
               "若较差模型发生信息丢失而较好模型没有，H3 可以解释两者的差异。",
+    },
+    "H4": {
+        "en": "Gradients are shattered when the gradient of the output with respect to the input decorrelates "
+              "between nearby inputs: measured at initialisation as the correlation of the input gradients at x "
+              "and at x moved by 0.01 data standard deviations along a random direction (64 test images, a fixed "
+              "random projection of the logits). H4 explains the difference when the worse model's correlation "
+              "is lower beyond seed noise (the 95% Welch interval of the difference below zero; one seed decides "
+              "nothing); higher beyond noise is not supported; otherwise inconclusive. In a depth pair of plain nets "
+              "the residual nets of the same depths are the control: if their correlation loses more than half the "
+              "share the plain nets lose (the change relative to the shallower net's value), the fall does not "
+              "single out the plain nets and H4 is not supported.",
+        "zh": "梯度破碎指输出对输入的梯度在相邻的输入之间失去相关性。在初始化时测量：沿随机方向把输入移动 0.01 个"
+              "数据标准差，移动前后输入梯度的相关系数（64 张测试图像，对 logits 取固定的随机投影）。若较差模型的"
+              "相关系数更低且超出种子间的噪声（差值的 95% Welch 区间在零以下；单个种子不作判定），H4 可以解释两者的差异；"
+              "若更高且超出噪声，判为不支持；否则无法判定。在普通网络的深度对比中，以同样深度的残差网络为对照："
+              "若残差网络相关系数损失的比例（相对较浅网络的数值）超过普通网络损失比例的一半，这一下降就不能把普通网络"
+              "区分出来，判为不支持。",
+    },
+    "H5": {
+        "en": "A sharper loss surface has a larger top Hessian eigenvalue λmax of the training loss, measured at "
+              "initialisation on 128 class-balanced training images (Lanczos, 20 Hessian-vector products; an "
+              "eigenvalue counts only when its residual is at most 5% of it). H5 explains the difference when "
+              "the worse model's log10 λmax is higher beyond seed noise (95% Welch interval; one seed decides "
+              "nothing); lower beyond noise is not supported; otherwise inconclusive. The most negative "
+              "eigenvalue is shown, not judged: at 32 layers and more it did not converge in 20 steps. In a depth pair "
+              "of plain nets the residual nets of the same depths are the control, as for H4 (on log10 λmax).",
+        "zh": "损失曲面越尖锐，训练损失的 Hessian 最大特征值 λmax 越大。在初始化时于 128 张类别均衡的训练图像上"
+              "测量（Lanczos，20 次 Hessian 向量积；残差不超过特征值 5% 时才算数）。若较差模型的 log10 λmax 更高且超出"
+              "种子间的噪声（95% Welch 区间；单个种子不作判定），H5 可以解释两者的差异；若更低且超出噪声，判为不支持；"
+              "否则无法判定。最负的特征值只展示，不作判定：32 层及以上的网络在 20 步内没有收敛。"
+              "在普通网络的深度对比中，与 H4 一样以同样深度的残差网络为对照（比较 log10 λmax）。",
     },
     "depth": {
         "en": "In a depth comparison the hypotheses explain degradation only: they are judged when the deeper "
@@ -234,6 +267,10 @@ class Side:
     # criterion -> per-seed change from the shallowest to the deepest stage, oriented so that
     # negative = less separable (nc1's sign flipped)
     sep_change: dict[str, list[float]] = field(default_factory=dict)
+    # at initialisation, per seed (optim records): the input-gradient correlation at the summary
+    # distance (H4), and log10 of the largest Hessian eigenvalue of the training loss (H5)
+    grad_corr: list[float] = field(default_factory=list)
+    log_lambda_max: list[float] = field(default_factory=list)
 
     @property
     def gap(self) -> list[float]:
@@ -317,6 +354,34 @@ REASONS = {
     "no_loss": {"en": "{d} does not lose information ({kd}).", "zh": "{d} 没有出现信息丢失（{kd}）。"},
     "loss_unclear": {"en": "Too few criteria give a clear answer ({d}: {kd}; {h}: {kh}).",
                      "zh": "给出明确结论的判据太少（{d}：{kd}；{h}：{kh}）。"},
+    "more_shattered": {"en": "{d}'s input gradients are more shattered at initialisation: correlation {vd}, "
+                             "{h} {vh} (difference {dv}).",
+                       "zh": "{d} 在初始化时的输入梯度更破碎：相关系数 {vd}，{h} 为 {vh}（差 {dv}）。"},
+    "more_shattered_control": {"en": "{d}'s input gradients are more shattered at initialisation: correlation {vd}, "
+                                     "{h} {vh} (difference {dv}); the residual nets of the same depths change far "
+                                     "less ({ctrl}).",
+                               "zh": "{d} 在初始化时的输入梯度更破碎：相关系数 {vd}，{h} 为 {vh}（差 {dv}）；同样深度的"
+                                     "残差网络变化小得多（{ctrl}）。"},
+    "sharper_control": {"en": "{d}'s loss surface is sharper at initialisation: λmax {vd}, {h} {vh} (log10 difference "
+                              "{dv}); the residual nets of the same depths change far less ({ctrl}).",
+                        "zh": "{d} 在初始化时的损失曲面更尖锐：λmax 为 {vd}，{h} 为 {vh}（log10 之差 {dv}）；同样深度的"
+                              "残差网络变化小得多（{ctrl}）。"},
+    "less_shattered": {"en": "{d}'s input gradients are less shattered at initialisation: correlation {vd}, "
+                             "{h} {vh} (difference {dv}).",
+                       "zh": "{d} 在初始化时的输入梯度反而不那么破碎：相关系数 {vd}，{h} 为 {vh}（差 {dv}）。"},
+    "sharper": {"en": "{d}'s loss surface is sharper at initialisation: λmax {vd}, {h} {vh} (log10 difference {dv}).",
+                "zh": "{d} 在初始化时的损失曲面更尖锐：λmax 为 {vd}，{h} 为 {vh}（log10 之差 {dv}）。"},
+    "flatter": {"en": "{d}'s loss surface is flatter at initialisation: λmax {vd}, {h} {vh} (log10 difference {dv}).",
+                "zh": "{d} 在初始化时的损失曲面反而更平缓：λmax 为 {vd}，{h} 为 {vh}（log10 之差 {dv}）。"},
+    "measure_unclear": {"en": "The difference is within seed noise or rests on one seed ({d}: {vd}; {h}: {vh}; "
+                              "difference {dv}).",
+                        "zh": "差异在种子间的噪声以内，或只有一个种子（{d}：{vd}；{h}：{vh}；差 {dv}）。"},
+    "control_too": {"en": "{d} differs from {h} in the predicted direction ({dv}), but the residual nets of the "
+                          "same depths change about as much ({ctrl}): it does not single out the plain nets.",
+                    "zh": "{d} 与 {h} 的差异方向与预测一致（{dv}），但同样深度的残差网络变化也差不多（{ctrl}），"
+                          "因此它不能把普通网络区分出来。"},
+    "not_measured": {"en": "Not measured at initialisation for both models (`resdeg optim`).",
+                     "zh": "两个模型在初始化时没有都测量过（`resdeg optim`）。"},
 }
 # The reasons `_degradation` gives before any hypothesis is looked at: they are about the comparison
 # (no data, a net that did not learn, no degraded net), so H1-H3 share them.
@@ -324,6 +389,22 @@ COMPARISON_REASONS = frozenset({"no_data", "did_not_learn", "no_degradation", "u
 OUTCOME_TEXT = {"supported": {"en": "supported", "zh": "支持"},
                 "not_supported": {"en": "not supported", "zh": "不支持"},
                 "inconclusive": {"en": "inconclusive", "zh": "无法判定"}}
+
+
+SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def human(x) -> str:
+    """A ratio as people write it: 0.58, 2.0, 28, 3,600; beyond that 2 × 10⁻²² (no e-notation)."""
+    if x is None or not math.isfinite(x):
+        return "—"
+    if 0.01 <= abs(x) < 10_000:
+        return f"{float(f'{x:.2g}'):,.{max(0, 1 - math.floor(math.log10(abs(x))))}f}"
+    exponent = math.floor(math.log10(abs(x)))
+    mantissa = round(x / 10 ** exponent)
+    if abs(mantissa) == 10:
+        mantissa, exponent = mantissa // 10, exponent + 1
+    return f"{'' if mantissa == 1 else f'{mantissa} × '}10{str(exponent).translate(SUPERSCRIPT)}"
 
 
 def fmt_diff(e: Estimate, lang: str = "en", scale: float = 100.0) -> str:
@@ -386,7 +467,7 @@ def _degradation(h: str, subject: str, a: Side, b: Side, needs_train: bool = Fal
     return None, pair, nums, single
 
 
-def h1(subject: str, a: Side, b: Side, depth: bool = False) -> Verdict:
+def h1(subject: str, a: Side, b: Side, depth: bool = False, control=None) -> Verdict:
     """Overfitting (STUDY §4 H1)."""
     early, pair, nums, single = _degradation("H1", subject, a, b, needs_train=True, depth=depth)
     if early:
@@ -463,7 +544,7 @@ def _symptom_fmt(side: Side, symptom: str, e: Estimate | None) -> dict:
             "zh": f"{name['zh']}，首末阶段梯度比值 {ratio}"}
 
 
-def h2(subject: str, a: Side, b: Side, depth: bool = False) -> Verdict:
+def h2(subject: str, a: Side, b: Side, depth: bool = False, control=None) -> Verdict:
     """Vanishing / exploding gradients (STUDY §4 H2)."""
     early, pair, nums, single = _degradation("H2", subject, a, b, depth=depth)
     if early:
@@ -513,7 +594,7 @@ def _k_of_m(loss: dict) -> dict:
     return {"en": f"{loss['k']} of {loss['m']} criteria fall", "zh": f"{loss['m']} 个判据中 {loss['k']} 个下降"}
 
 
-def h3(subject: str, a: Side, b: Side, depth: bool = False) -> Verdict:
+def h3(subject: str, a: Side, b: Side, depth: bool = False, control=None) -> Verdict:
     """Information loss (STUDY §4 H3)."""
     early, pair, nums, single = _degradation("H3", subject, a, b, depth=depth)
     if early:
@@ -533,4 +614,77 @@ def h3(subject: str, a: Side, b: Side, depth: bool = False) -> Verdict:
     return _verdict("H3", subject, pair, "inconclusive", "loss_unclear", nums, single)
 
 
-RULE_FUNCTIONS = {"H1": h1, "H2": h2, "H3": h3}
+CONTROL_SHARE = 0.5  # a plain depth pair's change must exceed the residual pair's at least twice over
+
+
+def _at_init(h: str, key: str, more: tuple[str, str], subject: str, a: Side, b: Side, depth: bool,
+             show, control) -> Verdict:
+    """H4 and H5: a measurement of both nets at initialisation, per seed (`key` of Side); the worse
+    net's value minus the better's, with Welch's interval. `more` = (reason, its opposite) when the
+    worse net's value is (lower for H4, higher for H5) beyond noise; `show` writes one value.
+    `control`: for a plain depth pair, the residual nets of the same depths (shallow, deep); the
+    plain change then explains degradation only if the residual change is at most CONTROL_SHARE of it."""
+    early, pair, nums, single = _degradation(h, subject, a, b, depth=depth)
+    if early:
+        return early
+    worse, better = pair
+    vw, vb = getattr(worse, key), getattr(better, key)
+    if not vw or not vb:
+        return _verdict(h, subject, pair, "inconclusive", "not_measured", nums, single)
+    d = difference(vw, vb)
+    nums.update({key: {"degraded": vw, "healthy": vb, "difference": d.as_dict()}})
+    nums["_fmt"].update(vd={lang: show(vw, lang) for lang in ("en", "zh")}, vh={lang: show(vb, lang) for lang in ("en", "zh")},
+                        dv={lang: f"{d.value:+.2f}" + (f" [{d.low:+.2f}, {d.high:+.2f}]" if d.has_interval else "")
+                            for lang in ("en", "zh")})
+    predicts_worse = -1 if h == "H4" else 1  # lower correlation / higher curvature predicts harder training
+    sign = d.sign if min(len(vw), len(vb)) >= 2 else 0  # one seed has no measured spread: it decides nothing
+    if sign == predicts_worse and control is not None:
+        shallow, deep = (getattr(side, key) for side in control)
+        if shallow and deep:
+            # H4 compares shares of the correlation lost (a net at zero cannot fall further, so a raw
+            # difference would favour the residual pair); H5's log10 lambda_max is relative already
+            change = _change(np.mean(getattr(better, key)), np.mean(getattr(worse, key)), key)
+            ctrl = _change(np.mean(shallow), np.mean(deep), key)
+            nums["control_change"] = ctrl
+            unit = "relative change" if key == "grad_corr" else "log10 change"
+            unit_zh = "相对变化" if key == "grad_corr" else "log10 变化"
+            nums["_fmt"]["ctrl"] = {"en": f"{unit} {ctrl:+.2f} against the plain nets' {change:+.2f}",
+                                    "zh": f"{unit_zh} {ctrl:+.2f}，普通网络为 {change:+.2f}"}
+            if ctrl * predicts_worse > CONTROL_SHARE * change * predicts_worse:
+                return _verdict(h, subject, pair, "not_supported", "control_too", nums, single)
+            return _verdict(h, subject, pair, "supported", more[0] + "_control", nums, single)
+    if sign == predicts_worse:
+        return _verdict(h, subject, pair, "supported", more[0], nums, single)
+    if sign == -predicts_worse:
+        return _verdict(h, subject, pair, "not_supported", more[1], nums, single)
+    return _verdict(h, subject, pair, "inconclusive", "measure_unclear", nums, single)
+
+
+def _change(shallow: float, deep: float, key: str) -> float:
+    """The change from the shallower to the deeper net on the scale the control compares."""
+    if key == "grad_corr":
+        return float(deep / shallow - 1) if shallow > 0 else float("nan")
+    return float(deep - shallow)
+
+
+def _mean_text(values, fmt, lang: str) -> str:
+    n = len(values)
+    seeds = (f" ({n} seeds)" if n != 1 else " (1 seed)") if lang == "en" else f"（{n} 个种子）"
+    return fmt(float(np.mean(values))) + seeds
+
+
+def h4(subject: str, a: Side, b: Side, depth: bool = False, control=None) -> Verdict:
+    """Shattered gradients (Balduzzi et al. 2017), at initialisation."""
+    return _at_init("H4", "grad_corr", ("more_shattered", "less_shattered"), subject, a, b, depth,
+                    lambda v, lang: _mean_text(v, lambda x: f"{x:.2f}", lang), control)
+
+
+def h5(subject: str, a: Side, b: Side, depth: bool = False, control=None) -> Verdict:
+    """A sharper loss surface (Li et al. 2018): the top Hessian eigenvalue at initialisation."""
+    return _at_init("H5", "log_lambda_max", ("sharper", "flatter"), subject, a, b, depth,
+                    lambda v, lang: _mean_text(v, lambda x: human(10 ** x), lang), control)
+
+
+# each declared hypothesis (study.HYPOTHESES) registered with its rule: the function and its text in RULES
+RULE_FUNCTIONS = {"H1": h1, "H2": h2, "H3": h3, "H4": h4, "H5": h5}
+assert tuple(RULE_FUNCTIONS) == HYPOTHESIS_IDS and set(HYPOTHESIS_IDS) <= set(RULES), "a hypothesis without its rule"
