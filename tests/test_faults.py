@@ -494,6 +494,7 @@ def test_force_keeps_the_finished_run_until_its_replacement_is_done(tmp_path, mo
     (folder,) = {p.parent for p in results.glob("*/*/*/run.json")}
     before = snapshot(folder)
     assert {"model.pt", "run.json"} <= set(before) and any(n.startswith("probe-") for n in before)
+    time.sleep(1.05)  # `created` has whole seconds: the replacement must start in a later one to be told apart
     real = Trainer.train_epoch
 
     def stop_at_second(self, epoch, bar):
