@@ -416,8 +416,11 @@ def _status_table(rows: list[dict]) -> None:
 @click.option("--force", is_flag=True,
               help="Probe again even if a probe for these settings exists (also a corrupt one).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--phase", type=click.Choice(["trained", "init", "both"]), default="trained", show_default=True,
+              help="trained: the finished runs' nets (their weights); init: the untrained net each run starts from "
+                   "(its config and seed, no weights needed; into <protocol>/<dataset>/init/), H3's control; both.")
 def probe(results, run_folder, protocol, dataset, models, variants, seeds, probe_images, data_dir, device, force,
-          quiet):
+          quiet, phase):
     """Probe every finished run that has no probe for these settings yet: how separable each
     stage's features are (Fisher ratios per image and per channel map, LDA, linear probe, kNN,
     NC1, silhouette, coding-rate reduction, CKA), and the mean/std of each stage's activations
@@ -426,7 +429,8 @@ def probe(results, run_folder, protocol, dataset, models, variants, seeds, probe
     """
     from pathlib import Path
 
-    from .probes.probe import describe, finished_runs, probe_folders, probe_run, raise_failures
+    from .probes.probe import (describe, finished_runs, probe_folders, probe_init_folders, probe_run,
+                               raise_failures)
     from .probes.store import ProbeSettings
     from .train import resolve_device
 
@@ -434,13 +438,19 @@ def probe(results, run_folder, protocol, dataset, models, variants, seeds, probe
     dev = resolve_device(device)
     log = lambda m: click.echo(m, err=True)  # noqa: E731
     if run_folder:
-        doc, state = probe_run(Path(run_folder), settings, dev, data_dir, force, progress=not quiet)
-        log(describe(doc, state))
-        return
-    folders, failures = finished_runs(results, protocol, dataset, models, variants, seeds, log=log)
-    if not folders and not failures:
-        log(f"no finished runs to probe in {results}/")
-    failures += probe_folders(folders, settings, dev, data_dir, force, progress=not quiet, log=log)
+        folders, failures = [Path(run_folder)], []
+    else:
+        folders, failures = finished_runs(results, protocol, dataset, models, variants, seeds, log=log)
+        if not folders and not failures:
+            log(f"no finished runs to probe in {results}/")
+    if phase in ("init", "both"):
+        failures += probe_init_folders(folders, settings, dev, data_dir, force, progress=not quiet, log=log)
+    if phase in ("trained", "both"):
+        if run_folder:
+            doc, state = probe_run(Path(run_folder), settings, dev, data_dir, force, progress=not quiet)
+            log(describe(doc, state))
+        else:
+            failures += probe_folders(folders, settings, dev, data_dir, force, progress=not quiet, log=log)
     raise_failures(failures)
 
 

@@ -228,10 +228,12 @@ HYPOTHESES = (
         {"en": "deep features have lost the information in the input that is needed to classify, so the classes are "
                "less separable at the deep stages than at the shallow ones.",
          "zh": "深层特征丢失了输入中分类所需的信息，所以深层阶段的类别可分性比浅层更差。"},
-        ({"en": "Per stage after training", "zh": "训练结束后每个阶段"},
-         {"en": "separability criteria (table below) on the stage outputs of {probe_images} test images in eval mode.",
-          "zh": "在 {probe_images} 张测试图像上、评估模式下，各阶段输出的可分性判据（见下表）。"}),
-        "h3", ("h3_separability.csv",)),
+        ({"en": "Per stage, after training and at initialisation", "zh": "训练结束后与初始化时的每个阶段"},
+         {"en": "separability criteria (table below) on the stage outputs of {probe_images} test images in eval mode; "
+                "the same for the untrained net of the same seed (BatchNorm on batch statistics), the control.",
+          "zh": "在 {probe_images} 张测试图像上、评估模式下，各阶段输出的可分性判据（见下表）；同一种子的未训练网络"
+                "（批归一化使用批次统计量）也测一次，作为对照。"}),
+        "h3", ("h3_separability.csv", "h3_separability_init.csv")),
     Hypothesis(
         "H4", {"en": "shattered gradients", "zh": "梯度破碎"},
         {"en": "in a deep plain net the gradient with respect to the input changes almost at random as the input "

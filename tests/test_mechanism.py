@@ -112,3 +112,39 @@ def test_the_mechanism_page_states_the_committed_measurements(depth_study):
         for h in ("H4", "H5"):
             assert V.RULES[h][lang] in text
         assert ("Beside the literature" if lang == "en" else "与文献对照") in text
+
+
+# -- H3 against the untrained net ----------------------------------------------------------------------
+
+def _probed(trained: dict, init: dict | None):
+    from types import SimpleNamespace
+
+    stages = tuple(next(iter(trained.values())))
+    return SimpleNamespace(probe=SimpleNamespace(stages=stages, criteria=trained),
+                           init_probe=init and SimpleNamespace(criteria=init))
+
+
+def test_h3_measures_the_fall_against_the_untrained_net_of_the_same_seed():
+    # random features lose separability with depth by themselves: 0.33 -> 0.22 untrained
+    init = {"linear_probe_acc": {"stage0": 0.33, "stage3": 0.22}, "nc1": {"stage0": 3.5, "stage3": 2.2}}
+    fell_less = _probed({"linear_probe_acc": {"stage0": 0.30, "stage3": 0.25}, "nc1": {"stage0": 3.0, "stage3": 2.5}},
+                        init)
+    # trained alone the probe accuracy falls; against the untrained net's own fall it rises
+    assert A.sep_change(fell_less, "linear_probe_acc") == pytest.approx(-0.05)
+    assert A.sep_change(fell_less, "linear_probe_acc", control=True) == pytest.approx(-0.05 + 0.11)
+    # nc1 is lower-is-better: its sign flips, control included
+    assert A.sep_change(fell_less, "nc1", control=True) == pytest.approx(-((2.5 - 3.0) - (2.2 - 3.5)))
+    # no init probe: no controlled value
+    assert A.sep_change(_probed({"linear_probe_acc": {"stage0": 0.3, "stage3": 0.25}}, None), "linear_probe_acc",
+                        control=True) is None
+
+
+def test_an_h3_verdict_says_whether_it_was_measured_against_initialisation():
+    changes = {"linear_probe_acc": [0.2, 0.25, 0.22], "knn_acc": [0.3, 0.28, 0.31]}
+    worse = V.Side("plain-56", [0.50, 0.46, 0.52], [0.52, 0.46, 0.53], test_n=10_000, clean_n=5_000,
+                   sep_change=changes, sep_controlled=True)
+    better = V.Side("plain-20", [0.80, 0.81, 0.79], [0.83, 0.84, 0.82], test_n=10_000, clean_n=5_000,
+                    sep_change=changes, sep_controlled=True)
+    v = V.h3("Nres: 20 vs 56", better, worse, depth=True)
+    assert v.reason == "no_loss" and "fall more than at initialisation" in v.explain("en")
+    assert "比初始化时下降得更多" in v.explain("zh")

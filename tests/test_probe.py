@@ -275,3 +275,30 @@ def test_run_all_trains_then_probes(tmp_path):
     assert read_probe(folder, ProbeSettings(probe_images=40)).to_dict()["status"] == "done"
     again = cli(*grid, "--probe-images", "40").stderr.splitlines()
     assert any("seed 42: cached" in line and "40 images" in line for line in again), again
+
+
+def test_the_untrained_net_of_a_run_is_probed_without_its_weights_and_cached(run_copy):
+    """`probe --phase init`: the net the run starts from (its config and seed), beside the runs in
+    init/; no weights needed; the same numbers when redone; a damaged record is reported, never used."""
+    from resdeg.probes.store import init_probe_path, read_init_probe
+    from resdeg.store import read_run
+
+    results, folder = run_copy
+    (folder / "model.pt").unlink()  # a committed run without its weights
+    out = cli("probe", "--results", results, "--device", "cpu", "--quiet", "--phase", "init", "--probe-images", "60")
+    assert "at initialisation probed" in out.stderr
+    run = read_run(folder)
+    settings = ProbeSettings(probe_images=60)
+    path = init_probe_path(folder, run.config.run_name, settings)
+    assert path.parent.name == "init" and path.parent.parent == folder.parent
+    first = read_init_probe(folder, run, settings)
+    assert set(first.criteria) == set(settings.criteria) and list(first.stages) == list(first.effective_rank)
+    again = cli("probe", "--results", results, "--device", "cpu", "--quiet", "--phase", "init", "--probe-images", "60")
+    assert "at initialisation cached" in again.stderr
+    cli("probe", "--run", folder, "--device", "cpu", "--quiet", "--phase", "init", "--probe-images", "60", "--force")
+    assert read_init_probe(folder, run, settings).criteria == first.criteria  # the same untrained net: same numbers
+    path.write_text(path.read_text()[:-40])
+    bad = cli("probe", "--results", results, "--device", "cpu", "--quiet", "--phase", "init", "--probe-images", "60",
+              expect=1)
+    assert "corrupt probe" in bad.stderr and "--force" in bad.stderr and "Traceback" not in bad.stderr
+    assert not list(folder.parent.glob("init/*.tmp*"))

@@ -23,12 +23,12 @@ from ..errors import ResdegError
 from ..records import CorruptRecord, Fields, Record, bounded, read_record, require, write_record
 from ..store import run_dir
 from .optim import resolved
+from .store import INIT_FOLDER  # noqa: F401  (one init folder for every measurement of an untrained net)
 
 OPTIM_SCHEMA = "resdeg.optim"
 OPTIM_SCHEMA_VERSION = 1
 OPTIM_STATUSES = ("done", "skipped")
 PHASES = ("init", "trained")
-INIT_FOLDER = "init"
 # what the gradient correlation differentiates (projected_gradients says why not the loss)
 GRADIENT_TARGET = "a fixed random unit projection of the logits"
 

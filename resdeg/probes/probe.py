@@ -21,12 +21,13 @@ from tqdm import tqdm
 from ..data import Dataset, load_dataset
 from ..errors import ResdegError
 from ..models import model_from_config
-from ..records import CorruptRecord
+from ..records import CorruptRecord, write_record
 from ..store import RUN_FILE, RunRecord, read_run, read_weights
 from . import criteria
 from .features import block_signals, initial_model, prepare_cpu, probe_images, signal_propagation, stage_features
 from .signal import effective_rank
-from .store import SIGNAL_KEYS, SIGNAL_PHASES, ProbedRun, ProbeRecord, ProbeSettings, read_probe, write_probe
+from .store import (SIGNAL_KEYS, SIGNAL_PHASES, ProbedRun, ProbeRecord, ProbeSettings, init_probe_path,
+                    InitProbeRecord, read_init_probe, read_probe, write_probe)
 
 
 def criterion_kwargs(settings: ProbeSettings) -> dict[str, dict]:
@@ -142,37 +143,15 @@ def probe_run(folder: str | Path, settings: ProbeSettings, device: torch.device,
     if not all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point()):
         return skipped("non-finite weights")
 
-    datasets = {} if datasets is None else datasets
-    if cfg.dataset not in datasets:
-        datasets[cfg.dataset] = load_dataset(cfg.dataset, data_dir)
-    data = datasets[cfg.dataset]
-    if data.fingerprint != run.data.get("fingerprint"):
-        raise ResdegError(f"{folder.name}: the {cfg.dataset} data at hand (fingerprint {data.fingerprint[:12]}) "
-                          f"is not the data this run was trained on; point --data-dir at that data")
-    indices, x_u8, y = probe_images(data, cfg, settings.probe_images)
+    data, indices, x_u8, y = _probe_data(run, settings, data_dir, datasets)
     classes_present = len(torch.unique(y))
-    if classes_present < 2:
-        raise ResdegError(f"the {len(y)} probe images hold a single class; the criteria need at least 2 "
-                          f"(raise --probe-images)")
 
     if device.type == "cpu":
         prepare_cpu()
     model = model_from_state(cfg, data.num_classes, state).to(device)
-    labels = y.to(device)
-    shapes, errors = {}, {}
-    values: dict[str, dict] = {name: {} for name in settings.criteria}
-    ranks: dict[str, dict] = {phase: {} for phase in SIGNAL_PHASES}
-    stages = tqdm(stage_features(model, x_u8, cfg, device), total=len(model.stages()), unit="stage", leave=False,
-                  desc=f"probe {cfg.model} {cfg.variant} s{cfg.seed}", disable=None if progress else True)
-    for stage, feats in stages:
-        shapes[stage] = list(feats.shape[1:])
-        ranks["trained"][stage] = _finite_or_none(effective_rank(feats))
-        stage_values, stage_errors = score_stage(feats, labels, settings)
-        del feats
-        for name, v in stage_values.items():
-            values[name][stage] = v
-        for name, reason in stage_errors.items():
-            errors.setdefault(name, {})[stage] = reason
+    shapes, values, errors, trained_ranks = _score_stages(model, x_u8, y, cfg, device, settings, progress,
+                                                          f"probe {cfg.model} {cfg.variant} s{cfg.seed}")
+    ranks: dict[str, dict] = {"init": {}, "trained": trained_ranks}
     init = initial_model(cfg, data.num_classes).to(device)
     for stage, feats in stage_features(init, x_u8, cfg, device, batch_stats=True):
         ranks["init"][stage] = _finite_or_none(effective_rank(feats))
@@ -184,6 +163,82 @@ def probe_run(folder: str | Path, settings: ProbeSettings, device: torch.device,
                     shapes=shapes, values=values, errors=errors, signal=signal, blocks=blocks, ranks=ranks)
     _write(folder, probe)
     return probe, "probed"
+
+
+def probe_init_run(folder: str | Path, settings: ProbeSettings, device: torch.device, data_dir=None,
+                   force: bool = False, datasets: dict[str, Dataset] | None = None,
+                   progress: bool = True) -> tuple[InitProbeRecord, str]:
+    """Probe the untrained net a run starts from (its config and seed; no weights needed): every
+    criterion at every stage, BatchNorm on batch statistics, on the same probe images. H3 reads it
+    as the control of the trained net's separability. Returns (record, "cached" | "probed")."""
+    folder, started = Path(folder), time.perf_counter()
+    if not (folder / RUN_FILE).exists():
+        raise ResdegError(f"{folder} is not a run folder (no {RUN_FILE})")
+    run = read_run(folder)
+    cfg = run.config
+    path = init_probe_path(folder, cfg.run_name, settings)
+    if not force:
+        try:
+            cached = read_init_probe(folder, run, settings)
+        except CorruptRecord as e:
+            raise ResdegError(f"{path.name}: corrupt probe ({e}); redo it with --force") from None
+        if cached is not None:
+            return cached, "cached"
+    data, indices, x_u8, y = _probe_data(run, settings, data_dir, datasets)
+    if device.type == "cpu":
+        prepare_cpu()
+    init = initial_model(cfg, data.num_classes).to(device)
+    shapes, values, errors, ranks = _score_stages(init, x_u8, y, cfg, device, settings, progress,
+                                                  f"probe init {cfg.model} {cfg.variant} s{cfg.seed}", batch_stats=True)
+    probe = InitProbeRecord(
+        run=ProbedRun(run.config_hash, run.model, run.variant, run.seed, run.protocol, run.dataset),
+        settings=settings, settings_hash=settings.hash, images=len(indices), stages=tuple(shapes), criteria=values,
+        criterion_errors=errors, effective_rank=ranks, image_indices=tuple(indices.tolist()),
+        environment=_environment(device), wall_s=round(time.perf_counter() - started, 3),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    try:
+        write_record(path, probe)
+    except OSError as e:
+        raise ResdegError(f"cannot write {path} ({e.strerror or e})") from None
+    return probe, "probed"
+
+
+def _score_stages(model, x_u8, y, cfg, device: torch.device, settings: ProbeSettings, progress: bool, desc: str,
+                  batch_stats: bool = False):
+    """Every criterion and the effective rank at every stage of `model` on the probe images:
+    (stage shapes, criterion -> stage -> value, criterion -> stage -> reason, stage -> rank)."""
+    labels = y.to(device)
+    shapes, errors, ranks = {}, {}, {}
+    values: dict[str, dict] = {name: {} for name in settings.criteria}
+    stages = tqdm(stage_features(model, x_u8, cfg, device, batch_stats=batch_stats), total=len(model.stages()),
+                  unit="stage", leave=False, desc=desc, disable=None if progress else True)
+    for stage, feats in stages:
+        shapes[stage] = list(feats.shape[1:])
+        ranks[stage] = _finite_or_none(effective_rank(feats))
+        stage_values, stage_errors = score_stage(feats, labels, settings)
+        del feats
+        for name, v in stage_values.items():
+            values[name][stage] = v
+        for name, reason in stage_errors.items():
+            errors.setdefault(name, {})[stage] = reason
+    return shapes, values, errors, ranks
+
+
+def _probe_data(run: RunRecord, settings: ProbeSettings, data_dir, datasets: dict | None):
+    """(data set, probe image indices, uint8 images, labels) of a run, from the data it trained on."""
+    cfg = run.config
+    datasets = {} if datasets is None else datasets
+    if cfg.dataset not in datasets:
+        datasets[cfg.dataset] = load_dataset(cfg.dataset, data_dir)
+    data = datasets[cfg.dataset]
+    if data.fingerprint != run.data.get("fingerprint"):
+        raise ResdegError(f"{cfg.run_name}: the {cfg.dataset} data at hand (fingerprint {data.fingerprint[:12]}) "
+                          f"is not the data this run was trained on; point --data-dir at that data")
+    indices, x_u8, y = probe_images(data, cfg, settings.probe_images)
+    if len(torch.unique(y)) < 2:
+        raise ResdegError(f"the {len(y)} probe images hold a single class; the criteria need at least 2 "
+                          f"(raise --probe-images)")
+    return data, indices, x_u8, y
 
 
 def _finite_or_none(v: float | None) -> float | None:
@@ -239,6 +294,24 @@ def probe_folders(folders: list[Path], settings: ProbeSettings, device: torch.de
             log(f"not probed: {failures[-1]}")
         bar.update(1)
     bar.close()
+    return failures
+
+
+def probe_init_folders(folders: list[Path], settings: ProbeSettings, device: torch.device, data_dir=None,
+                       force: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> list[str]:
+    """Probe the untrained net of each run folder (probe_init_run); one run's problem never stops
+    the rest. Returns the problems, one line each."""
+    failures, datasets = [], {}
+    for folder in tqdm(folders, desc="init probes", unit="run", disable=None if progress and folders else True):
+        try:
+            doc, state = probe_init_run(folder, settings, device, data_dir, force, datasets, progress)
+            r = doc.run
+            took = f"probed earlier in {doc.wall_s:.1f}s" if state == "cached" else f"{doc.wall_s:.1f}s"
+            log(f"{r.model:>9} {r.variant:<5} seed {r.seed}: at initialisation {state:<7} {doc.images} images, "
+                f"{len(doc.stages)} stages  {took}")
+        except ResdegError as e:
+            failures.append(f"{folder.name}: {e}")
+            log(f"not probed at initialisation: {failures[-1]}")
     return failures
 
 

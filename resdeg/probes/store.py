@@ -202,6 +202,64 @@ def probe_path(folder: str | Path, settings: ProbeSettings | None = None) -> Pat
     return Path(folder) / f"probe-{(settings or ProbeSettings()).hash}.json"
 
 
+INIT_FOLDER = "init"  # beside a protocol's run folders: measurements of the nets runs start from (no run.json)
+INIT_PROBE_SCHEMA, INIT_PROBE_SCHEMA_VERSION = "resdeg.init_probe", 1
+
+
+@dataclass(frozen=True)
+class InitProbeRecord(Record):
+    """Separability of the untrained net a run starts from (same config and seed; BatchNorm on batch
+    statistics), on the run's probe images: the control H3 compares the trained net with."""
+    SCHEMA: ClassVar[str] = INIT_PROBE_SCHEMA
+    VERSION: ClassVar[int] = INIT_PROBE_SCHEMA_VERSION
+    run: ProbedRun
+    settings: ProbeSettings
+    settings_hash: str
+    images: int = bounded(2)
+    stages: tuple[str, ...]
+    criteria: dict[str, dict[str, float | None]]
+    criterion_errors: dict[str, dict[str, str]]
+    effective_rank: dict[str, float | None]
+    image_indices: tuple[int, ...] = bounded(0)
+    environment: dict[str, Any] = dataclasses.field(default_factory=dict)
+    wall_s: float = bounded(0.0, default=0.0)
+    created: str = ""
+
+    def check(self) -> None:
+        require(self.settings.hash == self.settings_hash, "settings_hash does not match the stored settings")
+        require(bool(self.stages) and self.images == self.settings.probe_images == len(self.image_indices),
+                "an init probe needs stages and one index per probe image")
+        require(list(self.criteria) == list(self.settings.criteria), "criteria are not the settings' criteria in order")
+        for name, values in self.criteria.items():
+            require(set(values) == set(self.stages), f"criteria.{name}: not one value per stage")
+            for stage, v in values.items():
+                reason = self.criterion_errors.get(name, {}).get(stage)
+                require((v is None) == isinstance(reason, str), f"criteria.{name}.{stage}: a null value needs a reason")
+        require(set(self.effective_rank) == set(self.stages), "effective_rank: not one value per stage")
+        _non_negative(self.effective_rank, "effective_rank")
+
+
+def init_probe_path(run_folder: str | Path, run_name: str, settings: ProbeSettings | None = None) -> Path:
+    """Where the probe of a run's untrained net goes: <protocol>/<dataset>/init/, beside the runs
+    (the same folder as `resdeg optim`'s measurements at initialisation)."""
+    return Path(run_folder).parent / INIT_FOLDER / f"{run_name}-probe-{(settings or ProbeSettings()).hash}.json"
+
+
+def read_init_probe(run_folder: str | Path, run: RunRecord, settings: ProbeSettings) -> InitProbeRecord | None:
+    """The valid probe of the run's untrained net for these settings; None when there is none yet;
+    CorruptProbe when it is damaged, of another run or of other settings."""
+    path = init_probe_path(run_folder, run.config.run_name, settings)
+    if not path.exists():
+        return None
+    try:
+        probe = read_record(path, InitProbeRecord)
+    except CorruptRecord as e:
+        raise CorruptProbe(f"{path.name}: {e}") from None
+    if probe.run.config_hash != run.config_hash or probe.settings != settings:
+        raise CorruptProbe(f"{path.name}: of another run or other settings than the ones asked for")
+    return probe
+
+
 def write_probe(folder: str | Path, probe: ProbeRecord) -> Path:
     path = probe_path(folder, probe.settings)
     write_record(path, probe)

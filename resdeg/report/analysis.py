@@ -58,13 +58,19 @@ def probe_values(run: Run, criterion: str) -> dict[str, float | None]:
     return run.probe.criteria.get(criterion, {}) if run.probe else {}
 
 
-def sep_change(run: Run, criterion: str) -> float | None:
-    """Deepest minus shallowest stage with a value, signed so that negative = less separable."""
+def sep_change(run: Run, criterion: str, control: bool = False) -> float | None:
+    """Deepest minus shallowest stage with a value, signed so that negative = less separable. With
+    `control`, minus the same change in the untrained net of the run (its init probe): what training
+    did beyond the random features' own fall with depth (None without an init probe)."""
     values = probe_values(run, criterion)
-    stages = [s for s in run.probe.stages if values.get(s) is not None] if run.probe else []
+    init = run.init_probe.criteria.get(criterion, {}) if control and run.init_probe else {}
+    stages = [s for s in run.probe.stages if values.get(s) is not None and (not control or init.get(s) is not None)] \
+        if run.probe else []
     if len(stages) < 2:
         return None
     change = values[stages[-1]] - values[stages[0]]
+    if control:
+        change -= init[stages[-1]] - init[stages[0]]
     return change if CRITERIA[criterion].higher_is_better else -change
 
 
@@ -102,8 +108,10 @@ def side(sr: StudyResults, model: str, variant: str, last_epoch: bool = False) -
             clean.append(f.clean_train_acc)
     ratios = [median_ratio(r) for r in runs if r.status != "diverged"]
     changes = {}
+    probed = [r for r in runs if r.probe]
+    controlled = bool(probed) and all(r.init_probe for r in probed)  # one baseline for every seed of a model
     for crit in voting_criteria(runs):
-        vals = [sep_change(r, crit) for r in runs]
+        vals = [sep_change(r, crit, control=controlled) for r in runs]
         changes[crit] = [v for v in vals if v is not None]
     classes = len(sr.data.get("classes") or []) or 10
     at_init = sr.optim_cell(model, variant)
@@ -112,7 +120,7 @@ def side(sr: StudyResults, model: str, variant: str, last_epoch: bool = False) -
                   log_lambda_max=[math.log10(o.curvature.lambda_max) for o in at_init
                                   if o.curvature.lambda_max_resolved and o.curvature.lambda_max > 0],
                   log_ratio=[math.log10(x) for x in ratios if x is not None],
-                  sep_change={c: v for c, v in changes.items() if v},
+                  sep_change={c: v for c, v in changes.items() if v}, sep_controlled=controlled,
                   test_n=min((r.test_n for r in runs), default=0), clean_n=min((r.clean_n for r in runs), default=0),
                   chance=1 / classes)
 
@@ -241,6 +249,7 @@ def h3_rows(sr: StudyResults) -> list[dict]:
         probed = [r for r in runs if r.probe]
         loss = V.information_loss(side(sr, model, variant))
         rows.append({"model": model, "variant": variant, "seeds": [r.seed for r in probed],
+                     "controlled": bool(probed) and all(r.init_probe for r in probed),
                      "missing": [(r.rel, r.probe_note) for r in runs if not r.probe], **loss})
     return rows
 

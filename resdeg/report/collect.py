@@ -15,7 +15,7 @@ import numpy as np
 from ..config import PROTOCOLS, as_json_value, make_config
 from ..errors import ResdegError
 from ..models import ARCHS
-from ..probes.store import ProbeRecord, find_probe
+from ..probes.store import CorruptProbe, ProbeRecord, find_probe, read_init_probe
 from ..store import CorruptRun, Epoch, RunRecord, read_telemetry, scan
 from ..study import PROTOCOL_RANK, STUDIES, VARIANTS, Study
 
@@ -34,6 +34,7 @@ class Run:
     probe: ProbeRecord | None = None
     probe_file: str | None = None
     probe_note: str | None = None  # why there is no usable probe
+    init_probe: object | None = None  # the untrained net's separability (probes.store.InitProbeRecord): H3's control
 
     model = property(lambda self: self.record.model)
     variant = property(lambda self: self.record.variant)
@@ -318,6 +319,11 @@ def _order(r: RunRecord):
 def _with_probe(run: Run) -> Run:
     found = find_probe(run.folder, run.record)
     run.probe, run.probe_file, run.probe_note = found.probe, found.file, found.note
+    if run.probe is not None:  # the control of the same probe settings; a damaged one is not used
+        try:
+            run.init_probe = read_init_probe(run.folder, run.record, run.probe.settings)
+        except CorruptProbe as e:
+            run.probe_note = f"init probe unusable ({e})"
     return run
 
 

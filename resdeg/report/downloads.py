@@ -69,6 +69,11 @@ DICTIONARY = {
     "h3_separability.csv": (("one row per run, criterion and stage", "每次训练、每个判据、每个阶段一行"), {
         **_RUN, "criterion": ("separability criterion (method page)", "可分性判据（见方法页）"),
         "stage": ("stage", "阶段"), "value": ("its value (empty: undefined there)", "判据值（空：该处无定义）")}),
+    "h3_separability_init.csv": (("one row per run, criterion and stage, for the untrained net the run starts from "
+                                  "(same seed; H3's control)", "每次训练、每个判据、每个阶段一行，对应该次训练起点的未训练网络"
+                                  "（同一种子；H3 的对照）"), {
+        **_RUN, "criterion": ("separability criterion (method page)", "可分性判据（见方法页）"),
+        "stage": ("stage", "阶段"), "value": ("its value (empty: undefined there)", "判据值（空：该处无定义）")}),
     "signal.csv": (("one row per run, phase and stage", "每次训练、每个时刻、每个阶段一行"), {
         **_RUN, "phase": ("init (untrained net, same seed) or trained", "init（同一种子的未训练网络）或 trained（训练后）"),
         "stage": ("stage", "阶段"), "act_mean": ("mean of the activations", "激活值的均值"),
@@ -170,6 +175,9 @@ def write_study_downloads(sr: StudyResults, out: Path) -> dict[str, list[str]]:
     _csv(out / "h3_separability.csv", [*KEYS, "criterion", "stage", "value"],
          ([r.model, r.variant, r.seed, c, s, _g(v)] for r in sr.probed for c, per in r.probe.criteria.items()
           for s, v in per.items()))
+    _csv(out / "h3_separability_init.csv", [*KEYS, "criterion", "stage", "value"],
+         ([r.model, r.variant, r.seed, c, st, _g(v)] for r in sr.probed if r.init_probe
+          for c, per in r.init_probe.criteria.items() for st, v in per.items()))
     sig = ("act_mean", "act_std", "grad_mean", "grad_std")
     _csv(out / "signal.csv", [*KEYS, "phase", "stage", *sig, "effective_rank"],
          ([r.model, r.variant, r.seed, ph, s, *(_g(r.probe.signal[ph][k].get(s)) for k in sig),

@@ -18,11 +18,12 @@ import numpy as np
 
 from ..study import HYPOTHESIS_IDS
 
-RULES_VERSION = 6  # 2: single-seed noise rule, "did not learn"; 3: a depth pair explains only degradation;
+RULES_VERSION = 7  # 2: single-seed noise rule, "did not learn"; 3: a depth pair explains only degradation;
 # 4: Welch intervals use the t quantile of their fractional df (it was rounded down); 5: one seed against
 # several gets the other model's seed spread (it had only the binomial noise of one run); 6: H1 needs
 # positive evidence of equal fit, H3 counts only criteria comparable across stage widths, an architecture
-# change is not a depth pair, verdicts read the mean of the last epochs under a constant learning rate
+# change is not a depth pair, verdicts read the mean of the last epochs under a constant learning rate;
+# 7: H3 against the untrained net's own change; H4 and H5 (at initialisation, with a residual control)
 VANISH, EXPLODE = 1e-3, 1e3  # median g(first stage) / g(last stage) thresholds
 MIN_DIFFERENCE = 0.01  # a single run's difference counts only from one point of accuracy up
 # H1's equal fit, shown positively: both nets at the training-set ceiling, or the 95% interval of their
@@ -58,12 +59,17 @@ RULES = {
               "beyond seed noise (a 95% interval over seeds; one seed decides nothing), for more than half of the "
               "criteria that can be compared across stage widths (k of m; nc1 falls when it rises; the per-channel-"
               "map Fisher ratio, the silhouette and the coding-rate reduction depend on the width and are shown, "
-              "not counted). H3 explains the difference when the worse model loses information and the better "
-              "one does not.",
+              "not counted). The fall is measured against the untrained net of the same run (same seed, "
+              "BatchNorm on batch statistics: `resdeg probe --phase init`): the trained net's change minus the "
+              "untrained net's, since random features lose separability with depth by themselves; a model whose "
+              "seeds lack that control is judged on the trained change alone, and its verdict says so. H3 explains "
+              "the difference when the worse model loses information and the better one does not.",
         "zh": "在可以跨不同宽度的阶段比较的可分性判据中，若超过一半（k/m；nc1 越大越不可分）从最浅的阶段到最深的阶段"
               "下降，且下降超出种子间的噪声（各种子的 95% 区间；单个种子不作判定），判该模型发生信息丢失。"
               "逐通道特征图的 Fisher 比值、轮廓系数和编码率缩减都依赖宽度，只展示，不计入。"
-              "若较差模型发生信息丢失而较好模型没有，H3 可以解释两者的差异。",
+              "下降量以同一次训练的未训练网络为对照（同一种子，批归一化使用批次统计量：`resdeg probe --phase init`）："
+              "取训练后网络的变化减去未训练网络的变化，因为随机特征本身就会随深度失去可分性；若某个模型的种子缺少"
+              "这一对照，只按训练后的变化判定，判定中会注明。若较差模型发生信息丢失而较好模型没有，H3 可以解释两者的差异。",
     },
     "H4": {
         "en": "Gradients are shattered when the gradient of the output with respect to the input decorrelates "
@@ -267,6 +273,7 @@ class Side:
     # criterion -> per-seed change from the shallowest to the deepest stage, oriented so that
     # negative = less separable (nc1's sign flipped)
     sep_change: dict[str, list[float]] = field(default_factory=dict)
+    sep_controlled: bool = False  # sep_change is net of the untrained net's own change (init probes)
     # at initialisation, per seed (optim records): the input-gradient correlation at the summary
     # distance (H4), and log10 of the largest Hessian eigenvalue of the training loss (H5)
     grad_corr: list[float] = field(default_factory=list)
@@ -590,7 +597,10 @@ def information_loss(side: Side) -> dict:
     return {"criteria": per, "k": k, "m": m, "outcome": outcome}
 
 
-def _k_of_m(loss: dict) -> dict:
+def _k_of_m(loss: dict, controlled: bool = False) -> dict:
+    if controlled:
+        return {"en": f"{loss['k']} of {loss['m']} criteria fall more than at initialisation",
+                "zh": f"{loss['m']} 个判据中 {loss['k']} 个比初始化时下降得更多"}
     return {"en": f"{loss['k']} of {loss['m']} criteria fall", "zh": f"{loss['m']} 个判据中 {loss['k']} 个下降"}
 
 
@@ -602,7 +612,8 @@ def h3(subject: str, a: Side, b: Side, depth: bool = False, control=None) -> Ver
     worse, better = pair
     lw, lb = information_loss(worse), information_loss(better)
     nums.update(degraded=lw, healthy=lb)
-    nums["_fmt"].update(kd=_k_of_m(lw), kh=_k_of_m(lb))
+    nums.update(degraded_controlled=worse.sep_controlled, healthy_controlled=better.sep_controlled)
+    nums["_fmt"].update(kd=_k_of_m(lw, worse.sep_controlled), kh=_k_of_m(lb, better.sep_controlled))
     if lw["outcome"] == "no_data" or lb["outcome"] == "no_data":
         return _verdict("H3", subject, pair, "inconclusive", "no_data", nums, single)
     if lw["outcome"] == "not_supported":
