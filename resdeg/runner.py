@@ -527,11 +527,14 @@ def train_and_probe(planned: list[PlannedRun], device_name: str, results: str | 
                        log=log, executor=executor)
     failures = []
     if probe_settings is not None:
-        from .probes.probe import probe_folders
+        from .probes.probe import probe_folders, probe_init_folders
 
         finished = [p.folder for p in planned if entry(p.folder).status in ("done", "diverged")]
         failures = probe_folders(finished, probe_settings, device, data_dir, progress=progress, deadline=deadline,
                                  log=log)
+        # the untrained net of each run too (seconds each): H3 reads the trained net against it
+        failures += probe_init_folders(finished, probe_settings, device, data_dir, progress=progress,
+                                       deadline=deadline, log=log)
     check_corrupt(planned)
     failed = [o for o in outcomes if o.result == "failed"]
     if failed:

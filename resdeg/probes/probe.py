@@ -298,11 +298,15 @@ def probe_folders(folders: list[Path], settings: ProbeSettings, device: torch.de
 
 
 def probe_init_folders(folders: list[Path], settings: ProbeSettings, device: torch.device, data_dir=None,
-                       force: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> list[str]:
+                       force: bool = False, progress: bool = True, deadline: float | None = None,
+                       log: Callable[[str], None] = print) -> list[str]:
     """Probe the untrained net of each run folder (probe_init_run); one run's problem never stops
     the rest. Returns the problems, one line each."""
     failures, datasets = [], {}
     for folder in tqdm(folders, desc="init probes", unit="run", disable=None if progress and folders else True):
+        if deadline is not None and time.time() >= deadline:
+            log(f"time limit reached: {folder.name} and later runs not probed at initialisation")
+            break
         try:
             doc, state = probe_init_run(folder, settings, device, data_dir, force, datasets, progress)
             r = doc.run
