@@ -426,7 +426,7 @@ def test_the_landing_page_answers_first_with_computed_sentences(rendered):
     kinds = {(f.model, f.variant): f.kind for f in syn["failures"]}
     assert kinds[("resnet56", "Nboth")].startswith("vanishing") and "Where nets never train, H2 holds" in answer_en
     assert "So residual connections keep the deep net trainable: at 56 layers" in answer_en
-    assert "with Fixup's initialisation instead, the 56-layer residual net without it" in answer_en
+    assert "with Fixup's initialisation, the 56-layer residual net without it" in answer_en
     assert "stays open" in answer_en and "开放问题" in answer_zh
     assert "figures/headline.png" in en and en.index("**The answer.**") < en.index("figures/headline.png")
 
