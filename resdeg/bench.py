@@ -19,7 +19,7 @@ import os
 import statistics
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,11 +31,10 @@ from .data import Dataset, fixed_subset, load_dataset, synthetic_dataset
 from .errors import ResdegError
 from .models import model_from_config
 from .records import CorruptRecord, Fields, Record, bounded, read_record, require, write_record
+from .reference import DEFAULT_WORKERS, ReferenceLoop, reference_loader
 from .store import RunEnvironment
 from .study import default_grid
-from .reference import DEFAULT_WORKERS, ReferenceLoop, reference_loader
-from .train import (Engine, check_batches, duration, environment, epoch_generator, evaluate, numerics,
-                    resolve_precision)
+from .train import Engine, check_batches, duration, environment, epoch_generator, evaluate, numerics, resolve_precision
 
 BENCH_SCHEMA = "resdeg.bench"
 BENCH_SCHEMA_VERSION = 1
@@ -60,7 +59,7 @@ class Settings:
     workers: int = DEFAULT_WORKERS
 
     @classmethod
-    def make(cls, quick: bool, device: torch.device, **given) -> "Settings":
+    def make(cls, quick: bool, device: torch.device, **given) -> Settings:
         cpu = device.type == "cpu"
         if quick:
             base = dict(batch_size=8 if cpu else None, steps=3 if cpu else 10, warmup=1 if cpu else 3,
@@ -247,7 +246,7 @@ def run_benchmark(model: str, variant: str, protocol: str, device: torch.device,
     a, b, c = (results[k]["images_per_s"] for k in LOOPS)
 
     doc = {"schema": BENCH_SCHEMA, "schema_version": BENCH_SCHEMA_VERSION,
-           "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "created": datetime.now(UTC).isoformat(timespec="seconds"),
            "environment": {**environment(device, precision), "cpu_count": os.cpu_count(),
                            "load_average_1min_at_start": load[0] if load else None},
            "setup": {"model": cfg.model, "variant": cfg.variant, "protocol": cfg.protocol, "image_size": cfg.image_size,

@@ -429,8 +429,7 @@ def probe(results, run_folder, protocol, dataset, models, variants, seeds, probe
     """
     from pathlib import Path
 
-    from .probes.probe import (describe, finished_runs, probe_folders, probe_init_folders, probe_run,
-                               raise_failures)
+    from .probes.probe import describe, finished_runs, probe_folders, probe_init_folders, probe_run, raise_failures
     from .probes.store import ProbeSettings
     from .train import resolve_device
 

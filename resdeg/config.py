@@ -67,7 +67,7 @@ class Config:
         return {f.name: as_json_value(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Config":
+    def from_dict(cls, d: dict) -> Config:
         return config_from_dict(d)
 
     @property

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import ResdegError
 from .atomic import atomic_torch_save
+from .errors import ResdegError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # 2: Dataset.warnings (what was converted, resized or ignored to use the data), in the cache and in
@@ -162,7 +162,7 @@ def _torchvision_cifar(name: str, data_dir, cache_dir: Path) -> Dataset:
         raise ResdegError(
             f"could not load {name} from {root} ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}); "
             f"without network, point --data-dir at a folder holding the official python files, "
-            f"or use --dataset imagefolder --data-dir ROOT (a folder with train/<class>/ and test/<class>/)")
+            f"or use --dataset imagefolder --data-dir ROOT (a folder with train/<class>/ and test/<class>/)") from None
 
     def arrays(split):
         x = torch.from_numpy(split.data).permute(0, 3, 1, 2).contiguous()

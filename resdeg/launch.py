@@ -22,20 +22,20 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import ResdegError
 from .runner import Executor, Outcome, RunTask, StoreProgress, train_one
+from .store import SUBMISSION_FILE
 
-SUBMISSION_FILE = "submitted.json"
 SUBMISSION_SCHEMA = "resdeg.submission"
 LAUNCHERS = ("local", "slurm", "submitit-local")
 DEFAULT_TIME = "4:00:00"
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 # -- options ----------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import ResdegError
@@ -60,7 +60,7 @@ class LockLost(ResdegError):
 class Locked(Exception):
     """The run is being trained by a live process (not an error: the caller skips the run)."""
 
-    def __init__(self, holder: "LockInfo"):
+    def __init__(self, holder: LockInfo):
         super().__init__(holder.describe())
         self.holder = holder
 
@@ -71,7 +71,7 @@ class LockSettings:
     stale_after_s: float = STALE_AFTER_S
 
     @classmethod
-    def from_env(cls) -> "LockSettings":
+    def from_env(cls) -> LockSettings:
         def num(name, default):
             raw = os.environ.get(name)
             if raw is None or raw == "":
@@ -149,7 +149,7 @@ def _job_id() -> str | None:
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _my_lock(token: str, settings: LockSettings) -> dict:
@@ -335,7 +335,7 @@ class RunLock:
             except FileNotFoundError:
                 pass
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self
 
     def __exit__(self, *exc) -> None:

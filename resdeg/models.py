@@ -35,7 +35,7 @@ Fixup starts from "he" whatever `weight_init` says (its rule 1).
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from .config import Config
 from .data import load_dataset
 from .errors import ResdegError
-from .store import CHECKPOINT_FILE, RUN_FILE, WEIGHTS_FILE, entry, run_dir
+from .store import CHECKPOINT_FILE, RUN_FILE, SUBMISSION_FILE, WEIGHTS_FILE, entry, run_dir
 
 
 @dataclass
@@ -107,7 +107,6 @@ def _swap_in(new: Path, folder: Path) -> None:
     run. The lock (and a cluster submission record) go with the run: hard links to the same files,
     so the heartbeat and the release act on them unchanged and the folder is never unlocked."""
     from .atomic import exchange_paths
-    from .launch import SUBMISSION_FILE
     from .locks import LOCK_FILE
 
     for name in (LOCK_FILE, SUBMISSION_FILE):
@@ -499,9 +498,7 @@ def train_and_probe(planned: list[PlannedRun], device_name: str, results: str | 
     what finished; then report corrupt entries, failed runs and probe failures as one error
     (after the rest has been done)."""
     from .store import ensure_writable
-    from .train import resolve_device
-
-    from .train import check_batches
+    from .train import check_batches, resolve_device
 
     executor = executor or Sequential()
     ensure_writable(results)

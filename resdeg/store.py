@@ -33,6 +33,7 @@ from .errors import ResdegError
 from .records import CorruptRecord, Fields, Record, bounded, read_record, require, write_record
 
 RUN_FILE, CHECKPOINT_FILE, WEIGHTS_FILE = "run.json", "checkpoint.pt", "model.pt"
+SUBMISSION_FILE = "submitted.json"  # a run handed to a cluster (launch.py), not yet started
 TELEMETRY_GLOB = "telemetry*.npz"  # telemetry-<sha>.npz (runs before it had content names: telemetry.npz)
 STATUSES = ("partial", "done", "diverged")
 # per-step telemetry: name -> per-stage (2-D) or per-step (1-D)

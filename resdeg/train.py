@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +33,17 @@ from .config import CONFIG_SCHEMA
 from .data import Dataset, fixed_subset, preprocess, test_subset
 from .errors import ResdegError
 from .models import model_from_config
-from .store import (CHECKPOINT_FILE, TELEMETRY_ARRAYS, Epoch, RunRecord, Summary, TelemetryEntry, write_run,
-                    write_telemetry, write_weights)
+from .store import (
+    CHECKPOINT_FILE,
+    TELEMETRY_ARRAYS,
+    Epoch,
+    RunRecord,
+    Summary,
+    TelemetryEntry,
+    write_run,
+    write_telemetry,
+    write_weights,
+)
 from .telemetry import StageTelemetry
 
 EVAL_BATCH = 500
@@ -341,7 +350,7 @@ class Trainer:
         self.history: list[Epoch] = []
         self.steps: dict[str, list[np.ndarray]] = {k: [] for k in TELEMETRY_ARRAYS}
         self.diverged_at: int | None = None
-        self.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.created = datetime.now(UTC).isoformat(timespec="seconds")
         self.env = environment(device, self.engine.precision)
 
     # -- checkpoint -------------------------------------------------------------------------
@@ -380,7 +389,7 @@ class Trainer:
                             steps_per_epoch=self.engine.steps_per_epoch,
                             wall_s=round(sum(e.wall_s for e in self.history), 3)),
             telemetry=telemetry, created=self.created,
-            updated=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            updated=datetime.now(UTC).isoformat(timespec="seconds"))
 
     def _before_write(self) -> None:
         if self.lock is not None:

@@ -89,7 +89,7 @@ def test_the_original_study_stands_beside_its_protocols_runs():
     text = P.render(P.environment(), "h1", ctx).split("## Beside the original study's own results")[1].split("\n## ")[0]
     rows = {tuple(line.split(" | ")[:2]): line for line in text.splitlines() if line.startswith("| resnet")}
     assert len(rows) == 8  # every cell of the original grid, trained here or not
-    for (model, variant), (test, train) in anchors.ORIGINAL_FINAL.items():
+    for (model, variant), (test, _train) in anchors.ORIGINAL_FINAL.items():
         line = rows[(f"| {model}", variant)]
         assert f" {test:.2f} " in line
         if not sr.cell(model, variant):

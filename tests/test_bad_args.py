@@ -8,12 +8,11 @@ from dataclasses import fields
 
 import pytest
 import torch
+from conftest import assert_one_line_error, cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import assert_one_line_error, cli
-from resdeg.config import (FLAG_FIELDS, SEED_MAX, Config, make_config, parse_overrides, parse_value,
-                           validate)
+from resdeg.config import FLAG_FIELDS, SEED_MAX, Config, make_config, parse_overrides, parse_value, validate
 from resdeg.errors import ResdegError
 
 KEYS = [f.name for f in fields(Config)]

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, assert_one_line_error, cli
 from PIL import Image
 
-from conftest import TINY, assert_one_line_error, cli
 from resdeg import data as rdata
 from resdeg.data import DATA_CACHE_VERSION, fingerprint, load_dataset
 from resdeg.errors import ResdegError
@@ -326,6 +326,7 @@ def test_a_last_batch_of_one_is_merged_and_a_set_smaller_than_a_batch_trains(tmp
     training: "Expected more than 1 value per channel") is merged into the one before: one step of
     65. 40 images at batch 64: one step of 40. One image with BatchNorm: one line, before training."""
     from conftest import status_json
+
     from resdeg.store import read_run
 
     results = tmp_path / "r"

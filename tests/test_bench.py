@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_one_line_error, cli, status_json
-from resdeg.bench import project_study, peak_bf16_flops, read_bench, time_engines
+
+from resdeg.bench import peak_bf16_flops, project_study, read_bench, time_engines
 from resdeg.config import make_config
 from resdeg.data import preprocess, synthetic_dataset
 from resdeg.errors import ResdegError

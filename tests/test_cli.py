@@ -1,13 +1,13 @@
 """The CLI end to end, and every bad input: one line, non-zero exit, no traceback, nothing written."""
 import json
-import re
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import TINY, assert_one_line_error, cli, status_json
+
 from resdeg.store import read_telemetry
 
 SMOKE = ["--protocol", "smoke", "--dataset", "synthetic", "--device", "cpu", "--quiet"]

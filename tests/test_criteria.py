@@ -12,7 +12,6 @@ import torch
 from resdeg.probes import criteria as cr
 from resdeg.probes.criteria import CRITERIA, ProbeInputError
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny nets: one thread (conftest)
 
 
@@ -269,7 +268,7 @@ def test_all_criteria_matches_the_individual_functions():
     assert list(results) == list(CRITERIA) == [
         "fisher_trace_ratio", "fisher_channel_maps", "lda_score", "linear_probe_acc", "knn_acc",
         "nc1", "silhouette", "coding_rate_reduction", "cka_labels"]
-    for name, (fn, description, higher_is_better, width_dependent) in CRITERIA.items():
+    for name, (fn, description, higher_is_better, _width_dependent) in CRITERIA.items():
         assert results[name] == pytest.approx(fn(x, y), rel=1e-12), name
         assert isinstance(results[name], float) and math.isfinite(results[name])
         assert description and higher_is_better == (name != "nc1")

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import cli, status_json
 from PIL import Image
 
-from conftest import cli, status_json
 from resdeg.config import cpu_has_bf16, make_config
 from resdeg.data import fixed_subset, random_crop_flip
 from resdeg.train import lr_at

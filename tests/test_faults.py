@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY, assert_one_line_error, cli, status_json
 from PIL import Image
 
-from conftest import TINY, assert_one_line_error, cli, status_json
 from resdeg import atomic
 
 FAST = ["--protocol", "smoke", "--device", "cpu", "--quiet", *TINY, "--set", "width_mult=0.125",
@@ -532,9 +532,9 @@ def test_a_stopped_report_cleans_up_and_a_killed_ones_lock_is_taken_over_without
     """SIGTERM while a report renders: its hidden render folder goes at once, one line, exit 143.
     SIGKILL: the next report removes the leftovers and takes the lock over, saying nothing of a
     checkpoint (a report has none)."""
+    from conftest import cli_subprocess
     from report_fixture import make_results
 
-    from conftest import cli_subprocess
     from resdeg.report import build_report
 
     results = make_results(tmp_path / "results", seeds=(1,), epochs=2, models=("resnet18",), protocol="native")

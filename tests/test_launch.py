@@ -14,8 +14,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, assert_one_line_error, cli, cli_subprocess, status_json
+
 from resdeg.locks import LOCK_FILE
 from resdeg.store import read_run
 
@@ -112,7 +112,7 @@ def slurm(tmp_path_factory):
     except SlurmUnavailable as e:
         cluster.stop()
         reason = f"no real Slurm here: {e}; the launcher is tested through submitit's local executor"
-        warnings.warn(reason)  # in pytest's warnings summary too, never silent
+        warnings.warn(reason, stacklevel=1)  # in pytest's warnings summary too, never silent
         pytest.skip(reason)
     yield env
     cluster.stop()

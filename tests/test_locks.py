@@ -14,8 +14,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import TINY, cli, cli_subprocess
+
 from resdeg.locks import LOCK_FILE, Locked, LockSettings, acquire, read_lock, stale_reason
 from resdeg.store import read_run
 

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY, cli
 from torch import nn
 
-from conftest import TINY, cli
 from resdeg.models import build_model
 from resdeg.probes import optim
 from resdeg.probes.optim_measure import frozen_statistics_net, measure_net

@@ -7,11 +7,18 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import TINY, assert_one_line_error, cli, status_json
+
 from resdeg.probes.criteria import CRITERIA
-from resdeg.probes.store import (SIGNAL_KEYS, SIGNAL_PHASES, CorruptProbe, ProbeSettings, probe_entries,
-                                 probe_path, read_probe)
+from resdeg.probes.store import (
+    SIGNAL_KEYS,
+    SIGNAL_PHASES,
+    CorruptProbe,
+    ProbeSettings,
+    probe_entries,
+    probe_path,
+    read_probe,
+)
 
 SMOKE = ["--protocol", "smoke", "--dataset", "synthetic", "--device", "cpu", "--quiet"]
 STAGES = [f"stage{i}" for i in range(5)]

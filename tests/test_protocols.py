@@ -5,8 +5,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import assert_one_line_error, cli
+
 from resdeg.config import make_config
 from resdeg.store import run_dir, scan
 

@@ -19,9 +19,8 @@ import pytest
 from conftest import cli, cli_subprocess
 from report_fixture import make_depth_results, make_results
 
-from resdeg.report import build_report
+from resdeg.report import build_report, zh_style
 from resdeg.report import verdicts as V
-from resdeg.report import zh_style
 from resdeg.report.pages import LANGS
 from resdeg.store import scan
 from resdeg.study import HYPOTHESES
@@ -383,7 +382,6 @@ def test_one_comparison_carries_the_same_verdict_words_on_every_page(rendered):
         assert by_protocol.setdefault((comp["protocol"], comp["subject"]), words) == words, comp["subject"]
     checked = 0
     for lang in LANGS:
-        label = {c["subject"]: c for c in site["comparisons"]}
         for path in (rendered.docs / lang).rglob("*.md"):
             study = path.parent.name
             for line in path.read_text().splitlines():

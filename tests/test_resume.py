@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import numpy as np
-
 from conftest import TINY, cli, status_json
+
 from resdeg.store import CHECKPOINT_FILE, read_run, read_telemetry
 
 ARGS = ["run", "--protocol", "smoke", "--dataset", "synthetic", "--device", "cpu", "--quiet",

@@ -7,8 +7,9 @@ images). `all_criteria` shares one validated batch, and so its Gram matrices, ac
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import ctypes
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F

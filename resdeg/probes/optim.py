@@ -14,8 +14,8 @@ numbers out. How a trained or untrained net is turned into these inputs is `opti
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 

@@ -26,10 +26,10 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -44,8 +44,21 @@ from ..store import WEIGHTS_FILE, read_run, read_weights, run_dir, scan
 from ..study import canonical_variant
 from . import optim
 from .features import initial_model, prepare_cpu
-from .optim_store import (GRADIENT_TARGET, CorruptOptim, Curvature, GradientCurves, MeasuredNet, OptimRecord,
-                          OptimSettings, Slice1D, Slice2D, init_path, read_optim, run_path, write_optim)
+from .optim_store import (
+    GRADIENT_TARGET,
+    CorruptOptim,
+    Curvature,
+    GradientCurves,
+    MeasuredNet,
+    OptimRecord,
+    OptimSettings,
+    Slice1D,
+    Slice2D,
+    init_path,
+    read_optim,
+    run_path,
+    write_optim,
+)
 from .probe import _environment, model_from_state
 
 CURVATURE_SALT = 5  # the curvature images: a class-balanced subset of the run's training images
@@ -334,7 +347,7 @@ def measure_job(job: Job, settings: OptimSettings, data: Dataset | None, device:
         gradients=parts.get("gradients"), curvature=parts.get("curvature"), slice_1d=parts.get("slice_1d"),
         slice_2d=parts.get("slice_2d"), timings={k: round(v, 3) for k, v in timings.items()},
         environment=_environment(device), wall_s=round(time.perf_counter() - started, 3),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        created=datetime.now(UTC).isoformat(timespec="seconds"))
     try:
         write_optim(job.path, record)
     except OSError as e:

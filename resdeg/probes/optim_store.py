@@ -73,7 +73,7 @@ class OptimSettings:
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "OptimSettings":
+    def from_dict(cls, d: dict) -> OptimSettings:
         names = {f.name for f in fields(cls)}
         if set(d) != names:
             raise ValueError(f"settings keys {sorted(d)} are not {sorted(names)}")
@@ -84,7 +84,7 @@ class OptimSettings:
         blob = json.dumps({"schema_version": OPTIM_SCHEMA_VERSION, **self.to_dict()}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
-    def replace(self, **changes) -> "OptimSettings":
+    def replace(self, **changes) -> OptimSettings:
         return dataclasses.replace(self, **changes)
 
 
@@ -275,6 +275,8 @@ def measurement_summary(results: str | Path) -> list[dict]:
     for folder in sorted(results.glob(f"*/*/{INIT_FOLDER}")) + sorted({p.parent.parent for p in results.glob("*/*/*/optim-*.json")}):
         trained = folder.name != INIT_FOLDER
         paths = sorted(folder.glob("*/optim-*.json")) if trained else sorted(folder.glob("*-optim-*.json"))
+        if not paths:  # an init folder holding other measurements only (init probes)
+            continue
         done = skipped = 0
         corrupt = []
         for path in paths:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 import platform
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -26,8 +26,18 @@ from ..store import RUN_FILE, RunRecord, read_run, read_weights
 from . import criteria
 from .features import block_signals, initial_model, prepare_cpu, probe_images, signal_propagation, stage_features
 from .signal import effective_rank
-from .store import (SIGNAL_KEYS, SIGNAL_PHASES, ProbedRun, ProbeRecord, ProbeSettings, init_probe_path,
-                    InitProbeRecord, read_init_probe, read_probe, write_probe)
+from .store import (
+    SIGNAL_KEYS,
+    SIGNAL_PHASES,
+    InitProbeRecord,
+    ProbedRun,
+    ProbeRecord,
+    ProbeSettings,
+    init_probe_path,
+    read_init_probe,
+    read_probe,
+    write_probe,
+)
 
 
 def criterion_kwargs(settings: ProbeSettings) -> dict[str, dict]:
@@ -76,7 +86,7 @@ def score_stage(features: torch.Tensor, labels: torch.Tensor, settings: ProbeSet
         start = time.perf_counter()
         try:
             if cpu and name in SMALL_ALGEBRA:
-                batch.centred_gram  # the shared Gram matrices (the large products): on every thread
+                _ = batch.centred_gram  # computes the shared Gram matrices (the large products) on every thread
             with _threads(1 if cpu and name in SMALL_ALGEBRA else None):
                 value = criteria.CRITERIA[name].fn(batch, labels, **kwargs.get(name, {}))
             if not math.isfinite(value):
@@ -108,7 +118,7 @@ def _record(run: RunRecord, settings: ProbeSettings, device: torch.device, start
         criteria=values or {name: {} for name in settings.criteria}, criterion_errors=errors or {},
         signal=signal or {phase: {key: {} for key in SIGNAL_KEYS} for phase in SIGNAL_PHASES},
         environment=_environment(device), wall_s=round(time.perf_counter() - started, 3),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), image_indices=tuple(indices),
+        created=datetime.now(UTC).isoformat(timespec="seconds"), image_indices=tuple(indices),
         blocks=blocks or {}, effective_rank=ranks or {})
 
 
@@ -195,7 +205,7 @@ def probe_init_run(folder: str | Path, settings: ProbeSettings, device: torch.de
         settings=settings, settings_hash=settings.hash, images=len(indices), stages=tuple(shapes), criteria=values,
         criterion_errors=errors, effective_rank=ranks, image_indices=tuple(indices.tolist()),
         environment=_environment(device), wall_s=round(time.perf_counter() - started, 3),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        created=datetime.now(UTC).isoformat(timespec="seconds"))
     try:
         write_record(path, probe)
     except OSError as e:
@@ -338,8 +348,8 @@ def finished_runs(results: str | Path, protocol=None, dataset=None, models=None,
                   log: Callable[[str], None] = print) -> tuple[list[Path], list[str]]:
     """The done or diverged run folders under results/ that pass the filters, and the corrupt
     ones (as problems); unfinished runs are mentioned, not probed."""
-    from ..study import canonical_variant
     from ..store import scan
+    from ..study import canonical_variant
 
     if not Path(results).is_dir():
         raise ResdegError(f"no result store at {results}/ (train first, or pass --results)")

@@ -13,7 +13,6 @@ import hashlib
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
-
 from typing import Any, ClassVar
 
 from ..errors import ResdegError
@@ -61,7 +60,7 @@ class ProbeSettings:
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ProbeSettings":
+    def from_dict(cls, d: dict) -> ProbeSettings:
         names = {f.name for f in fields(cls)}
         if set(d) != names:
             raise ValueError(f"settings keys {sorted(d)} are not {sorted(names)}")
@@ -75,7 +74,7 @@ class ProbeSettings:
         blob = json.dumps({"schema_version": version, **self.to_dict()}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
-    def replace(self, **changes) -> "ProbeSettings":
+    def replace(self, **changes) -> ProbeSettings:
         return dataclasses.replace(self, **changes)
 
 

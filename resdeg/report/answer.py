@@ -12,7 +12,6 @@ from . import analysis as A
 from . import verdicts as V
 from .collect import Store, StudyResults
 
-
 # the comparison-level reasons (verdicts.COMPARISON_REASONS, less "no_data", which is not stated) ->
 # the HypothesisAnswer counter the landing page states them by; one list of those reasons, not two
 COUNTED = {"no_degradation": "no_difference", "did_not_learn": "did_not_learn", "undecided": "undecided",

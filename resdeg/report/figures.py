@@ -13,10 +13,10 @@ from __future__ import annotations
 import io
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Callable
 
 import matplotlib
 
@@ -134,7 +134,7 @@ def planned(results, page: str) -> list[tuple[str, FigureSpec, tuple]]:
 
 # -- drawing helpers ---------------------------------------------------------------------------------
 
-@lru_cache(maxsize=None)
+@cache
 def cjk_font() -> str | None:
     """A CJK font family matplotlib can use, or None. Registers system CJK fonts that matplotlib's
     font cache missed (installed after the cache was built)."""
@@ -488,7 +488,7 @@ def h3_separability(sr: StudyResults, lang: str, path: Path, model: str) -> None
                 ax.set_visible(False)
                 continue
             crit = crits[i]
-            _stage_lines(ax, sr, model, t, lambda r: A.probe_values(r, crit))
+            _stage_lines(ax, sr, model, t, lambda r, crit=crit: A.probe_values(r, crit))
             title = CRITERION_NAMES[t["lang"]].get(crit, crit)
             if not CRITERIA[crit].higher_is_better:
                 title += t["lower_better"]
@@ -509,7 +509,7 @@ def signal_std(sr: StudyResults, lang: str, path: Path) -> None:
         for row, model in enumerate(models):
             for col, phase in enumerate(("init", "trained")):
                 ax = axes[row, col]
-                _stage_lines(ax, sr, model, t, lambda r: A.signal_values(r, phase))
+                _stage_lines(ax, sr, model, t, lambda r, phase=phase: A.signal_values(r, phase))
                 _log_y(ax)
                 ax.set_title(f"{model}{t['colon']}{t[phase]}")
                 ax.set_xlabel(t["stage"])
@@ -748,9 +748,9 @@ def mechanism_slices(sr: StudyResults, lang: str, path: Path) -> None:
             for r in (r for r in rows if r["depth"] == d):
                 first = r["records"][0]
                 s = first.slice_1d
-                ok = [(a, l) for a, l in zip(s.alphas, s.losses) if l is not None and l > 0]
+                ok = [(a, loss) for a, loss in zip(s.alphas, s.losses, strict=True) if loss is not None and loss > 0]
                 colour, ls, marker = STYLE[r["variant"]]
-                ax.plot([a for a, _ in ok], [l for _, l in ok], color=colour, ls=ls, lw=1.6,
+                ax.plot([a for a, _ in ok], [loss for _, loss in ok], color=colour, ls=ls, lw=1.6,
                         label=t[_MECHANISM_LABEL[r["variant"]]] + t["sep"] + t["seed_n"].format(n=first.net.seed))
             ax.set_yscale("log")
             ax.set_title(t["layers"].format(d=d))

@@ -186,8 +186,8 @@ def _version() -> str:
 def build_date() -> str:
     """Today (UTC), or the date of SOURCE_DATE_EPOCH for reproducible builds."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    when = (_dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc) if epoch and epoch.isdigit()
-            else _dt.datetime.now(_dt.timezone.utc))
+    when = (_dt.datetime.fromtimestamp(int(epoch), _dt.UTC) if epoch and epoch.isdigit()
+            else _dt.datetime.now(_dt.UTC))
     return when.date().isoformat()
 
 

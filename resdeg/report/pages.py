@@ -15,8 +15,8 @@ from .. import __version__
 from ..config import PROTOCOLS, Config
 from ..models import ARCHS, build_model
 from ..probes.criteria import CRITERIA
-from ..probes.store import ProbeSettings
 from ..probes.optim_store import OptimSettings
+from ..probes.store import ProbeSettings
 from ..study import HYPOTHESES, PAGES, VARIANTS
 from . import analysis as A
 from . import answer as answers
