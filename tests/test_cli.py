@@ -237,3 +237,23 @@ def test_epoch_lines_state_the_time_left_at_the_recent_pace():
     line = epoch_line(cfg, history)
     assert line.endswith("epoch 4/20: loss 1.000, train 50.0%, test 25.0% in 5 min; 16 left, about 1 h 20 min"), line
     assert "loss nan" in epoch_line(cfg, [Epoch(**{**history[0].to_dict(), "train_loss": None})])
+
+
+def test_a_diverged_run_stops_within_its_check_interval_not_at_the_end_of_the_epoch(tmp_path):
+    """A net that overflows in its first steps stops at the next divergence check (every
+    DIVERGENCE_CHECK_STEPS steps), and its telemetry holds exactly the steps it trained."""
+    from resdeg.train import DIVERGENCE_CHECK_STEPS
+
+    # 4 images a batch: 128 steps an epoch, so a check falls inside it
+    cli("run", "--protocol", "smoke", "--dataset", "synthetic", "--device", "cpu", "--quiet", "--model", "resnet18",
+        "--variant", "Nbn", "--set", "lr=100", "--set", "epochs=2", "--set", "train_images=512",
+        "--set", "test_images=64", "--set", "clean_train_images=64", "--set", "batch_size=4",
+        "--set", "width_mult=0.125", "--results", tmp_path)
+    (row,) = status_json(tmp_path)
+    assert row["status"] == "diverged" and row["epochs_done"] == 1
+    tel = read_telemetry(row["path"])
+    first_bad = int(np.flatnonzero(~np.isfinite(tel["loss"]))[0])
+    assert first_bad < DIVERGENCE_CHECK_STEPS
+    assert len(tel["loss"]) == DIVERGENCE_CHECK_STEPS < 128  # stopped at the first check, not after 128 steps
+    assert list(tel["step"]) == list(range(DIVERGENCE_CHECK_STEPS))
+    assert all(len(tel[k]) == DIVERGENCE_CHECK_STEPS for k in ("act_grad_mean_abs", "epoch"))
