@@ -64,6 +64,7 @@ class RunTask:
     force: bool = False
     deadline: float | None = None
     progress: bool = False
+    epoch_probe: object | None = None  # ProbeSettings: record separability while training (None: not)
 
     @property
     def name(self) -> str:
@@ -147,7 +148,13 @@ def _redo(task: RunTask, data, lock, say, notes: list[str]) -> Outcome:
 def _trainer(task: RunTask, data, folder: Path, lock):
     from .train import Trainer
 
-    return Trainer(task.cfg, data, folder, _device(task.device), progress=task.progress, lock=lock)
+    device = _device(task.device)
+    after_epoch = None
+    if task.epoch_probe is not None:
+        from .probes.probe import epoch_prober
+
+        after_epoch = epoch_prober(task.cfg, data, task.epoch_probe, device, folder)
+    return Trainer(task.cfg, data, folder, device, progress=task.progress, lock=lock, after_epoch=after_epoch)
 
 
 def _device(name: str):
@@ -476,13 +483,13 @@ class StoreProgress:
 
 def execute(planned: list[PlannedRun], device, data_dir=None, force: bool = False,
             deadline: float | None = None, progress: bool = True, log=print,
-            executor: Executor | None = None) -> list[Outcome]:
+            executor: Executor | None = None, epoch_probe=None) -> list[Outcome]:
     """Train every run that needs it through `executor` (Sequential by default); one run's
     divergence never stops the rest."""
     executor = executor or Sequential()
     device_name = device if isinstance(device, str) else str(device)
     tasks = [RunTask(p.cfg, p.folder, executor.task_device(device_name), str(data_dir) if data_dir else None,
-                     force, deadline, progress) for p in planned if p.todo]
+                     force, deadline, progress, epoch_probe) for p in planned if p.todo]
     outcomes = executor.run(tasks, log=log, progress=progress)
     locked = [o for o in outcomes if o.result == "locked"]
     if locked:
@@ -521,7 +528,7 @@ def train_and_probe(planned: list[PlannedRun], device_name: str, results: str | 
         if p.state in ("done", "diverged"):
             log(f"{p.state:<9} {p.cfg.run_name} (cached)")
     outcomes = execute(planned, device_name, data_dir=data_dir, force=force, deadline=deadline, progress=progress,
-                       log=log, executor=executor)
+                       log=log, executor=executor, epoch_probe=probe_settings)
     failures = []
     if probe_settings is not None:
         from .probes.probe import probe_folders, probe_init_folders

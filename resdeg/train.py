@@ -350,10 +350,13 @@ class Trainer:
     epochs with a checkpoint per epoch, and keep run.json and the telemetry file up to date."""
 
     def __init__(self, cfg, data: Dataset, folder: Path, device: torch.device, progress: bool = True,
-                 lock=None):
+                 lock=None, after_epoch=None):
         """`lock`: the run lock (locks.RunLock) this process trains under: asked at every step
-        whether it was lost, and checked against the lock file before every write."""
+        whether it was lost, and checked against the lock file before every write. `after_epoch(epoch,
+        model)`: called after each epoch is scored, before its checkpoint (the measurements during
+        training: probes.probe.epoch_prober)."""
         self.cfg, self.folder, self.device, self.progress, self.lock = cfg, Path(folder), device, progress, lock
+        self.after_epoch = after_epoch
         self.engine = Engine(cfg, data, device)
         self.history: list[Epoch] = []
         self.steps: dict[str, list[np.ndarray]] = {k: [] for k in TELEMETRY_ARRAYS}
@@ -444,6 +447,9 @@ class Trainer:
             for k, v in steps.items():
                 self.steps[k].append(v)
             self.diverged_at = first_nonfinite_step(self.steps)
+            if self.after_epoch is not None and self.diverged_at is None:
+                self._before_write()
+                self.after_epoch(len(self.history), self.engine.model)
             # Checkpoint first: run.json and telemetry are always rebuilt from it on resume.
             self._before_write()
             atomic_torch_save(self._checkpoint_state(), self.folder / CHECKPOINT_FILE)

@@ -309,3 +309,29 @@ def test_the_untrained_net_of_a_run_is_probed_without_its_weights_and_cached(run
               expect=1)
     assert "corrupt probe" in bad.stderr and "--force" in bad.stderr and "Traceback" not in bad.stderr
     assert not list(folder.parent.glob("init/*.tmp*"))
+
+
+def test_run_all_records_separability_during_training_without_moving_the_training(tmp_path):
+    """With probing on, a run records its separability after epoch 1, at each learning-rate drop
+    and at the end (probe-epoch<k>-*.json); the last one equals the finished run's probe; and the
+    training is exactly the one without these measurements (their random draws are forked)."""
+    from resdeg.probes.probe import probe_epochs
+    from resdeg.probes.store import read_epoch_probes
+    from resdeg.store import read_run
+
+    grid = ["run-all", *SMOKE, *TINY, "--set", "epochs=4", "--set", "schedule=multistep", "--models", "resnet18",
+            "--variants", "FULL", "--no-report"]
+    cli(*grid, "--results", tmp_path / "with", "--probe-images", "40")
+    cli(*grid, "--results", tmp_path / "without", "--no-probe")
+    (folder,) = {p.parent for p in (tmp_path / "with").glob("*/*/*/run.json")}
+    (plain,) = {p.parent for p in (tmp_path / "without").glob("*/*/*/run.json")}
+    run = read_run(folder)
+    settings = ProbeSettings(probe_images=40)
+    probes = read_epoch_probes(folder, run, settings)
+    assert [p.epoch for p in probes] == sorted(probe_epochs(run.config)) == [1, 2, 3, 4]
+    final = read_probe(folder, settings)
+    for name, per_stage in final.criteria.items():  # the same net, the same images, eval mode (the training
+        for stage, value in per_stage.items():  # copy is channels_last: the last digits of its convolutions differ)
+            assert probes[-1].criteria[name][stage] == pytest.approx(value, rel=1e-4, abs=1e-6), (name, stage)
+    assert [e.to_dict()["test_acc"] for e in run.epochs] == [e.to_dict()["test_acc"] for e in read_run(plain).epochs]
+    assert not list(plain.glob("probe-epoch*"))

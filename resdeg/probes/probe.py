@@ -33,6 +33,7 @@ from .store import (
     ProbedRun,
     ProbeRecord,
     ProbeSettings,
+    epoch_probe_path,
     init_probe_path,
     read_init_probe,
     read_probe,
@@ -181,7 +182,7 @@ def probe_init_run(folder: str | Path, settings: ProbeSettings, device: torch.de
     """Probe the untrained net a run starts from (its config and seed; no weights needed): every
     criterion at every stage, BatchNorm on batch statistics, on the same probe images. H3 reads it
     as the control of the trained net's separability. Returns (record, "cached" | "probed")."""
-    folder, started = Path(folder), time.perf_counter()
+    folder = Path(folder)
     if not (folder / RUN_FILE).exists():
         raise ResdegError(f"{folder} is not a run folder (no {RUN_FILE})")
     run = read_run(folder)
@@ -198,19 +199,49 @@ def probe_init_run(folder: str | Path, settings: ProbeSettings, device: torch.de
     if device.type == "cpu":
         prepare_cpu()
     init = initial_model(cfg, data.num_classes).to(device)
-    shapes, values, errors, ranks = _score_stages(init, x_u8, y, cfg, device, settings, progress,
-                                                  f"probe init {cfg.model} {cfg.variant} s{cfg.seed}", batch_stats=True)
-    probe = InitProbeRecord(
-        run=ProbedRun(run.config_hash, run.model, run.variant, run.seed, run.protocol, run.dataset),
-        settings=settings, settings_hash=settings.hash, images=len(indices), stages=tuple(shapes), criteria=values,
-        criterion_errors=errors, effective_rank=ranks, image_indices=tuple(indices.tolist()),
-        environment=_environment(device), wall_s=round(time.perf_counter() - started, 3),
-        created=datetime.now(UTC).isoformat(timespec="seconds"))
+    probe = snapshot_probe(init, cfg, x_u8, y, indices, settings, device, epoch=0, progress=progress)
     try:
         write_record(path, probe)
     except OSError as e:
         raise ResdegError(f"cannot write {path} ({e.strerror or e})") from None
     return probe, "probed"
+
+
+def snapshot_probe(model, cfg, x_u8, y, indices, settings: ProbeSettings, device: torch.device, epoch: int,
+                   progress: bool = False) -> InitProbeRecord:
+    """Separability of `model` at one point of its run: epoch 0 = the untrained net (BatchNorm on
+    batch statistics, since its running statistics are still 0 and 1), epoch k = after k epochs (eval)."""
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):  # never moves the training's random streams
+        shapes, values, errors, ranks = _score_stages(model, x_u8, y, cfg, device, settings, progress,
+                                                      f"probe epoch {epoch} {cfg.model} {cfg.variant} s{cfg.seed}",
+                                                      batch_stats=epoch == 0)
+    return InitProbeRecord(
+        run=ProbedRun(cfg.hash, cfg.model, cfg.variant, cfg.seed, cfg.protocol, cfg.dataset),
+        settings=settings, settings_hash=settings.hash, images=len(indices), stages=tuple(shapes), criteria=values,
+        criterion_errors=errors, effective_rank=ranks, image_indices=tuple(int(i) for i in indices),
+        environment=_environment(device), wall_s=round(time.perf_counter() - started, 3),
+        created=datetime.now(UTC).isoformat(timespec="seconds"), epoch=epoch)
+
+
+def epoch_prober(cfg, data: Dataset, settings: ProbeSettings, device: torch.device, folder: Path):
+    """A Trainer hook that records the separability of the training net after the epochs
+    `probe_epochs(cfg)` names, into the run's folder (seconds each: the same criteria as `probe`)."""
+    indices, x_u8, y = probe_images(data, cfg, settings.probe_images)
+    wanted = probe_epochs(cfg)
+
+    def after_epoch(epoch: int, model) -> None:
+        if epoch in wanted:
+            write_record(epoch_probe_path(folder, epoch, settings),
+                         snapshot_probe(model, cfg, x_u8, y, indices, settings, device, epoch))
+    return after_epoch
+
+
+def probe_epochs(cfg) -> set[int]:
+    """After the first epoch, after the last epoch at each learning rate (the drops of a multistep
+    schedule), and at the end."""
+    drops = {math.ceil(cfg.epochs * f) for f in (0.5, 0.75)} if cfg.schedule == "multistep" else set()
+    return {1, cfg.epochs} | {e for e in drops if 1 <= e <= cfg.epochs}
 
 
 def _score_stages(model, x_u8, y, cfg, device: torch.device, settings: ProbeSettings, progress: bool, desc: str,

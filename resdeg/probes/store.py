@@ -202,15 +202,19 @@ def probe_path(folder: str | Path, settings: ProbeSettings | None = None) -> Pat
 
 
 INIT_FOLDER = "init"  # beside a protocol's run folders: measurements of the nets runs start from (no run.json)
-INIT_PROBE_SCHEMA, INIT_PROBE_SCHEMA_VERSION = "resdeg.init_probe", 1
+INIT_PROBE_SCHEMA, INIT_PROBE_SCHEMA_VERSION = "resdeg.init_probe", 2  # 2: the epoch (0 = untrained)
 
 
 @dataclass(frozen=True)
 class InitProbeRecord(Record):
-    """Separability of the untrained net a run starts from (same config and seed; BatchNorm on batch
-    statistics), on the run's probe images: the control H3 compares the trained net with."""
+    """Separability of a run's net at one point of its training, on the run's probe images: epoch 0 is
+    the untrained net it starts from (same config and seed; BatchNorm on batch statistics), the control
+    H3 compares the trained net with; epoch k > 0 the net after k epochs (eval mode), recorded while
+    the run trains (after epoch 1, at each learning-rate drop, at the end), so that a change can be
+    placed before or after training shapes it."""
     SCHEMA: ClassVar[str] = INIT_PROBE_SCHEMA
     VERSION: ClassVar[int] = INIT_PROBE_SCHEMA_VERSION
+    READS: ClassVar[tuple[int, ...]] = (1,)
     run: ProbedRun
     settings: ProbeSettings
     settings_hash: str
@@ -223,6 +227,7 @@ class InitProbeRecord(Record):
     environment: dict[str, Any] = dataclasses.field(default_factory=dict)
     wall_s: float = bounded(0.0, default=0.0)
     created: str = ""
+    epoch: int = bounded(0, default=0)  # version 1 probed only the untrained net: epoch 0, the default
 
     def check(self) -> None:
         require(self.settings.hash == self.settings_hash, "settings_hash does not match the stored settings")
@@ -257,6 +262,24 @@ def read_init_probe(run_folder: str | Path, run: RunRecord, settings: ProbeSetti
     if probe.run.config_hash != run.config_hash or probe.settings != settings:
         raise CorruptProbe(f"{path.name}: of another run or other settings than the ones asked for")
     return probe
+
+
+def epoch_probe_path(run_folder: str | Path, epoch: int, settings: ProbeSettings | None = None) -> Path:
+    """Where the separability of a run's net after `epoch` epochs goes: in its folder."""
+    return Path(run_folder) / f"probe-epoch{epoch}-{(settings or ProbeSettings()).hash}.json"
+
+
+def read_epoch_probes(run_folder: str | Path, run: RunRecord, settings: ProbeSettings) -> list:
+    """The valid probes a run recorded while it trained, by epoch; a damaged one is left out."""
+    out = []
+    for path in Path(run_folder).glob(f"probe-epoch*-{settings.hash}.json"):
+        try:
+            probe = read_record(path, InitProbeRecord)
+        except CorruptRecord:
+            continue
+        if probe.run.config_hash == run.config_hash and probe.settings == settings and probe.epoch > 0:
+            out.append(probe)
+    return sorted(out, key=lambda p: p.epoch)
 
 
 def write_probe(folder: str | Path, probe: ProbeRecord) -> Path:
