@@ -335,3 +335,10 @@ def test_run_all_records_separability_during_training_without_moving_the_trainin
             assert probes[-1].criteria[name][stage] == pytest.approx(value, rel=1e-4, abs=1e-6), (name, stage)
     assert [e.to_dict()["test_acc"] for e in run.epochs] == [e.to_dict()["test_acc"] for e in read_run(plain).epochs]
     assert not list(plain.glob("probe-epoch*"))
+    # the H3 page follows the separability through training, from the untrained net (epoch 0) on
+    cli("probe", "--results", tmp_path / "with", "--phase", "init", "--probe-images", "40", "--device", "cpu", "--quiet")
+    cli("report", "--results", tmp_path / "with", "--docs", tmp_path / "docs")
+    (page,) = (tmp_path / "docs" / "en").glob("*/h3.md")
+    section = page.read_text().split("## Separability while training")[1]
+    row = next(line for line in section.splitlines() if line.startswith("| resnet18 | FULL |"))
+    assert [int(x.split(":")[0]) for x in row.split("|")[3].split(";")] == [0, 1, 2, 3, 4]

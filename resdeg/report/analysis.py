@@ -437,3 +437,36 @@ def init_contrast(rows: list[dict], model: str, variant: str, reference: str = "
     if not all(corr + lam):
         return None
     return {"corr": V.difference(*corr), "log_lambda": V.difference(*lam), "row": a, "reference": b}
+
+
+# -- separability while training (H3: cause or consequence) ---------------------------------------------
+
+TRAINING_CRITERION = "linear_probe_acc"  # the criterion the pages follow through training
+
+
+def separability_over_training(sr: StudyResults, criterion: str = TRAINING_CRITERION) -> list[dict]:
+    """Per (model, variant) whose runs recorded probes while they trained: the criterion at the
+    shallowest and the deepest stage at each recorded epoch (0 = the untrained net), mean over the
+    seeds that have that epoch. Empty when no run recorded any."""
+    rows = []
+    for model, variant, runs in sr.cells():
+        by_epoch: dict[int, list] = {}
+        for r in runs:
+            for p in ([r.init_probe] if r.init_probe and r.epoch_probes else []) + r.epoch_probes:
+                by_epoch.setdefault(p.epoch, []).append(p)
+        if not by_epoch:
+            continue
+        points = []
+        for epoch in sorted(by_epoch):
+            probes = by_epoch[epoch]
+            stages = list(probes[0].stages)
+            first = [p.criteria[criterion].get(stages[0]) for p in probes]
+            last = [p.criteria[criterion].get(stages[-1]) for p in probes]
+            points.append({"epoch": epoch, "seeds": len(probes), "shallow": _mean_of(first), "deep": _mean_of(last)})
+        rows.append({"model": model, "variant": variant, "points": points})
+    return rows
+
+
+def _mean_of(values) -> float | None:
+    v = [x for x in values if x is not None]
+    return float(np.mean(v)) if v else None

@@ -15,7 +15,7 @@ import numpy as np
 from ..config import PROTOCOLS, as_json_value, make_config
 from ..errors import ResdegError
 from ..models import ARCHS
-from ..probes.store import CorruptProbe, ProbeRecord, find_probe, read_init_probe
+from ..probes.store import CorruptProbe, ProbeRecord, find_probe, read_epoch_probes, read_init_probe
 from ..store import CorruptRun, Epoch, RunRecord, read_telemetry, scan
 from ..study import PROTOCOL_RANK, STUDIES, VARIANTS, Study
 
@@ -35,6 +35,7 @@ class Run:
     probe_file: str | None = None
     probe_note: str | None = None  # why there is no usable probe
     init_probe: object | None = None  # the untrained net's separability (probes.store.InitProbeRecord): H3's control
+    epoch_probes: list = field(default_factory=list)  # its separability recorded while it trained, by epoch
 
     model = property(lambda self: self.record.model)
     variant = property(lambda self: self.record.variant)
@@ -324,6 +325,7 @@ def _with_probe(run: Run) -> Run:
             run.init_probe = read_init_probe(run.folder, run.record, run.probe.settings)
         except CorruptProbe as e:
             run.probe_note = f"init probe unusable ({e})"
+        run.epoch_probes = read_epoch_probes(run.folder, run.record, run.probe.settings)
     return run
 
 

@@ -228,6 +228,7 @@ def study_context(store: Store, sr: StudyResults, lang: str, figures: dict, down
             "criteria": A.criteria_present(sr.runs), "degradation": A.degradation(sr),
             "effects": [A.effect(sr, c) for c in sr.comparisons() if c.kind == "ablation"],
             "at_init_rows": A.at_init_by_depth(sr), "distance": OptimSettings().summary_distance,
+            "training_rows": A.separability_over_training(sr), "training_criterion": A.TRAINING_CRITERION,
             **schedule_context(store, sr)}
 
 
