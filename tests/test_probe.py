@@ -313,7 +313,7 @@ def test_the_untrained_net_of_a_run_is_probed_without_its_weights_and_cached(run
 
 def test_run_all_records_separability_during_training_without_moving_the_training(tmp_path):
     """With probing on, a run records its separability after epoch 1, at each learning-rate drop
-    and at the end (probe-epoch<k>-*.json); the last one equals the finished run's probe; and the
+    and at the end (separability-epoch<k>-*.json); the last one equals the finished run's probe; and the
     training is exactly the one without these measurements (their random draws are forked)."""
     from resdeg.probes.probe import probe_epochs
     from resdeg.probes.store import read_epoch_probes
@@ -334,7 +334,7 @@ def test_run_all_records_separability_during_training_without_moving_the_trainin
         for stage, value in per_stage.items():  # copy is channels_last: the last digits of its convolutions differ)
             assert probes[-1].criteria[name][stage] == pytest.approx(value, rel=1e-4, abs=1e-6), (name, stage)
     assert [e.to_dict()["test_acc"] for e in run.epochs] == [e.to_dict()["test_acc"] for e in read_run(plain).epochs]
-    assert not list(plain.glob("probe-epoch*"))
+    assert not list(plain.glob("separability-epoch*"))
     # the H3 page follows the separability through training, from the untrained net (epoch 0) on
     cli("probe", "--results", tmp_path / "with", "--phase", "init", "--probe-images", "40", "--device", "cpu", "--quiet")
     cli("report", "--results", tmp_path / "with", "--docs", tmp_path / "docs")

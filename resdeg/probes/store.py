@@ -266,13 +266,13 @@ def read_init_probe(run_folder: str | Path, run: RunRecord, settings: ProbeSetti
 
 def epoch_probe_path(run_folder: str | Path, epoch: int, settings: ProbeSettings | None = None) -> Path:
     """Where the separability of a run's net after `epoch` epochs goes: in its folder."""
-    return Path(run_folder) / f"probe-epoch{epoch}-{(settings or ProbeSettings()).hash}.json"
+    return Path(run_folder) / f"separability-epoch{epoch}-{(settings or ProbeSettings()).hash}.json"
 
 
 def read_epoch_probes(run_folder: str | Path, run: RunRecord, settings: ProbeSettings) -> list:
     """The valid probes a run recorded while it trained, by epoch; a damaged one is left out."""
     out = []
-    for path in Path(run_folder).glob(f"probe-epoch*-{settings.hash}.json"):
+    for path in Path(run_folder).glob(f"separability-epoch*-{settings.hash}.json"):
         try:
             probe = read_record(path, InitProbeRecord)
         except CorruptRecord:
