@@ -41,7 +41,7 @@ def test_the_worse_net_more_shattered_and_sharper_beyond_noise_is_supported():
     v4, v5 = V.h4("Nres: 20 vs 56", a, b, depth=True), V.h5("Nres: 20 vs 56", a, b, depth=True)
     assert (v4.outcome, v4.reason, v4.worse) == ("supported", "more_shattered", "plain-56")
     assert (v5.outcome, v5.reason) == ("supported", "sharper")
-    assert "0.01 (3 seeds)" in v4.explain("en") and "9 × 10⁶" in v5.explain("en")
+    assert "0.01 over 3 seeds" in v4.explain("en") and "9 × 10⁶" in v5.explain("en")
     # the other way round: a worse net that is less shattered and flatter is not explained by them
     c = side("plain-56", corr=(0.9, 0.92, 0.91), lam=(1, 2, 1.5), **DEEP)
     assert V.h4("x", a, c, depth=True).reason == "less_shattered" and V.h5("x", a, c, depth=True).reason == "flatter"

@@ -679,8 +679,8 @@ def _change(shallow: float, deep: float, key: str) -> float:
 
 
 def _mean_text(values, fmt, lang: str) -> str:
-    n = len(values)
-    seeds = (f" ({n} seeds)" if n != 1 else " (1 seed)") if lang == "en" else f"（{n} 个种子）"
+    n = len(values)  # no brackets: the value often stands in brackets itself, and brackets do not nest
+    seeds = (f" over {n} seeds" if n != 1 else " from 1 seed") if lang == "en" else f"，{n} 个种子"
     return fmt(float(np.mean(values))) + seeds
 
 
