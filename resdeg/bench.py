@@ -159,14 +159,14 @@ def time_engines(cfgs: list, data: Dataset, device: torch.device, steps: int, wa
     trainers = [_warm_engine(cfg, data, device, steps, warmup) for cfg in cfgs]
     seconds = [[] for _ in trainers]
     for r in range(repeats):
-        for trainer, secs in zip(trainers, seconds):
+        for trainer, secs in zip(trainers, seconds, strict=True):
             sync(device)
             t0 = time.perf_counter()
             trainer.train_epoch(r + 1, None)
             trainer.take_steps(r + 1)
             sync(device)
             secs.append(time.perf_counter() - t0)
-    out = [_summary(secs, steps, cfg.batch_size) for secs, cfg in zip(seconds, cfgs)]
+    out = [_summary(secs, steps, cfg.batch_size) for secs, cfg in zip(seconds, cfgs, strict=True)]
     out[0]["eval_images_per_s"] = _eval_rate(trainers[0], repeats)
     for trainer in trainers:
         trainer.close()
@@ -237,7 +237,7 @@ def run_benchmark(model: str, variant: str, protocol: str, device: torch.device,
     with numerics(cfg, device):  # the engine's process-wide settings, as in a run
         engines = time_engines([dataclasses.replace(cfg, telemetry=True), dataclasses.replace(cfg, telemetry=False)],
                                data, device, settings.steps, settings.warmup, settings.repeats)
-    results = dict(zip(("engine_telemetry", "engine_no_telemetry"), engines))
+    results = dict(zip(("engine_telemetry", "engine_no_telemetry"), engines, strict=True))
     log(f"timing {LOOPS['reference']} ...")
     results["reference"] = time_reference(dataclasses.replace(cfg, compile=False), data, device, settings.steps,
                                           settings.warmup, settings.repeats, settings.workers)

@@ -388,7 +388,7 @@ def _status_table(rows: list[dict]) -> None:
                         for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     for r in rows:
         if r["problem"]:
             click.echo(f"{r['status']}: {r['path']}: {r['problem']}", err=True)

@@ -381,7 +381,7 @@ def _imagefolder(root: Path) -> Dataset:
     rel = lambda f: f.relative_to(root).as_posix()  # noqa: E731
     notes = Counter(note for _, note in decoded if note)
     for note, n in sorted(notes.items()):
-        first = next(f for (f, _), (_, nt) in zip(files, decoded) if nt == note)
+        first = next(f for (f, _), (_, nt) in zip(files, decoded, strict=True) if nt == note)
         warnings.append(f"{n} of {len(files)} images are {note}, converted to 8-bit RGB (e.g. {rel(first)})")
     sizes = Counter(tuple(img.shape[1:]) for img, _ in decoded)
     size = sizes.most_common(1)[0][0]  # a tie goes to the size met first (files are in sorted order)
@@ -418,7 +418,7 @@ def synthetic_dataset(n_train: int = 2048, n_test: int = 512, num_classes: int =
         y = y[torch.randperm(n, generator=g)]
         contrast = 0.6 + 0.4 * torch.rand(n, 1, 1, 1, generator=g)
         shift = torch.randint(-3, 4, (n, 2), generator=g)
-        base = torch.stack([templates[c].roll(tuple(s.tolist()), dims=(1, 2)) for c, s in zip(y, shift)])
+        base = torch.stack([templates[c].roll(tuple(s.tolist()), dims=(1, 2)) for c, s in zip(y, shift, strict=True)])
         x = 0.5 + contrast * (base - 0.5) + 0.15 * torch.randn(n, 3, size, size, generator=g)
         return (x.clamp(0, 1) * 255).round().to(torch.uint8), y
 

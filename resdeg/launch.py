@@ -250,11 +250,11 @@ class SubmititLauncher(Executor):
                 raise ResdegError(f"submission failed: {' '.join(str(e).split())[:300]}") from None
             raise
         now = _now_iso()
-        for t, job in zip(tasks, jobs):
+        for t, job in zip(tasks, jobs, strict=True):
             t.folder.mkdir(parents=True, exist_ok=True)
             _update_submission(t.folder, str(job.job_id), launcher=self.cluster, submitted=now,
                                submitted_from=socket.gethostname(), run=t.name, log_dir=str(job.paths.folder))
-        return list(zip(tasks, jobs)), queued
+        return list(zip(tasks, jobs, strict=True)), queued
 
     def _split_queued(self, tasks, log):
         """(tasks to submit, [(task, job)] whose last submission is still queued or running in Slurm):

@@ -191,7 +191,7 @@ class ResNet(nn.Module):
     def __init__(self, stages: list[nn.Module], features: int, num_classes: int, head_bias: bool = False):
         super().__init__()
         self.stage_names = [f"stage{i}" for i in range(len(stages))]
-        for name, stage in zip(self.stage_names, stages):
+        for name, stage in zip(self.stage_names, stages, strict=True):
             self.add_module(name, stage)
         self.fc = InputBiasedLinear(features, num_classes) if head_bias else nn.Linear(features, num_classes)
 

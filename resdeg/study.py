@@ -127,7 +127,7 @@ class Study:
 
 def _depth_pairs(models) -> list[tuple[str, str]]:
     """Consecutive depths, plus shallowest vs deepest when there are more than two."""
-    pairs = list(zip(models, models[1:]))
+    pairs = list(zip(models, models[1:], strict=False))
     if len(models) > 2:
         pairs.append((models[0], models[-1]))
     return pairs

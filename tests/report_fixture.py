@@ -52,7 +52,7 @@ def _probe(cfg, run, rng, variant, stages=STAGES):
         base = rng.uniform(0.2, 0.5)
         values = [base * (1 + trend * (0.15 * i) * (1 if crit.higher_is_better else -1)) + rng.normal(0, 0.005)
                   for i in range(len(stages))]
-        criteria[name] = {s: float(v) for s, v in zip(stages, values)}
+        criteria[name] = {s: float(v) for s, v in zip(stages, values, strict=True)}
     errors = {}
     if variant == "Nbn":  # one criterion failed on one stage: the report must say so
         criteria["lda_score"]["stage2"] = None

@@ -54,7 +54,7 @@ def test_reference_and_engine_compute_the_same_losses_and_stage_gradients(tmp_pa
     act = trainer.telemetry.take_epoch()["act_grad_mean_abs"]
     np.testing.assert_allclose(act[:, 0], ref.grad_log["stage0"], rtol=1e-4)
     np.testing.assert_allclose(act[:, -1], ref.grad_log["stage4"], rtol=1e-4)
-    for (name, a), b in zip(trainer.model.state_dict().items(), ref.model.state_dict().values()):
+    for (name, a), b in zip(trainer.model.state_dict().items(), ref.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
 
 
@@ -142,10 +142,10 @@ def test_compile_matches_eager_step_by_step_and_end_to_end(tmp_path, request):
         loss_e, _ = eager.train_step(x, y, gens[0])
         loss_c, _ = compiled.train_step(x, y, gens[1])
         close(loss_c, loss_e, f"step {i} loss")
-        for (name, a), (_, b) in zip(eager.model.stages(), compiled.model.stages()):  # per stage, as telemetry
+        for (name, a), (_, b) in zip(eager.model.stages(), compiled.model.stages(), strict=True):  # per stage, as telemetry
             grads = lambda stage: torch.cat([p.grad.flatten() for p in stage.parameters() if p.grad is not None])  # noqa: E731
             close(grads(b), grads(a), f"step {i} parameter gradients of {name}")
-        for (name, a), b in zip(eager.model.state_dict().items(), compiled.model.state_dict().values()):
+        for (name, a), b in zip(eager.model.state_dict().items(), compiled.model.state_dict().values(), strict=True):
             if a.is_floating_point():  # weights after the update, BatchNorm running statistics
                 close(b, a, f"step {i} {name}")
     te, tc = eager.telemetry.take_epoch(), compiled.telemetry.take_epoch()

@@ -222,7 +222,7 @@ def test_variants_train_through_config_and_trainer(variant, tmp_path):
     before = [p.detach().clone() for p in trainer.model.parameters()]
     loss, logits = trainer.train_step(trainer.train_x[:16], trainer.train_y[:16])
     assert math.isfinite(loss.item()) and logits.shape == (16, 10)
-    assert sum(not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters())) > 0
+    assert sum(not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters(), strict=True)) > 0
 
 
 @pytest.mark.parametrize("kwargs, fragment", [

@@ -19,7 +19,7 @@ def test_every_model_and_variant_builds_and_trains_a_step(arch, variant):
     loss.backward()
     opt.step()
     assert torch.isfinite(loss)
-    changed = sum(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    changed = sum(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
     assert changed > 0
     has_bn = any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert has_bn == VARIANTS[variant].norm

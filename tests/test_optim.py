@@ -36,7 +36,7 @@ def test_lanczos_finds_both_ends_of_an_exact_hessian(seed):
     like = [p.detach() for p in net.parameters()]
 
     def loss(vector):
-        params = dict(zip(names, optim.unflatten(vector, like)))
+        params = dict(zip(names, optim.unflatten(vector, like), strict=True))
         return F.cross_entropy(torch.func.functional_call(net, params, (x,)), y)
 
     hessian = torch.autograd.functional.hessian(loss, optim.flatten(like))
@@ -90,13 +90,13 @@ def test_hessian_of_a_batchnorm_net_with_frozen_statistics_is_exact():
     like = [frozen.get_parameter(n).detach() for n in names]
 
     def loss(vector):
-        params = dict(zip(names, optim.unflatten(vector, like)))
+        params = dict(zip(names, optim.unflatten(vector, like), strict=True))
         return sum(F.cross_entropy(torch.func.functional_call(frozen, params, (xb,)), yb) for xb, yb in halves) / 2
 
     hessian = torch.autograd.functional.hessian(loss, optim.flatten(like))
     leaves = [w.clone().requires_grad_(True) for w in like]
     matvec = optim.hessian_vector_product(
-        [lambda xb=xb, yb=yb: F.cross_entropy(torch.func.functional_call(frozen, dict(zip(names, leaves)), (xb,)), yb)
+        [lambda xb=xb, yb=yb: F.cross_entropy(torch.func.functional_call(frozen, dict(zip(names, leaves, strict=True)), (xb,)), yb)
          for xb, yb in halves], leaves)
     ext = optim.lanczos(matvec, len(hessian), len(hessian), torch.Generator().manual_seed(1), dtype=torch.float64)
     exact = torch.linalg.eigvalsh(hessian)

@@ -349,7 +349,7 @@ def test_verdicts_are_on_the_pages_with_their_rule_and_numbers(rendered):
     assert (doc["schema"], doc["schema_version"], doc["rules_version"]) == ("resdeg.verdicts", 3, V.RULES_VERSION)
     # the hypotheses travel with their verdicts, read from the one declaration
     assert [h["id"] for h in doc["hypotheses"]] == [h.id for h in HYPOTHESES]
-    assert all(h["rule"] == V.RULES[h["id"]] and h["claim"] == d.claim for h, d in zip(doc["hypotheses"], HYPOTHESES))
+    assert all(h["rule"] == V.RULES[h["id"]] and h["claim"] == d.claim for h, d in zip(doc["hypotheses"], HYPOTHESES, strict=True))
     assert len(doc["comparisons"]) == 12  # 4 ablations x 2 models + 4 variants across the 2 depths
     for lang in LANGS:
         for comp in doc["comparisons"]:
@@ -734,7 +734,7 @@ def test_a_killed_report_leaves_the_old_report_or_the_new_one(tmp_path):
         now = _report_state(docs)
         seen.add("old" if now == old else "new")
         if now != old:  # the new report, whole: every file differs from the old one
-            assert all(a != b for a, b in zip(now, old))
+            assert all(a != b for a, b in zip(now, old, strict=False))
     build_report(results, docs, log=lambda m: None)  # the next report cleans up what the killed ones left
     assert _report_folders(docs) == ["_report"]
     assert _report_state(docs) != old

@@ -55,7 +55,7 @@ def test_identity_like_blocks_propagate_known_moments_exactly():
     assert [(b["name"], b["stage"], b["index"], b["position"]) for b in blocks] == \
         [("stage1.0", "stage1", 0, 0), ("stage1.1", "stage1", 1, 1), ("stage1.2", "stage1", 2, 2)]
     gain = 1.0  # each block multiplies its input by (1 + alpha); its branch is alpha * input
-    for b, alpha in zip(blocks, alphas):
+    for b, alpha in zip(blocks, alphas, strict=True):
         branch_gain, gain = gain * alpha, gain * (1 + alpha)
         assert b["avg_channel_squared_mean"] == pytest.approx(gain ** 2 * sum(m * m for m in mean) / 3, rel=1e-6)
         assert b["avg_channel_variance"] == pytest.approx(gain ** 2 * sum(var) / 3, rel=1e-6)

@@ -137,7 +137,7 @@ def signal_propagation(model: ResNet, x_u8: torch.Tensor, y: torch.Tensor, cfg,
             outputs.clear()
             x = preprocess(x_u8[idx].to(device), cfg).requires_grad_(True)
             loss = F.cross_entropy(net(x).float(), y[idx].to(device))
-            for name, out, grad in zip(names, outputs, torch.autograd.grad(loss, outputs)):
+            for name, out, grad in zip(names, outputs, torch.autograd.grad(loss, outputs), strict=True):
                 acts[name].add(out.detach())
                 grads[name].add(grad)
     finally:

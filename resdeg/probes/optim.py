@@ -52,7 +52,7 @@ def projected_gradients(forward: Callable[[torch.Tensor], tuple[torch.Tensor, Te
     names = list(inner)
     grads = torch.autograd.grad((out.float() @ projection.to(out.device, torch.float32)).sum(),
                                 [x, *(inner[n] for n in names)], allow_unused=True, materialize_grads=True)
-    return {"input": grads[0].detach(), **{n: g.detach() for n, g in zip(names, grads[1:])}}
+    return {"input": grads[0].detach(), **{n: g.detach() for n, g in zip(names, grads[1:], strict=True)}}
 
 
 def gradient_correlations(gradients: Callable[[torch.Tensor], Tensors], x: torch.Tensor, direction: torch.Tensor,
@@ -77,7 +77,7 @@ def half_distance(distances: Sequence[float], correlation: Sequence[float]) -> f
     never does on the grid, or already has at its first point (nothing to interpolate from): the
     curve itself says which."""
     previous = None
-    for t, c in zip(distances, correlation):
+    for t, c in zip(distances, correlation, strict=True):
         if c is None or not math.isfinite(c):
             return None
         if c <= 0.5:
@@ -119,7 +119,7 @@ def hessian_vector_product(losses: Sequence[Callable[[], torch.Tensor]],
             grads = torch.autograd.grad(loss_fn(), params, create_graph=True, allow_unused=True,
                                         materialize_grads=True)
             # a gradient that does not depend on the parameters (a last layer's bias) has no graph
-            dot = sum((g * u).sum() for g, u in zip(grads, vs) if g.requires_grad)
+            dot = sum((g * u).sum() for g, u in zip(grads, vs, strict=True) if g.requires_grad)
             if isinstance(dot, torch.Tensor) and dot.requires_grad:
                 hv = torch.autograd.grad(dot, params, allow_unused=True, materialize_grads=True)
                 total += flatten(hv).detach()
@@ -247,7 +247,7 @@ def loss_slice(loss_at: Callable[[Tensors], float], params: Tensors, directions:
     out = []
     with torch.no_grad():
         for c in coordinates:
-            moved = {name: p + sum(ck * d[name] for ck, d in zip(c, directions)) for name, p in params.items()}
+            moved = {name: p + sum(ck * d[name] for ck, d in zip(c, directions, strict=True)) for name, p in params.items()}
             out.append(_finite(float(loss_at(moved))))
     return out
 

@@ -386,7 +386,7 @@ def final_sensitivity(sr: StudyResults) -> dict:
     the verdicts that differ, as (comparison, hypothesis, outcome now, outcome at the last epoch)."""
     now, last = all_verdicts(sr), all_verdicts(sr, last_epoch=True)
     changed = [(a["comparison"], h, a["verdicts"][h].outcome, b["verdicts"][h].outcome)
-               for a, b in zip(now, last) for h in a["verdicts"]
+               for a, b in zip(now, last, strict=False) for h in a["verdicts"]
                if (a["verdicts"][h].outcome, a["verdicts"][h].reason) != (b["verdicts"][h].outcome, b["verdicts"][h].reason)]
     return {"verdicts": sum(len(a["verdicts"]) for a in now), "changed": changed}
 

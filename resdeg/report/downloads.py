@@ -165,7 +165,7 @@ def write_study_downloads(sr: StudyResults, out: Path) -> dict[str, list[str]]:
         for r in sr.runs:
             g = A.grad_series(r)
             if g is not None:
-                for i, (first, last) in enumerate(zip(g[:, 0], g[:, -1])):
+                for i, (first, last) in enumerate(zip(g[:, 0], g[:, -1], strict=True)):
                     yield r.model, r.variant, r.seed, i, f"{first:.4g}", f"{last:.4g}"
     _csv(out / "h2_gradient_steps.csv", [*KEYS, "step", "g_first_stage", "g_last_stage"], steps())
     _csv(out / "h2_gradient_blocks.csv", [*KEYS, "epoch", "step_first", "step_last", "g_first_stage", "g_last_stage",
@@ -198,10 +198,10 @@ def write_study_downloads(sr: StudyResults, out: Path) -> dict[str, list[str]]:
     _csv(out / "optim_gradients.csv", [*KEYS, "gradient", "distance", "corr_mean", "corr_sd"],
          ([o.net.model, o.net.variant, o.net.seed, where, _g(dist), _g(m), _g(sd)] for o in at_init
           for where in o.gradients.mean
-          for dist, m, sd in zip(o.gradients.distances, o.gradients.mean[where], o.gradients.sd[where])))
+          for dist, m, sd in zip(o.gradients.distances, o.gradients.mean[where], o.gradients.sd[where], strict=True)))
     _csv(out / "optim_slices.csv", [*KEYS, "alpha", "loss"],
          ([o.net.model, o.net.variant, o.net.seed, _g(a), _g(loss)] for o in at_init
-          for a, loss in zip(o.slice_1d.alphas, o.slice_1d.losses)))
+          for a, loss in zip(o.slice_1d.alphas, o.slice_1d.losses, strict=True)))
     atomic_write_json(out / "verdicts.json", {
         "schema": VERDICTS_SCHEMA, "schema_version": VERDICTS_SCHEMA_VERSION, "rules_version": V.RULES_VERSION,
         "rules": V.RULES, "hypotheses": _hypotheses(), "study": sr.name, "protocol": sr.protocol, "dataset": sr.dataset,

@@ -201,7 +201,7 @@ def _legend_below(fig: Figure, axes, ncol: int = 4) -> None:
     """One legend for the figure, below the axes: it never covers data."""
     handles, labels = {}, {}
     for ax in np.ravel(axes):
-        for h, lab in zip(*ax.get_legend_handles_labels()):
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=False):
             if lab not in labels:
                 labels[lab], handles[lab] = lab, h
     if handles:
@@ -275,7 +275,7 @@ def headline(store: Store, lang: str, path: Path) -> None:
     studies = store.studies
 
     def body(fig, axes, t):
-        for ax, sr in zip(axes.flat, studies):
+        for ax, sr in zip(axes.flat, studies, strict=False):
             for i, model in enumerate(sr.models):
                 variants = [v for v in sr.variants if sr.cell(model, v)]
                 for j, v in enumerate(variants):
@@ -407,7 +407,7 @@ def h2_ratio(sr: StudyResults, lang: str, path: Path) -> None:
     models = sr.models
 
     def body(fig, axes, t):
-        for ax, model in zip(axes.flat, models):
+        for ax, model in zip(axes.flat, models, strict=False):
             for v in sr.variants:
                 colour, ls, _ = STYLE.get(v, ("#000000", "-", "o"))
                 series = [s for r in sr.cell(model, v) if (s := A.ratio_series(r)) is not None]
@@ -434,7 +434,7 @@ def h2_profile(sr: StudyResults, lang: str, path: Path) -> None:
     models = sr.models
 
     def body(fig, axes, t):
-        for ax, model in zip(axes.flat, models):
+        for ax, model in zip(axes.flat, models, strict=False):
             for v in sr.variants:
                 per_run = [m for r in sr.cell(model, v) if (m := A.stage_medians(r))]
                 if not per_run:
@@ -692,8 +692,8 @@ def mechanism_depth(sr: StudyResults, lang: str, path: Path) -> None:
                     continue
                 xs = [r["depth"] for r in mine]
                 mid = [r[summary] for r in mine]
-                lo = [m - min(v for v in r[key] if v is not None) for m, r in zip(mid, mine)]
-                hi = [max(v for v in r[key] if v is not None) - m for m, r in zip(mid, mine)]
+                lo = [m - min(v for v in r[key] if v is not None) for m, r in zip(mid, mine, strict=True)]
+                hi = [max(v for v in r[key] if v is not None) - m for m, r in zip(mid, mine, strict=True)]
                 colour, ls, marker = STYLE[variant]
                 ns = [len([v for v in r[key] if v is not None]) for r in mine]
                 ax.errorbar(xs, mid, yerr=[lo, hi], color=colour, ls=ls, marker=marker, ms=5, lw=1.6, capsize=3,
@@ -717,7 +717,7 @@ def mechanism_correlation(sr: StudyResults, lang: str, path: Path) -> None:
     shown = [d for d in (depths[0], depths[-1])] if depths else []
 
     def body(fig, axes, t):
-        for ax, d in zip(axes[0], shown):
+        for ax, d in zip(axes[0], shown, strict=False):
             for r in (r for r in rows if r["depth"] == d):
                 curves = [o.gradients.mean["input"] for o in r["records"]]
                 distances = r["records"][0].gradients.distances
@@ -744,7 +744,7 @@ def mechanism_slices(sr: StudyResults, lang: str, path: Path) -> None:
     shown = sorted({depths[0], 56 if 56 in depths else depths[-1], depths[-1]}) if depths else []
 
     def body(fig, axes, t):
-        for ax, d in zip(axes[0], shown):
+        for ax, d in zip(axes[0], shown, strict=False):
             for r in (r for r in rows if r["depth"] == d):
                 first = r["records"][0]
                 s = first.slice_1d

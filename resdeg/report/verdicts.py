@@ -281,7 +281,7 @@ class Side:
 
     @property
     def gap(self) -> list[float]:
-        return [c - t for c, t in zip(self.clean_train_acc, self.test_acc)]
+        return [c - t for c, t in zip(self.clean_train_acc, self.test_acc, strict=True)]
 
     def variance(self, key: str) -> float:
         """Binomial variance of the mean of `key` (test_acc, clean_train_acc or gap) over the seeds."""
