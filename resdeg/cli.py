@@ -191,7 +191,7 @@ def _configs(protocol, dataset, overrides, precision, cells, seeds, device="auto
 
 
 def _train(configs, results, data_dir, device, dry_run, force, time_limit, quiet, probe_settings=None,
-           executor=None):
+           executor=None, optim_settings=None):
     from . import runner
 
     planned = runner.plan(configs, results, force=force)
@@ -204,7 +204,7 @@ def _train(configs, results, data_dir, device, dry_run, force, time_limit, quiet
         return
     runner.train_and_probe(planned, device, results, data_dir=data_dir, force=force, time_limit=time_limit,
                            probe_settings=probe_settings, progress=not quiet, log=lambda m: click.echo(m, err=True),
-                           executor=executor)
+                           executor=executor, optim_settings=optim_settings)
 
 
 @main.command()
@@ -234,6 +234,11 @@ def run(protocol, dataset, data_dir, results, overrides, device, precision, dry_
               help="Probe every finished run on N test images: a fixed, class-balanced subset, the same "
                    "for every run of a data set (see `resdeg probe`).")
 @click.option("--no-probe", is_flag=True, help="Train only; probe later with `resdeg probe`.")
+@click.option("--optim/--no-optim", "optim_while_training", default=None,
+              help="Measure H4 and H5 (`resdeg optim`'s default settings) after the first epoch, at each "
+                   "learning-rate drop and at the end of every run [default: on for the protocols of the depth "
+                   "study, off elsewhere; on 2 CPU cores each measurement adds about 1 min to a ResNet-20 run, "
+                   "4-5 min to a ResNet-56].")
 @click.option("--no-report", is_flag=True,
               help="Do not render the report at the end: of every study in --results, as `resdeg report` does.")
 @click.option("--docs", default="docs", show_default=True, type=click.Path(file_okay=False), envvar="RESDEG_DOCS",
@@ -256,8 +261,8 @@ def run(protocol, dataset, data_dir, results, overrides, device, precision, dry_
               help="With --launcher slurm: wait for the jobs (progress from the store), then probe and report. "
                    "Without it the job ids are printed and `resdeg status` follows them.")
 def run_all(protocol, dataset, data_dir, results, overrides, device, precision, dry_run, force, time_limit,
-            quiet, models, variants, seeds, probe_images, no_probe, no_report, docs, jobs, launcher, partition,
-            gpus_per_run, slurm_time, slurm_extra, wait):
+            quiet, models, variants, seeds, probe_images, no_probe, optim_while_training, no_report, docs, jobs,
+            launcher, partition, gpus_per_run, slurm_time, slurm_extra, wait):
     """Train the grid models x variants x seeds (cached and resumable), then probe every finished
     run (cached too: a run with a probe for these settings is not probed again). A run being trained
     by another process (this machine or another sharing the store) is skipped; see `resdeg status`."""
@@ -304,11 +309,20 @@ def run_all(protocol, dataset, data_dir, results, overrides, device, precision, 
     from .probes.store import ProbeSettings
 
     settings = None if no_probe else ProbeSettings(probe_images=probe_images)
+    if optim_while_training is None:
+        from .study import measures_optimisation
+
+        optim_while_training = measures_optimisation(protocol)
+    optim_settings = None
+    if optim_while_training:
+        from .probes.optim_store import OptimSettings
+
+        optim_settings = OptimSettings()
     if cluster and not (wait or dry_run):  # submit, print the job ids, return: `resdeg status` follows them
         submit_grid(cfgs, results, executor, data_dir, force, out=click.echo, log=lambda m: click.echo(m, err=True))
         return
     _train(cfgs, results, data_dir, device, dry_run, force, time_limit, quiet, probe_settings=settings,
-           executor=executor)
+           executor=executor, optim_settings=optim_settings)
     if dry_run and cluster:
         from .runner import plan
 

@@ -65,6 +65,7 @@ class RunTask:
     deadline: float | None = None
     progress: bool = False
     epoch_probe: object | None = None  # ProbeSettings: record separability while training (None: not)
+    epoch_optim: object | None = None  # OptimSettings: measure H4 and H5 while training (None: not)
 
     @property
     def name(self) -> str:
@@ -149,12 +150,21 @@ def _trainer(task: RunTask, data, folder: Path, lock):
     from .train import Trainer
 
     device = _device(task.device)
-    after_epoch = None
+    hooks = []
     if task.epoch_probe is not None:
         from .probes.probe import epoch_prober
 
-        after_epoch = epoch_prober(task.cfg, data, task.epoch_probe, device, folder)
-    return Trainer(task.cfg, data, folder, device, progress=task.progress, lock=lock, after_epoch=after_epoch)
+        hooks.append(epoch_prober(task.cfg, data, task.epoch_probe, device, folder))
+    if task.epoch_optim is not None:
+        from .probes.optim_measure import epoch_measurer
+
+        hooks.append(epoch_measurer(task.cfg, data, task.epoch_optim, device, folder))
+
+    def after_epoch(epoch: int, model) -> None:
+        for hook in hooks:
+            hook(epoch, model)
+    return Trainer(task.cfg, data, folder, device, progress=task.progress, lock=lock,
+                   after_epoch=after_epoch if hooks else None)
 
 
 def _device(name: str):
@@ -483,13 +493,13 @@ class StoreProgress:
 
 def execute(planned: list[PlannedRun], device, data_dir=None, force: bool = False,
             deadline: float | None = None, progress: bool = True, log=print,
-            executor: Executor | None = None, epoch_probe=None) -> list[Outcome]:
+            executor: Executor | None = None, epoch_probe=None, epoch_optim=None) -> list[Outcome]:
     """Train every run that needs it through `executor` (Sequential by default); one run's
     divergence never stops the rest."""
     executor = executor or Sequential()
     device_name = device if isinstance(device, str) else str(device)
     tasks = [RunTask(p.cfg, p.folder, executor.task_device(device_name), str(data_dir) if data_dir else None,
-                     force, deadline, progress, epoch_probe) for p in planned if p.todo]
+                     force, deadline, progress, epoch_probe, epoch_optim) for p in planned if p.todo]
     outcomes = executor.run(tasks, log=log, progress=progress)
     locked = [o for o in outcomes if o.result == "locked"]
     if locked:
@@ -500,7 +510,7 @@ def execute(planned: list[PlannedRun], device, data_dir=None, force: bool = Fals
 
 def train_and_probe(planned: list[PlannedRun], device_name: str, results: str | Path, data_dir=None,
                     force: bool = False, time_limit: float | None = None, probe_settings=None,
-                    progress: bool = True, log=print, executor: Executor | None = None) -> None:
+                    progress: bool = True, log=print, executor: Executor | None = None, optim_settings=None) -> None:
     """The grid's pipeline: check the inputs, train what is missing (through `executor`), probe
     what finished; then report corrupt entries, failed runs and probe failures as one error
     (after the rest has been done)."""
@@ -528,7 +538,7 @@ def train_and_probe(planned: list[PlannedRun], device_name: str, results: str | 
         if p.state in ("done", "diverged"):
             log(f"{p.state:<9} {p.cfg.run_name} (cached)")
     outcomes = execute(planned, device_name, data_dir=data_dir, force=force, deadline=deadline, progress=progress,
-                       log=log, executor=executor, epoch_probe=probe_settings)
+                       log=log, executor=executor, epoch_probe=probe_settings, epoch_optim=optim_settings)
     failures = []
     if probe_settings is not None:
         from .probes.probe import probe_folders, probe_init_folders

@@ -274,6 +274,13 @@ PAGES = {p.name: p for p in SITE_PAGES + tuple(Page(h.page, h.title) for h in HY
     Page("degradation", {"en": "Degradation with depth", "zh": "随深度的退化"}),
     Page("batchnorm", {"en": "What BatchNorm does", "zh": "批归一化的作用"}),
 )}
+def measures_optimisation(protocol: str) -> bool:
+    """Whether runs of `protocol` measure H4 and H5 while they train: those of a study whose pages
+    judge them (He's nets at 32 px: minutes per measurement on a CPU, not hours as at 224 px)."""
+    kinds = {h.study_kind for h in HYPOTHESES if h.page == "mechanism"}
+    return any(s.protocol == protocol and s.kind in kinds for s in STUDIES)
+
+
 def _hypothesis_pages(kind: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(h.page for h in HYPOTHESES if h.study_kind == kind))
 

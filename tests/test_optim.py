@@ -306,3 +306,43 @@ def test_trained_runs_with_weights_are_measured_and_diverged_ones_skipped(tmp_pa
         f.unlink()
     out = cli("optim", *smoke, *grid, "--phase", "trained")
     assert "without model.pt" in out.stderr and not list(folders[0].glob("optim-*.json"))
+
+
+def test_a_run_measures_h4_and_h5_while_training_without_moving_the_training(tmp_path, one_thread):
+    """With optim settings, a run measures its net after epoch 1, at each learning-rate drop and at
+    the end (optim-epoch<k>-*.json; the last is the trained run's record, which `resdeg optim`
+    then finds cached), and trains exactly as without: same accuracies, same per-step telemetry."""
+    import numpy as np
+
+    from resdeg import runner
+    from resdeg.config import make_config
+    from resdeg.probes.optim_store import read_training_optims
+    from resdeg.study import measures_optimisation
+
+    assert measures_optimisation("depth") and measures_optimisation("depth-he") and not measures_optimisation("native")
+    settings = OptimSettings(gradient_images=4, curvature_images=8, lanczos_steps=3, slice_points=3)
+    over = {"epochs": 4, "train_images": 256, "test_images": 128, "clean_train_images": 64, "batch_size": 64}
+    cfg = make_config("depth", over, model="resnet20", variant="Nres", dataset="synthetic")
+    folders = {}
+    for name, optim_settings in (("with", settings), ("without", None)):
+        runner.train_and_probe(runner.plan([cfg], tmp_path / name), "cpu", tmp_path / name, progress=False,
+                               log=lambda m: None, optim_settings=optim_settings)
+        (folders[name],) = {p.parent for p in (tmp_path / name).glob("*/*/*/run.json")}
+    records, problems = read_training_optims(folders["with"], cfg.hash, settings)
+    assert not problems and [r.net.epoch for r in records] == [1, 2, 3, 4]
+    assert all(r.done and r.net.phase == "trained" for r in records)
+    assert sorted(p.name for p in folders["with"].glob("optim-*.json")) == sorted(
+        [f"optim-epoch{k}-{settings.hash}.json" for k in (1, 2, 3)] + [f"optim-{settings.hash}.json"])
+    assert not list(folders["without"].glob("optim-*"))
+    runs = {name: json.loads((f / "run.json").read_text()) for name, f in folders.items()}
+    assert [e["test_acc"] for e in runs["with"]["epochs"]] == [e["test_acc"] for e in runs["without"]["epochs"]]
+    telemetry = [sorted(folders[name].glob("telemetry-*.npz")) for name in ("with", "without")]
+    assert telemetry[0]
+    for a, b in zip(*telemetry, strict=True):
+        with np.load(a) as x, np.load(b) as y:
+            assert all(np.array_equal(x[k], y[k]) for k in x.files)
+    args = ["--protocol", "depth", "--dataset", "synthetic", "--device", "cpu", "--quiet", "--models", "resnet20",
+            "--variants", "Nres", "--seeds", "42", "--phase", "trained", "--gradient-images", "4",
+            "--curvature-images", "8", "--lanczos-steps", "3", "--slice-points", "3"]
+    out = cli("optim", "--results", tmp_path / "with", *args)
+    assert "cached" in out.stderr and "measured gradient" not in out.stderr

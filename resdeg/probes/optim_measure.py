@@ -54,6 +54,7 @@ from .optim_store import (
     OptimSettings,
     Slice1D,
     Slice2D,
+    epoch_path,
     init_path,
     read_optim,
     run_path,
@@ -315,17 +316,25 @@ def measure_job(job: Job, settings: OptimSettings, data: Dataset | None, device:
                 progress: bool = True) -> OptimRecord:
     """Measure one net and write its record (done, or skipped with the reason)."""
     started = time.perf_counter()
+    net = None if job.skip else _net(job, data).to(device)
+    config_hash = job.cfg.hash if job.phase == "init" else read_run(job.folder).config_hash
+    return _measure_and_write(net, job, config_hash, settings, data, device, progress, started)
+
+
+def _measure_and_write(net: ResNet | None, job: Job, config_hash: str, settings: OptimSettings,
+                       data: Dataset | None, device: torch.device, progress: bool, started: float,
+                       inputs=None) -> OptimRecord:
+    """Measure `net` (None: skipped for job.skip) and write its record. `inputs`: measurement_inputs
+    already built (a run measured at several epochs builds them once)."""
     timings = {}
     parts: dict = {"skipped": job.skip} if job.skip else {}
     gi = ci = torch.zeros(0, dtype=torch.long)
-    net = None
     if not parts:
-        net = _net(job, data).to(device)
         state = [t for t in net.state_dict().values() if t.is_floating_point()]
         if not all(bool(torch.isfinite(t).all()) for t in state):
             parts = {"skipped": "non-finite weights"}
     if not parts:
-        gi, x_grad, ci, batches = measurement_inputs(data, job.cfg, settings, device)
+        gi, x_grad, ci, batches = inputs or measurement_inputs(data, job.cfg, settings, device)
         timings["setup"] = time.perf_counter() - started
         bar = tqdm(total=work_units(settings), desc=job.label.strip(), unit="pass", leave=False,
                    disable=None if progress else True)
@@ -337,8 +346,8 @@ def measure_job(job: Job, settings: OptimSettings, data: Dataset | None, device:
     skipped = parts.get("skipped")
     record = OptimRecord(
         net=MeasuredNet(job.cfg.model, job.cfg.variant, job.cfg.seed, job.cfg.protocol, job.cfg.dataset,
-                        job.cfg.hash if job.phase == "init" else read_run(job.folder).config_hash, job.phase,
-                        job.epoch, sum(p.numel() for p in net.parameters()) if net is not None else 0),
+                        config_hash, job.phase, job.epoch,
+                        sum(p.numel() for p in net.parameters()) if net is not None else 0),
         config=job.cfg, settings=settings, settings_hash=settings.hash,
         status="skipped" if skipped else "done", reason=skipped,
         data_fingerprint=data.fingerprint if data is not None else None,
@@ -353,6 +362,43 @@ def measure_job(job: Job, settings: OptimSettings, data: Dataset | None, device:
     except OSError as e:
         raise ResdegError(f"cannot write {job.path} ({e.strerror or e})") from None
     return record
+
+
+def _bare_copy(model: nn.Module) -> nn.Module:
+    """A fp32 copy of a training net without its gradients and hooks: the telemetry's forward hooks
+    would otherwise record the measurement's backward passes as training steps."""
+    net = copy.deepcopy(model).float().to(memory_format=torch.contiguous_format)
+    for module in net.modules():
+        module._forward_hooks.clear()
+        module._forward_pre_hooks.clear()
+    for p in net.parameters():
+        p.grad = None
+    return net
+
+
+def epoch_measurer(cfg: Config, data: Dataset, settings: OptimSettings, device: torch.device, folder: Path):
+    """A Trainer hook that measures H4 and H5 on the training net after the epochs
+    probes.probe.probe_epochs names (after the first, at each learning-rate drop, at the end), into
+    the run's folder: the last epoch's record is the trained run's (`resdeg optim --phase trained`
+    finds it cached). It works on a copy in fp32 and never moves the training's random streams;
+    minutes per measurement on a CPU (about 50 s for ResNet-20, 270 s for ResNet-56 on one core)."""
+    from .probe import probe_epochs
+
+    wanted = probe_epochs(cfg)
+    inputs = measurement_inputs(data, cfg, settings, device)
+
+    def after_epoch(epoch: int, model: ResNet) -> None:
+        if epoch not in wanted:
+            return
+        started = time.perf_counter()
+        path = run_path(folder, settings) if epoch == cfg.epochs else epoch_path(folder, epoch, settings)
+        net = _bare_copy(model)
+        was_training = model.training
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            _measure_and_write(net, Job(cfg, "trained", path, folder, epoch), cfg.hash, settings, data, device,
+                               False, started, inputs)
+        model.train(was_training)
+    return after_epoch
 
 
 def describe(record: OptimRecord, state: str) -> str:

@@ -4,7 +4,9 @@ and measurement settings, written atomically through the shared record code (rec
     results/<protocol>/<dataset>/init/<model>-<variant>-s<seed>-<config hash>-optim-<settings hash>.json
         a net at initialisation (no training needed: the net the run of that config starts from)
     results/<protocol>/<dataset>/<run folder>/optim-<settings hash>.json
-        a trained run's net (its model.pt), beside its probes
+        a trained run's net (its model.pt, or measured as its last epoch ended), beside its probes
+    results/<protocol>/<dataset>/<run folder>/optim-epoch<k>-<settings hash>.json
+        the run's net after k epochs, measured while it trained (the epochs probes.probe_epochs names)
 
 The `init` folder sits where run folders do but holds no run.json, so the run store never takes
 it for a run. Changed settings get a new file; the same settings find the old one (cached).
@@ -245,6 +247,26 @@ def init_path(results: str | Path, cfg: Config, settings: OptimSettings) -> Path
 def run_path(folder: str | Path, settings: OptimSettings) -> Path:
     """Where the measurement of a trained run's net goes: in its folder."""
     return Path(folder) / f"optim-{settings.hash}.json"
+
+
+def epoch_path(folder: str | Path, epoch: int, settings: OptimSettings) -> Path:
+    """Where the measurement of a run's net after `epoch` epochs (not its last) goes: in its folder."""
+    return Path(folder) / f"optim-epoch{epoch}-{settings.hash}.json"
+
+
+def read_training_optims(folder: str | Path, config_hash: str, settings: OptimSettings) -> tuple[list, list[str]]:
+    """(the valid measurements of a run's net while it trained and at its end, by epoch; the problems
+    of the damaged ones, one line each: reported, never used)."""
+    out, problems = [], []
+    for path in sorted(Path(folder).glob(f"optim-*{settings.hash}.json")):
+        try:
+            record = read_optim(path, settings)
+        except CorruptOptim as e:
+            problems.append(f"{Path(folder).name}/{e}")
+            continue
+        if record.net.phase == "trained" and record.net.config_hash == config_hash:
+            out.append(record)
+    return sorted(out, key=lambda r: r.net.epoch), problems
 
 
 def read_optim(path: str | Path, settings: OptimSettings | None = None) -> OptimRecord | None:
