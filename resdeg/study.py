@@ -245,7 +245,7 @@ HYPOTHESES = (
          {"en": "the correlation of input gradients at nearby inputs against their distance, and the largest Hessian "
                 "eigenvalue of the training loss (the mechanism page says how; `resdeg optim`).",
           "zh": "相邻输入处输入梯度的相关系数随距离的变化，以及训练损失 Hessian 的最大特征值（方法见机制页；`resdeg optim`）。"}),
-        "mechanism", ("optim_init.csv", "optim_gradients.csv"), study_kind="depth"),
+        "mechanism", ("optim_init.csv", "optim_training.csv", "optim_gradients.csv"), study_kind="depth"),
     Hypothesis(
         "H5", {"en": "a sharper loss surface", "zh": "更尖锐的损失曲面"},
         {"en": "without skip connections the loss surface is chaotic and sharply curved, so gradient descent at a "
@@ -255,7 +255,7 @@ HYPOTHESES = (
                "退化的网络的 Hessian 最大特征值应当比浅的网络更大。"},
         ({"en": "At initialisation", "zh": "初始化时"},
          {"en": "as for H4, the same records.", "zh": "与 H4 相同的记录。"}),
-        "mechanism", ("optim_init.csv", "optim_slices.csv"), study_kind="depth"),
+        "mechanism", ("optim_init.csv", "optim_training.csv", "optim_slices.csv"), study_kind="depth"),
 )
 HYPOTHESIS_IDS = tuple(h.id for h in HYPOTHESES)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,85 @@ def test_an_h3_verdict_says_whether_it_was_measured_against_initialisation():
     v = V.h3("Nres: 20 vs 56", better, worse, depth=True)
     assert v.reason == "no_loss" and "fall more than at initialisation" in v.explain("en")
     assert "比初始化时下降得更多" in v.explain("zh")
+
+
+def _measured_at(init, epoch: int, corr: float, lam: float, surface: bool = False):
+    """A measurement of the same net after `epoch` epochs with the given statistics (page tests);
+    with `surface`, as measured with the report's 2-D slice (a bowl around the weights)."""
+    from dataclasses import replace
+
+    from resdeg.probes.optim_store import Slice2D, surface_settings
+
+    record = replace(init, net=replace(init.net, phase="trained", epoch=epoch),
+                     gradients=replace(init.gradients, at_summary={**init.gradients.at_summary, "input": corr}),
+                     curvature=replace(init.curvature, lambda_max=lam, lambda_max_resolved=True))
+    if not surface:
+        return record
+    settings = surface_settings()
+    alphas = tuple(-1 + 2 * i / (settings.slice_2d_points - 1) for i in range(settings.slice_2d_points))
+    bowl = tuple(tuple(0.5 + lam * 1e-3 * (a * a + b * b) for b in alphas) for a in alphas)
+    return replace(record, settings=settings, settings_hash=settings.hash, slice_2d=Slice2D(alphas, bowl))
+
+
+MADE = {"Nres": ((0.9, 100.0), (0.5, 900.0)), "FULL": ((0.95, 50.0), (0.9, 60.0))}  # (corr, lambda_max) shallow, deep
+
+
+@contextmanager
+def measured_while_training(sr):
+    """The seed-42 runs of the shallowest and deepest depth, plain and residual, as if measured at
+    epochs 1, 8 and 15 (and with a 2-D slice at the end); restored afterwards."""
+    cells = {(model, variant): made for variant, pair in MADE.items()
+             for model, made in zip((sr.models[0], sr.models[-1]), pair, strict=True)}
+    runs = {cell: next(r for r in sr.cell(*cell) if r.seed == 42) for cell in cells}
+    saved = {cell: (run.optim, run.surface) for cell, run in runs.items()}
+    try:
+        for cell, (corr, lam) in cells.items():
+            init = next(o for o in sr.optim_cell(*cell) if o.net.seed == 42)
+            runs[cell].optim = [_measured_at(init, e, corr - 0.01 * e, lam * (1 + e / 10)) for e in (1, 8, 15)]
+            runs[cell].surface = _measured_at(init, 15, corr, lam, surface=True)
+        yield
+    finally:
+        for cell, run in runs.items():
+            run.optim, run.surface = saved[cell]
+
+
+def test_the_mechanism_page_follows_h4_and_h5_through_training(depth_study):
+    """Runs measured as they trained: the rows start at the same seed's net at initialisation, the
+    deep-minus-shallow contrast is computed per epoch, and the page's section says whether the
+    difference points the same way at every point (here: yes for the plain pair)."""
+    store, sr = depth_study
+    shallow, deep = sr.models[0], sr.models[-1]
+    with measured_while_training(sr):
+        rows = A.optim_over_training(sr)
+        plain = next(r for r in rows if (r["model"], r["variant"]) == (deep, "Nres"))
+        assert [p["epoch"] for p in plain["points"]] == [0, 1, 8, 15]
+        assert plain["points"][0]["seeds"] == [42] and plain["points"][-1]["corr"] == pytest.approx(0.5 - 0.15)
+        contrast = A.training_contrast(rows, shallow, deep, "Nres")
+        assert contrast["steps"][-1]["corr"] == pytest.approx(0.5 - 0.9)
+        assert contrast["steps"][-1]["lambda_ratio"] == pytest.approx(9.0)
+        env = P.environment()
+        for lang, title, verdict in (("en", "## Through training: cause or consequence",
+                                      "At every point measured the deeper plain net's gradients are more shattered"),
+                                     ("zh", "## 训练过程中：原因还是结果", "在每个测量点上，更深的普通网络梯度都更破碎")):
+            ctx = P.study_context(store, sr, lang, {"mechanism": []}, {"mechanism": ["optim_init.csv"]})
+            section = P.render(env, "mechanism", ctx).split(title)[1].split("\n## ")[0]
+            init_plain = A.at_init_row(A.at_init_by_depth(sr), deep, "Nres")
+            assert verdict in section or init_plain["corr"][0] >= MADE["Nres"][0][0]
+            rows_md = [line for line in section.splitlines() if line.startswith("| ") and line[2].isdigit()]
+            assert [int(line.split("|")[1]) for line in rows_md] == [0, 1, 8, 15]
+            assert "0.35" in rows_md[-1]  # the deep plain net's correlation at the end
+
+
+def test_the_figures_through_training_and_of_the_surfaces_are_drawn(depth_study, tmp_path):
+    from resdeg.report import figures as F
+
+    store, sr = depth_study
+    with measured_while_training(sr):
+        names = [spec.name for _, spec, _ in F.planned(sr, "mechanism")]
+        assert {"mechanism-training", "mechanism-surface"} <= set(names)
+        for lang in ("en", "zh"):
+            for spec in F.FIGURES:
+                if spec.name in ("mechanism-training", "mechanism-surface", "mechanism-depth"):
+                    spec.draw(sr, lang, tmp_path / f"{spec.name}-{lang}.png")
+    assert all((tmp_path / f"{n}-{lang}.png").stat().st_size > 10_000 for n in ("mechanism-training", "mechanism-surface")
+               for lang in ("en", "zh"))

@@ -239,6 +239,15 @@ class OptimRecord(Record):
         return self.status == "done"
 
 
+# the 2-D slice the report draws, as Li et al.'s figure of ResNet-56 with and without skips:
+# `resdeg optim --phase trained --slice-2d 11` (otherwise the default settings)
+SURFACE_POINTS = 11
+
+
+def surface_settings() -> OptimSettings:
+    return OptimSettings(slice_2d_points=SURFACE_POINTS)
+
+
 def init_path(results: str | Path, cfg: Config, settings: OptimSettings) -> Path:
     """Where the measurement of `cfg`'s net at initialisation goes (beside the runs of its protocol)."""
     return run_dir(results, cfg).parent / INIT_FOLDER / f"{cfg.run_name}-optim-{settings.hash}.json"
@@ -254,15 +263,15 @@ def epoch_path(folder: str | Path, epoch: int, settings: OptimSettings) -> Path:
     return Path(folder) / f"optim-epoch{epoch}-{settings.hash}.json"
 
 
-def read_training_optims(folder: str | Path, config_hash: str, settings: OptimSettings) -> tuple[list, list[str]]:
-    """(the valid measurements of a run's net while it trained and at its end, by epoch; the problems
-    of the damaged ones, one line each: reported, never used)."""
+def read_training_optims(folder: str | Path, config_hash: str, settings: OptimSettings) -> tuple[list, list]:
+    """(the valid measurements of a run's net while it trained and at its end, by epoch; (file name,
+    problem) of each damaged one: reported, never used)."""
     out, problems = [], []
     for path in sorted(Path(folder).glob(f"optim-*{settings.hash}.json")):
         try:
             record = read_optim(path, settings)
         except CorruptOptim as e:
-            problems.append(f"{Path(folder).name}/{e}")
+            problems.append((path.name, str(e)))
             continue
         if record.net.phase == "trained" and record.net.config_hash == config_hash:
             out.append(record)

@@ -409,8 +409,7 @@ def at_init_by_depth(sr: StudyResults) -> list[dict]:
             if not records:
                 continue
             corr = [init_correlation(o) for o in records]
-            lam = [o.curvature.lambda_max if o.curvature.lambda_max_resolved and o.curvature.lambda_max > 0 else None
-                   for o in records]
+            lam = [_lambda_max(o) for o in records]
             ok_c, ok_l = [c for c in corr if c is not None], [x for x in lam if x is not None]
             rows.append({"model": model, "variant": variant, "depth": depth(model), "seeds": [o.net.seed for o in records],
                          "corr": corr, "lambda_max": lam,
@@ -437,6 +436,59 @@ def init_contrast(rows: list[dict], model: str, variant: str, reference: str = "
     if not all(corr + lam):
         return None
     return {"corr": V.difference(*corr), "log_lambda": V.difference(*lam), "row": a, "reference": b}
+
+
+def _lambda_max(record) -> float | None:
+    c = record.curvature
+    return c.lambda_max if c.lambda_max_resolved and c.lambda_max > 0 else None
+
+
+def optim_over_training(sr: StudyResults) -> list[dict]:
+    """Per (model, variant) whose runs measured H4/H5 while they trained: the input-gradient
+    correlation and lambda_max at each measured epoch (0 = the same seed's net at initialisation),
+    mean over the seeds that have that epoch (geometric for lambda_max). Shallowest first."""
+    rows = []
+    for model, variant, runs in sr.cells():
+        by_epoch: dict[int, list] = {}
+        for r in (r for r in runs if r.optim):
+            init = [o for o in sr.optim_cell(model, variant) if o.net.seed == r.seed]
+            for o in init + r.optim:
+                by_epoch.setdefault(o.net.epoch, []).append(o)
+        if not by_epoch:
+            continue
+        points = []
+        for epoch in sorted(by_epoch):
+            corr = [c for o in by_epoch[epoch] if (c := init_correlation(o)) is not None]
+            lam = [x for o in by_epoch[epoch] if (x := _lambda_max(o)) is not None]
+            points.append({"epoch": epoch, "seeds": sorted(o.net.seed for o in by_epoch[epoch]),
+                           "corr": float(np.mean(corr)) if corr else None,
+                           "lambda_max": float(10 ** np.mean(np.log10(lam))) if lam else None,
+                           "wall_s": [o.wall_s for o in by_epoch[epoch] if epoch]})
+        rows.append({"model": model, "variant": variant, "depth": depth(model), "points": points})
+    return sorted(rows, key=lambda r: (r["depth"], r["variant"]))
+
+
+def training_contrast(rows: list[dict], shallow: str, deep: str, variant: str) -> dict | None:
+    """Deep minus shallow net of one variant along training, at the epochs both were measured:
+    [(epoch, correlation difference, lambda_max ratio)]; None unless both have points after training."""
+    a = next((r for r in rows if (r["model"], r["variant"]) == (shallow, variant)), None)
+    b = next((r for r in rows if (r["model"], r["variant"]) == (deep, variant)), None)
+    if a is None or b is None:
+        return None
+    at_a = {p["epoch"]: p for p in a["points"]}
+    pairs = [(p["epoch"], at_a[p["epoch"]], p) for p in b["points"] if p["epoch"] in at_a]
+    steps = [{"epoch": e, "corr": (q["corr"] - p["corr"]) if None not in (p["corr"], q["corr"]) else None,
+              "lambda_ratio": (q["lambda_max"] / p["lambda_max"]) if None not in (p["lambda_max"], q["lambda_max"])
+              else None, "shallow": p, "deep": q} for e, p, q in pairs]
+    if not any(s["epoch"] > 0 for s in steps):
+        return None
+    corr = [s["corr"] for s in steps if s["corr"] is not None]
+    ratio = [s["lambda_ratio"] for s in steps if s["lambda_ratio"] is not None]
+    return {"variant": variant, "shallow": shallow, "deep": deep, "steps": steps,
+            "seeds": sorted(set(steps[-1]["shallow"]["seeds"]) & set(steps[-1]["deep"]["seeds"])),
+            # the deeper net more shattered / sharper at every measured epoch, from initialisation on
+            "shattered_throughout": bool(corr) and all(c < 0 for c in corr),
+            "sharper_throughout": bool(ratio) and all(r > 1 for r in ratio)}
 
 
 # -- separability while training (H3: cause or consequence) ---------------------------------------------

@@ -157,7 +157,8 @@ class Failure:
     variant: str
     early: float | None
     whole: float | None
-    diverged: int
+    diverged: int  # of its seeds, how many diverged
+    seeds: int
 
     @property
     def kind(self) -> str:
@@ -181,7 +182,8 @@ def failures(store: Store) -> list[Failure]:
                 continue
             seen.add((model, variant))
             out.append(Failure(sr, model, variant, _geomean(early_ratio(r) for r in runs),
-                               _geomean(A.median_ratio(r) for r in runs), sum(r.status == "diverged" for r in runs)))
+                               _geomean(A.median_ratio(r) for r in runs), sum(r.status == "diverged" for r in runs),
+                               len(runs)))
     return out
 
 
@@ -191,7 +193,8 @@ def synthesis(store: Store) -> dict:
     depth_sr = next((s for s in store.studies if s.name == "depth"), None) or \
         next((s for s in store.studies if s.kind == "depth"), None)
     out = {"degradation": None, "verdicts": None, "plain_ratios": None, "residual_deep": None,
-           "failures": failures(store), "normfree": None, "bn_removed": None, "at_init": None}
+           "failures": failures(store), "normfree": None, "bn_removed": None, "at_init": None,
+           "training": None}
     if depth_sr is None:
         return out
     entries = A.degradation(depth_sr)
@@ -212,6 +215,8 @@ def synthesis(store: Store) -> dict:
                    for v in ("Nres", "FULL")}
         if all(a and b and a["corr_mean"] is not None and b["corr_mean"] is not None for a, b in at_init.values()):
             out["at_init"] = {"plain": at_init["Nres"], "residual": at_init["FULL"]}
+        out["training"] = A.training_contrast(A.optim_over_training(depth_sr), p["comparison"].reference[0], deep,
+                                              "Nres")
         full_vs_plain = Comparison("ablation", "residual", (deep, "FULL"), (deep, "Nres"))
         if full_vs_plain.reference in {(m, v) for m, v, _ in depth_sr.cells()} and \
                 full_vs_plain.other in {(m, v) for m, v, _ in depth_sr.cells()}:

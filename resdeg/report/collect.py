@@ -36,6 +36,8 @@ class Run:
     probe_note: str | None = None  # why there is no usable probe
     init_probe: object | None = None  # the untrained net's separability (probes.store.InitProbeRecord): H3's control
     epoch_probes: list = field(default_factory=list)  # its separability recorded while it trained, by epoch
+    optim: list = field(default_factory=list)  # H4/H5 measured on its net while it trained and at its end, by epoch
+    surface: object | None = None  # its trained net measured with a 2-D loss slice (optim_store.surface_settings)
 
     model = property(lambda self: self.record.model)
     variant = property(lambda self: self.record.variant)
@@ -296,7 +298,8 @@ def load_store(results: str | Path, protocol: str | None = None, dataset: str | 
             by_key.setdefault((e.run.dataset, _setting(e.run)), []).append((rel, e))
         key = max(by_key, key=lambda k: (all(_as_declared(e.run) for _, e in by_key[k]), len(by_key[k]),
                                          max(e.run.updated for _, e in by_key[k]), k))
-        runs = [_with_probe(Run(e.path, rel, e.run)) for rel, e in sorted(by_key[key], key=lambda re_: _order(re_[1].run))]
+        runs = [_with_optim(_with_probe(Run(e.path, rel, e.run)), unused)
+                for rel, e in sorted(by_key[key], key=lambda re_: _order(re_[1].run))]
         optim = _optim_at_init(results, study.protocol, key[0], key[1], unused)
         studies.append(StudyResults(study, results, key[0], key[1], runs, optim))
         used.update(rel for rel, _ in by_key[key])
@@ -326,6 +329,18 @@ def _with_probe(run: Run) -> Run:
         except CorruptProbe as e:
             run.probe_note = f"init probe unusable ({e})"
         run.epoch_probes = read_epoch_probes(run.folder, run.record, run.probe.settings)
+    return run
+
+
+def _with_optim(run: Run, unused: list) -> Run:
+    """The run's H4/H5 measurements (default settings); a damaged one is listed as unused."""
+    from ..probes.optim_store import OptimSettings, read_training_optims, surface_settings
+
+    records, problems = read_training_optims(run.folder, run.config_hash, OptimSettings())
+    run.optim = [r for r in records if r.done]
+    surfaces, more = read_training_optims(run.folder, run.config_hash, surface_settings())
+    run.surface = next((r for r in surfaces if r.done and r.net.epoch == run.record.epochs_done), None)
+    unused.extend((f"{run.rel}/{name}", f"corrupt: {problem}") for name, problem in problems + more)
     return run
 
 

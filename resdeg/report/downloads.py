@@ -24,6 +24,18 @@ ARCHIVE = "resdeg-data.zip"
 # a writer adds without an entry here fails tests/test_report.py.
 _RUN = {"model": ("model", "模型"), "variant": ("variant (see the setup page)", "变体（见实验设置页）"),
         "seed": ("random seed", "随机种子")}
+_OPTIM = {  # the columns of one H4/H5 measurement (optim_init.csv, optim_training.csv)
+    "corr_input": ("mean correlation of the input gradients at the summary distance (empty: undefined)",
+                   "在概括距离处输入梯度相关系数的平均（空：无定义）"),
+    "summary_distance": ("that distance, in data standard deviations", "该距离，单位为数据标准差"),
+    "half_distance": ("distance where the input-gradient correlation first falls to 1/2 (empty: not on the grid)",
+                      "输入梯度相关系数首次降到 1/2 的距离（空：不在所测的距离上）"),
+    "lambda_max": ("top Hessian eigenvalue of the training loss", "训练损失 Hessian 的最大特征值"),
+    "lambda_max_resolved": ("its Lanczos residual is at most 5% of it", "其 Lanczos 残差不超过自身的 5%"),
+    "lambda_min": ("most negative (smallest) Hessian eigenvalue", "最小（最负）的 Hessian 特征值"),
+    "lambda_min_resolved": ("its Lanczos residual is at most 5% of it", "其 Lanczos 残差不超过自身的 5%"),
+    "loss": ("training loss on the curvature images", "在曲率图像上的训练损失"),
+    "wall_s": ("measurement wall time, seconds", "测量用时，秒")}
 _IDS_EN = ", ".join(HYPOTHESIS_IDS[:-1]) + " and " + HYPOTHESIS_IDS[-1]
 DICTIONARY = {
     "runs.csv": (("one row per run", "每次训练一行"), {
@@ -92,17 +104,11 @@ DICTIONARY = {
     "optim_init.csv": (("one row per net measured at initialisation (H4, H5; `resdeg optim`)",
                         "每个在初始化时测量的网络一行（H4、H5；`resdeg optim`）"), {
         **_RUN, "depth": ("layers", "层数"),
-        "corr_input": ("mean correlation of the input gradients at the summary distance (empty: undefined)",
-                       "在概括距离处输入梯度相关系数的平均（空：无定义）"),
-        "summary_distance": ("that distance, in data standard deviations", "该距离，单位为数据标准差"),
-        "half_distance": ("distance where the input-gradient correlation first falls to 1/2 (empty: not on the grid)",
-                          "输入梯度相关系数首次降到 1/2 的距离（空：不在所测的距离上）"),
-        "lambda_max": ("top Hessian eigenvalue of the training loss", "训练损失 Hessian 的最大特征值"),
-        "lambda_max_resolved": ("its Lanczos residual is at most 5% of it", "其 Lanczos 残差不超过自身的 5%"),
-        "lambda_min": ("most negative (smallest) Hessian eigenvalue", "最小（最负）的 Hessian 特征值"),
-        "lambda_min_resolved": ("its Lanczos residual is at most 5% of it", "其 Lanczos 残差不超过自身的 5%"),
-        "loss": ("training loss on the curvature images", "在曲率图像上的训练损失"),
-        "wall_s": ("measurement wall time, seconds", "测量用时，秒")}),
+        **_OPTIM}),
+    "optim_training.csv": (("one row per run and epoch measured while it trained (H4, H5; its net at "
+                            "initialisation is in optim_init.csv)",
+                            "每个运行在训练中每个测量的轮次一行（H4、H5；初始化时的网络在 optim_init.csv 中）"), {
+        **_RUN, "depth": ("layers", "层数"), "epoch": ("epochs trained when measured", "测量时已训练的轮次"), **_OPTIM}),
     "optim_gradients.csv": (("one row per net, gradient and distance: the correlation curves",
                              "每个网络、每处梯度、每个距离一行：相关系数曲线"), {
         **_RUN, "gradient": ("input, or a stage's output", "输入，或某个阶段的输出"),
@@ -116,6 +122,16 @@ DICTIONARY = {
                        "rules (JSON, schema resdeg.verdicts)",
                        f"各假说，以及每组比较的 {'、'.join(HYPOTHESIS_IDS)} 判定、判定依据和规则（JSON，schema 为 resdeg.verdicts）"), {}),
 }
+
+
+OPTIM_MEASURES = tuple(_OPTIM)
+
+
+def _optim_measures(o) -> list:
+    """One H4/H5 measurement's OPTIM_MEASURES columns."""
+    return [_g(A.init_correlation(o)), _g(o.settings.summary_distance), _g(o.gradients.half_distance.get("input")),
+            _g(o.curvature.lambda_max), o.curvature.lambda_max_resolved, _g(o.curvature.lambda_min),
+            o.curvature.lambda_min_resolved, _g(o.curvature.loss), _g(o.wall_s)]
 
 
 def _csv(path: Path, header: list[str], rows) -> None:
@@ -189,12 +205,11 @@ def write_study_downloads(sr: StudyResults, out: Path) -> dict[str, list[str]]:
            _g(b.branch_variance), _g(r.probe.effective_rank.get(ph, {}).get(b.stage))]
           for r in sr.probed for ph, blocks in r.probe.blocks.items() for b in blocks))
     at_init = [o for o in sr.optim if o.done]
-    _csv(out / "optim_init.csv", [*KEYS, "depth", "corr_input", "summary_distance", "half_distance", "lambda_max",
-                                  "lambda_max_resolved", "lambda_min", "lambda_min_resolved", "loss", "wall_s"],
-         ([o.net.model, o.net.variant, o.net.seed, depth(o.net.model), _g(A.init_correlation(o)),
-           _g(o.settings.summary_distance), _g(o.gradients.half_distance.get("input")), _g(o.curvature.lambda_max),
-           o.curvature.lambda_max_resolved, _g(o.curvature.lambda_min), o.curvature.lambda_min_resolved,
-           _g(o.curvature.loss), _g(o.wall_s)] for o in at_init))
+    _csv(out / "optim_init.csv", [*KEYS, "depth", *OPTIM_MEASURES],
+         ([o.net.model, o.net.variant, o.net.seed, depth(o.net.model), *_optim_measures(o)] for o in at_init))
+    _csv(out / "optim_training.csv", [*KEYS, "depth", "epoch", *OPTIM_MEASURES],
+         ([o.net.model, o.net.variant, o.net.seed, depth(o.net.model), o.net.epoch, *_optim_measures(o)]
+          for r in sr.runs for o in r.optim))
     _csv(out / "optim_gradients.csv", [*KEYS, "gradient", "distance", "corr_mean", "corr_sd"],
          ([o.net.model, o.net.variant, o.net.seed, where, _g(dist), _g(m), _g(sd)] for o in at_init
           for where in o.gradients.mean

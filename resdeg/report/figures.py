@@ -64,7 +64,8 @@ LABELS = {
            "corr": "input-gradient correlation", "corr_at": "at distance {d}", "distance": "distance (data standard deviations)",
            "lambda_max": "top Hessian eigenvalue λmax", "alpha": "step along a filter-normalised direction",
            "slice_loss": "training loss", "no_grad_plain": "plain without BatchNorm (Nboth)", "seed_n": "seed {n}",
-           "layers": "{d} layers"},
+           "layers": "{d} layers", "log_loss": "log10 training loss",
+           "direction": "step along filter-normalised direction {k}"},
     "zh": {"lang": "zh", "epoch": "训练轮次", "step": "训练步数", "stage": "阶段", "acc": "准确率（%）", "err": "错误率（%）",
            "train_acc": "训练准确率（训练模式，逐批统计）", "clean_train_acc": "训练集准确率（评估模式）",
            "test_acc": "测试准确率", "train_err": "训练错误率（逐批统计）", "test_err": "测试错误率",
@@ -83,7 +84,8 @@ LABELS = {
            "corr": "输入梯度的相关系数", "corr_at": "距离 {d}", "distance": "距离（数据标准差）",
            "lambda_max": "Hessian 最大特征值 λmax", "alpha": "沿滤波器归一化方向的步长",
            "slice_loss": "训练损失", "no_grad_plain": "无批归一化的普通网络（Nboth）", "seed_n": "种子 {n}",
-           "layers": "{d} 层"},
+           "layers": "{d} 层", "log_loss": "训练损失的 log10",
+           "direction": "沿滤波器归一化方向 {k} 的步长"},
 }
 CRITERION_NAMES = {
     "en": {"fisher_trace_ratio": "Fisher tr(S_B)/tr(S_W), per image", "fisher_channel_maps": "Fisher, per channel map",
@@ -680,8 +682,10 @@ _MECHANISM_LABEL = {"Nres": "plain", "FULL": "residual", "Nboth": "no_grad_plain
 def mechanism_depth(sr: StudyResults, lang: str, path: Path) -> None:
     """Against depth, at initialisation: the input-gradient correlation at the summary distance
     (left; Balduzzi et al. 2017) and the top Hessian eigenvalue (right, log scale; Li et al. 2018).
-    Plain dashed, residual solid; points are the mean (geometric for lambda_max), bars span the seeds."""
+    Plain dashed, residual solid; points are the mean (geometric for lambda_max), bars span the seeds.
+    Hollow markers: the same after training, for the runs measured as they trained."""
     rows = A.at_init_by_depth(sr)
+    trained = A.optim_over_training(sr)
     distance = next(o.settings.summary_distance for o in sr.optim if o.done)
 
     def body(fig, axes, t):
@@ -698,6 +702,14 @@ def mechanism_depth(sr: StudyResults, lang: str, path: Path) -> None:
                 ns = [len([v for v in r[key] if v is not None]) for r in mine]
                 ax.errorbar(xs, mid, yerr=[lo, hi], color=colour, ls=ls, marker=marker, ms=5, lw=1.6, capsize=3,
                             label=t[_MECHANISM_LABEL[variant]] + t["sep"] + _seeds_text(ns, t))
+            for variant in ("Nres", "FULL"):  # after training, where runs were measured as they trained
+                ends = [(r["depth"], r["points"][-1]) for r in trained if r["variant"] == variant
+                        and r["points"][-1]["epoch"] > 0 and r["points"][-1][key] is not None]
+                if ends:
+                    colour, _, marker = STYLE[variant]
+                    ax.plot([d for d, _ in ends], [p[key] for _, p in ends], ls="none", marker=marker, ms=8,
+                            mfc="none", mec=colour, mew=1.6, label=t[_MECHANISM_LABEL[variant]] + t["sep"]
+                            + t["trained"] + t["sep"] + _seeds_text([len(p["seeds"]) for _, p in ends], t))
             ax.set_xlabel(t["depth"])
             ax.set_xticks(sorted({r["depth"] for r in rows}))
         axes[0, 0].set_title(t["corr"] + t["sep"] + t["corr_at"].format(d=f"{distance:g}"))
@@ -706,6 +718,81 @@ def mechanism_depth(sr: StudyResults, lang: str, path: Path) -> None:
         axes[0, 1].set_yscale("log")
         _legend_below(fig, axes, ncol=3)
     _draw(path, lang, 1, 2, 3.6, body)
+
+
+def _has_training_optim(sr) -> bool:
+    return any(r.optim for r in sr.runs)
+
+
+@figure("mechanism-training", "mechanism", needs=_has_training_optim)
+def mechanism_training(sr: StudyResults, lang: str, path: Path) -> None:
+    """Through training: the input-gradient correlation at the summary distance (left) and lambda_max
+    (right, log scale) at initialisation (epoch 0), after the first epoch, at each learning-rate drop
+    and at the end. One colour per depth; plain dashed, residual solid; mean over the measured seeds."""
+    rows = [r for r in A.optim_over_training(sr) if r["variant"] in _MECHANISM_LABEL]
+    depths = sorted({r["depth"] for r in rows})
+    distance = next(o.settings.summary_distance for r in sr.runs for o in r.optim)
+
+    def body(fig, axes, t):
+        for ax, key in ((axes[0, 0], "corr"), (axes[0, 1], "lambda_max")):
+            for r in rows:
+                pts = [p for p in r["points"] if p[key] is not None]
+                _, ls, marker = STYLE[r["variant"]]
+                ax.plot([p["epoch"] for p in pts], [p[key] for p in pts], ls=ls, marker=marker, ms=4, lw=1.6,
+                        color=DEPTH_COLOURS[depths.index(r["depth"]) % len(DEPTH_COLOURS)],
+                        label=t["layers"].format(d=r["depth"]) + t["sep"] + t[_MECHANISM_LABEL[r["variant"]]]
+                        + t["sep"] + _seeds_text([len(r["points"][-1]["seeds"])], t))
+            ax.set_xlabel(t["epoch"])
+        axes[0, 0].set_title(t["corr"] + t["sep"] + t["corr_at"].format(d=f"{distance:g}"))
+        axes[0, 0].axhline(0, color="#555555", lw=0.8)
+        axes[0, 1].set_title(t["lambda_max"])
+        axes[0, 1].set_yscale("log")
+        _legend_below(fig, axes, ncol=2)
+    _draw(path, lang, 1, 2, 3.8, body)
+
+
+def _surfaces(sr) -> list[tuple[int, dict]]:
+    """(depth, {variant: trained run with a 2-D slice}) for the depths whose plain and residual nets
+    both have one (the first seed that has it), shallowest first."""
+    out = []
+    for model in sr.models:
+        runs = {v: next((r for r in sr.cell(model, v) if r.surface is not None), None) for v in ("Nres", "FULL")}
+        if all(runs.values()):
+            out.append((depth(model), runs))
+    return out
+
+
+@figure("mechanism-surface", "mechanism", needs=lambda sr: bool(_surfaces(sr)))
+def mechanism_surface(sr: StudyResults, lang: str, path: Path) -> None:
+    """The training loss on a plane through the trained weights, spanned by two filter-normalised
+    random directions (Li et al. 2018's Fig. 5: ResNet-56 with and without skip connections):
+    contours of log10 loss, one row per depth, plain left, residual right, shared levels."""
+    shown = _surfaces(sr)
+    grids = {(d, v): np.log10(np.array([[np.nan if x is None or x <= 0 else x for x in row]
+                                        for row in r.surface.slice_2d.losses], dtype=float))
+             for d, runs in shown for v, r in runs.items()}
+    finite_values = np.concatenate([g[np.isfinite(g)] for g in grids.values()])
+    levels = np.linspace(finite_values.min(), min(finite_values.max(), finite_values.min() + 2.5), 21)
+
+    def body(fig, axes, t):
+        for row, (d, runs) in enumerate(shown):
+            for col, variant in enumerate(("Nres", "FULL")):
+                ax, r = axes[row, col], runs[variant]
+                alphas = r.surface.slice_2d.alphas
+                filled = ax.contourf(alphas, alphas, grids[(d, variant)].T, levels=levels, cmap="viridis",
+                                     extend="max")
+                ax.contour(alphas, alphas, grids[(d, variant)].T, levels=levels, colors="white", linewidths=0.4,
+                           negative_linestyles="solid")
+                ax.plot([0], [0], marker="+", color="white", ms=8)
+                ax.set_aspect("equal")
+                ax.grid(False)
+                ax.set_title(t["layers"].format(d=d) + t["sep"] + t[_MECHANISM_LABEL[variant]] + t["sep"]
+                             + t["seed_n"].format(n=r.seed))
+                ax.set_xlabel(t["direction"].format(k=1))
+            axes[row, 0].set_ylabel(t["direction"].format(k=2))
+        fig.colorbar(filled, ax=axes, shrink=0.8, label=t["log_loss"],
+                     format=lambda v, _: f"{v:.1f}".replace("-0.0", "0.0"))
+    _draw(path, lang, len(shown), 2, 3.6 * len(shown), body, width=7.0)
 
 
 @figure("mechanism-correlation", "mechanism", needs=_has_optim)

@@ -15,7 +15,7 @@ from .. import __version__
 from ..config import PROTOCOLS, Config
 from ..models import ARCHS, build_model
 from ..probes.criteria import CRITERIA
-from ..probes.optim_store import OptimSettings
+from ..probes.optim_store import SURFACE_POINTS, OptimSettings
 from ..probes.store import ProbeSettings
 from ..study import HYPOTHESES, PAGES, VARIANTS
 from . import analysis as A
@@ -228,6 +228,7 @@ def study_context(store: Store, sr: StudyResults, lang: str, figures: dict, down
             "criteria": A.criteria_present(sr.runs), "degradation": A.degradation(sr),
             "effects": [A.effect(sr, c) for c in sr.comparisons() if c.kind == "ablation"],
             "at_init_rows": A.at_init_by_depth(sr), "distance": OptimSettings().summary_distance,
+            "surface_points": SURFACE_POINTS,
             "training_rows": A.separability_over_training(sr), "training_criterion": A.TRAINING_CRITERION,
             **schedule_context(store, sr)}
 
