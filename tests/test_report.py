@@ -871,6 +871,27 @@ def test_every_download_has_a_data_dictionary_entry_and_is_in_the_archive(render
             assert f"**`{name}`**" in repro and all(f"| `{c}` |" in repro for c in columns)
 
 
+def test_figures_plot_the_analysis_and_the_download_holds_what_they_plot(rendered):
+    """One statistics convention (sample sd, ddof=1), computed in analysis.py: the depth figure's
+    points and bars are the mean, lowest and highest seed of runs.csv's rows."""
+    from resdeg.report import analysis as A
+
+    s = A.spread([1.0, 2.0, 4.0])
+    assert (s.mean, s.lo, s.hi, s.n) == (7 / 3, 1.0, 4.0, 3) and s.sd == pytest.approx(np.std([1, 2, 4], ddof=1))
+    assert A.spread([None, 5.0]).sd is None and A.spread([None]) is None
+    store = build_store(rendered)
+    sr = store.study("depth")
+    with open(rendered.docs / "downloads" / sr.name / "runs.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["variant"] == "Nres" and r["clean_train_acc"]]
+    points = A.final_by_depth(sr, "Nres", "clean_train_acc")
+    assert points
+    for d, spread in points:
+        errors = [100 * (1 - float(r["clean_train_acc"])) for r in rows if r["model"] == f"resnet{d}"]
+        close = {"abs": 1e-3}  # runs.csv keeps 6 significant digits
+        assert spread.n == len(errors) and spread.mean == pytest.approx(np.mean(errors), **close)
+        assert (spread.lo, spread.hi) == (pytest.approx(min(errors), **close), pytest.approx(max(errors), **close))
+
+
 def test_comparisons_are_named_in_each_language():
     from resdeg.study import Comparison
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -185,11 +186,52 @@ def with_degradation_verdict(e: dict) -> dict:
 
 # -- tables ----------------------------------------------------------------------------------------
 
-def mean_std(values) -> tuple[float | None, float | None, int]:
+@dataclass(frozen=True)
+class Spread:
+    """One quantity over seeds, as every table, figure and download states it: the mean, the sample
+    standard deviation (ddof=1; None for one seed), the lowest and highest seed, the count."""
+    mean: float
+    sd: float | None
+    lo: float
+    hi: float
+    n: int
+
+
+def spread(values) -> Spread | None:
+    """The Spread of the finite values (None left out); None when there are none."""
     a = finite(values)
     if not len(a):
-        return None, None, 0
-    return float(a.mean()), (float(a.std(ddof=1)) if len(a) > 1 else None), len(a)
+        return None
+    return Spread(float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else None, float(a.min()), float(a.max()), len(a))
+
+
+def mean_std(values) -> tuple[float | None, float | None, int]:
+    s = spread(values)
+    return (None, None, 0) if s is None else (s.mean, s.sd, s.n)
+
+
+def stage_spreads(runs: list[Run], stages: list[str], values_of) -> list[Spread | None]:
+    """Per stage, the Spread over `runs` of `values_of(run)` (a stage -> value map)."""
+    per_run = [values_of(r) for r in runs]
+    return [spread([m.get(stage) for m in per_run]) for stage in stages]
+
+
+def final_by_depth(sr: StudyResults, variant: str, key: str) -> list[tuple[int, Spread]]:
+    """(depth, Spread of the final error in % over seeds) of one variant, for the depth figures;
+    `key` is an accuracy field of Run.final."""
+    out = []
+    for model in sr.models:
+        s = spread([100 * (1 - getattr(r.final, key)) for r in sr.cell(model, variant) if r.final])
+        if s is not None:
+            out.append((depth(model), s))
+    return out
+
+
+def correlation_curve(records, where: str = "input") -> list[float | None]:
+    """The mean over nets (seeds) of the gradient correlation at each distance of their settings."""
+    curves = [o.gradients.mean[where] for o in records]
+    return [(s.mean if (s := spread([c[i] for c in curves])) else None) for i in range(len(curves[0]))] \
+        if curves else []
 
 
 def epoch_curves(sr: StudyResults, model: str, variant: str, key: str) -> dict:

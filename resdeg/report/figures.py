@@ -438,16 +438,14 @@ def h2_profile(sr: StudyResults, lang: str, path: Path) -> None:
     def body(fig, axes, t):
         for ax, model in zip(axes.flat, models, strict=False):
             for v in sr.variants:
-                per_run = [m for r in sr.cell(model, v) if (m := A.stage_medians(r))]
-                if not per_run:
+                runs = [r for r in sr.cell(model, v) if A.stage_medians(r)]
+                if not runs:
                     continue
-                stages = list(per_run[0])
-                vals = np.array([[m.get(s) if m.get(s) is not None else np.nan for s in stages] for m in per_run])
+                stages = runs[0].stages
+                spreads = A.stage_spreads(runs, stages, A.stage_medians)
+                mid = np.array([s.mean if s else np.nan for s in spreads])
+                err = [mid - [s.lo if s else np.nan for s in spreads], [s.hi if s else np.nan for s in spreads] - mid]
                 colour, ls, marker = STYLE.get(v, ("#000000", "-", "o"))
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    mid = np.nanmean(vals, 0)
-                    err = [mid - np.nanmin(vals, 0), np.nanmax(vals, 0) - mid]
                 ax.errorbar(range(len(stages)), mid, yerr=err, color=colour, ls=ls, marker=marker, ms=4, lw=1.6,
                             capsize=2, label=_variant_label(sr, v, t, *models))
                 ax.set_xticks(range(len(stages)), stages)
@@ -469,10 +467,9 @@ def _stage_lines(ax, sr: StudyResults, model: str, t: dict, values_of) -> None:
         if not runs:
             continue
         stages = list(runs[0].probe.stages)
-        vals = np.array([[values_of(r).get(s) for s in stages] for r in runs], dtype=float)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN stage is drawn as a gap
-            mean, std = np.nanmean(vals, 0), np.nan_to_num(np.nanstd(vals, 0))
+        spreads = A.stage_spreads(runs, stages, values_of)  # a stage no run has is drawn as a gap
+        mean = np.array([s.mean if s else np.nan for s in spreads])
+        std = np.array([(s.sd or 0.0) if s else 0.0 for s in spreads])
         _line(ax, np.arange(len(stages)), mean, std, v, _variant_label(sr, v, t, model), len(runs))
         ax.set_xticks(range(len(stages)), [s.replace("stage", "") for s in stages])
 
@@ -560,19 +557,13 @@ def depth_final(sr: StudyResults, lang: str, path: Path) -> None:
     def body(fig, axes, t):
         for ax, key, title in ((axes[0, 0], "clean_train_acc", "clean_train_err"), (axes[0, 1], "test_acc", "test_err")):
             for v, label in (("Nres", t["plain"]), ("FULL", t["residual"])):
-                xs, mids, lows, highs, ns = [], [], [], [], []
-                for model in sr.models:
-                    vals = [100 * (1 - getattr(r.final, key)) for r in sr.cell(model, v) if r.final]
-                    if vals:
-                        xs.append(depth(model))
-                        mids.append(np.mean(vals))
-                        lows.append(np.mean(vals) - min(vals))
-                        highs.append(max(vals) - np.mean(vals))
-                        ns.append(len(vals))
-                if xs:
+                points = A.final_by_depth(sr, v, key)
+                if points:
                     colour, ls, marker = STYLE[v]
-                    ax.errorbar(xs, mids, yerr=[lows, highs], color=colour, ls=ls, marker=marker, ms=5, lw=1.6,
-                                capsize=3, label=label + t["sep"] + _seeds_text(ns, t))
+                    ax.errorbar([d for d, _ in points], [s.mean for _, s in points],
+                                yerr=[[s.mean - s.lo for _, s in points], [s.hi - s.mean for _, s in points]],
+                                color=colour, ls=ls, marker=marker, ms=5, lw=1.6, capsize=3,
+                                label=label + t["sep"] + _seeds_text([s.n for _, s in points], t))
             ax.set_xticks([depth(m) for m in sr.models])
             ax.set_title(t[title])
             ax.set_xlabel(t["depth"])
@@ -806,12 +797,10 @@ def mechanism_correlation(sr: StudyResults, lang: str, path: Path) -> None:
     def body(fig, axes, t):
         for ax, d in zip(axes[0], shown, strict=False):
             for r in (r for r in rows if r["depth"] == d):
-                curves = [o.gradients.mean["input"] for o in r["records"]]
-                distances = r["records"][0].gradients.distances
-                mean = [np.mean([c[i] for c in curves if c[i] is not None] or [np.nan]) for i in range(len(distances))]
+                mean = [np.nan if m is None else m for m in A.correlation_curve(r["records"])]
                 colour, ls, marker = STYLE[r["variant"]]
-                ax.plot(distances, mean, color=colour, ls=ls, marker=marker, ms=3.5, lw=1.6,
-                        label=t[_MECHANISM_LABEL[r["variant"]]] + t["sep"] + _seeds_text([len(curves)], t))
+                ax.plot(r["records"][0].gradients.distances, mean, color=colour, ls=ls, marker=marker, ms=3.5, lw=1.6,
+                        label=t[_MECHANISM_LABEL[r["variant"]]] + t["sep"] + _seeds_text([len(r["records"])], t))
             ax.set_xscale("log")
             ax.axhline(0, color="#555555", lw=0.8)
             ax.set_title(t["layers"].format(d=d))
