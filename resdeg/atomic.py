@@ -102,10 +102,6 @@ def npz_bytes(**arrays) -> bytes:
     return buf.getvalue()
 
 
-def atomic_savez(path: str | Path, **arrays) -> None:
-    atomic_write_bytes(path, npz_bytes(**arrays))
-
-
 _RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
 

@@ -280,10 +280,7 @@ def run_all(protocol, dataset, data_dir, results, overrides, device, precision, 
     if given and not cluster:
         raise ResdegError(f"{given[0]} goes with --launcher slurm")
 
-    try:
-        seed_list = [int(s) for s in seeds] if seeds else [None]
-    except ValueError:
-        raise ResdegError(f"--seeds {','.join(seeds)!r}: expected comma-separated integers") from None
+    seed_list = seeds or [None]  # integers already (_csv)
     if models or variants:  # the grid asked for, with the protocol's defaults for what is not given
         grid_models, grid_variants = default_grid(protocol)
         cells = [(m, v) for m in (models or grid_models) for v in (variants or grid_variants)]

@@ -15,10 +15,11 @@ from resdeg.probes.store import (
     SIGNAL_PHASES,
     CorruptProbe,
     ProbeSettings,
-    probe_entries,
+    find_probe,
     probe_path,
     read_probe,
 )
+from resdeg.store import read_run
 
 SMOKE = ["--protocol", "smoke", "--dataset", "synthetic", "--device", "cpu", "--quiet"]
 STAGES = [f"stage{i}" for i in range(5)]
@@ -253,8 +254,8 @@ def test_damaged_probe_file_is_reported_not_used(trained, run_copy, damage):
         path.write_text(json.dumps(doc))
     with pytest.raises(CorruptProbe):
         read_probe(folder)
-    (entry,) = probe_entries(results)
-    assert entry.probe is None and entry.problem
+    found = find_probe(folder, read_run(folder))
+    assert found.probe is None and found.note.startswith("probe unusable")
     status = cli("status", "--results", results)
     assert "corrupt probe" in status.stderr
     (row,) = status_json(results)

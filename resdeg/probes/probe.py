@@ -384,10 +384,7 @@ def finished_runs(results: str | Path, protocol=None, dataset=None, models=None,
 
     if not Path(results).is_dir():
         raise ResdegError(f"no result store at {results}/ (train first, or pass --results)")
-    try:
-        seeds = None if seeds is None else {int(s) for s in seeds}
-    except ValueError:
-        raise ResdegError(f"--seeds {','.join(seeds)!r}: expected comma-separated integers") from None
+    seeds = None if seeds is None else set(seeds)  # integers (cli._csv checks them)
     variants = None if variants is None else {canonical_variant(v) for v in variants}
     models = None if models is None else {m.lower() for m in models}
     folders, problems = [], []

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from ..errors import ResdegError
 from ..records import CorruptRecord, Fields, Record, bounded, read_record, require, write_record
-from ..store import RunEntry, RunRecord, read_run, scan
+from ..store import RunRecord, read_run, scan
 from .criteria import CRITERIA
 
 PROBE_SCHEMA = "resdeg.probe"
@@ -341,29 +341,6 @@ def find_probe(folder: str | Path, run: RunRecord) -> FoundProbe:
     if problems:
         return FoundProbe(None, None, f"probe unusable ({problems[0]})")
     return FoundProbe(None, None, "not probed")
-
-
-@dataclass
-class ProbeEntry:
-    """One run of the store with its probe for some settings (None when not probed yet) or the
-    problem that hides it."""
-    run: RunEntry
-    probe: ProbeRecord | None
-    problem: str | None = None
-
-
-def probe_entries(results: str | Path, settings: ProbeSettings | None = None) -> list[ProbeEntry]:
-    """Every run under results/ with its probe for these settings."""
-    out = []
-    for entry in scan(results):
-        if entry.problem:
-            out.append(ProbeEntry(entry, None, f"run: {entry.problem}"))
-            continue
-        try:
-            out.append(ProbeEntry(entry, read_probe(entry.path, settings, entry.run)))
-        except CorruptRecord as e:
-            out.append(ProbeEntry(entry, None, str(e)))
-    return out
 
 
 def status_rows(results: str | Path) -> list[dict]:

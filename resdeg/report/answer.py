@@ -125,11 +125,6 @@ def matrix(store: Store) -> list[dict]:
     return [{**row, "title": sr.title} for sr in store.studies for row in A.accuracy_rows(sr)]
 
 
-def primary(store: Store) -> StudyResults | None:
-    """The most serious study with results (the headline's first panel)."""
-    return store.studies[0] if store.studies else None
-
-
 # -- the landing page's synthesis: one paragraph, every number from here --------------------------------
 
 EARLY_STEPS = 100  # "from the first steps": the median gradient ratio over a run's first 100 steps
