@@ -65,3 +65,24 @@ def assert_one_line_error(result, *fragments):
     assert len(err.splitlines()) == 1, err
     for f in fragments:
         assert f in err, err
+
+
+@pytest.fixture(scope="session")
+def rendered(tmp_path_factory):
+    """One made-up store rendered once per test process: the page, figure and download tests read it."""
+    import warnings
+    from types import SimpleNamespace
+
+    from report_fixture import make_depth_results, make_results
+
+    from resdeg.report import build_report
+
+    base = tmp_path_factory.mktemp("report")
+    results = make_results(base / "results", seeds=(1, 2, 3), protocol="native")
+    make_depth_results(results, seeds=(1, 2))
+    make_results(results, seeds=(1,), epochs=2, models=("resnet18",))  # smoke: hidden beside real studies
+    docs = base / "docs"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = build_report(results, docs, log=lambda m: None)
+    return SimpleNamespace(results=results, docs=docs, warnings=caught, summary=summary)

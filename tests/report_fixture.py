@@ -159,3 +159,23 @@ def make_depth_results(root: Path, seeds=(1, 2), epochs: int | None = 4, protoco
                               seed=seed, dataset="synthetic")
             write_fake_run(root, cfg, test, clean, log_ratio, steps_per_epoch, stages=STAGES[:4])
     return root
+
+
+# -- helpers of the page and figure tests ---------------------------------------------------------------
+
+SITE_PAGES = ("index", "method", "setup", "reflection", "reproducibility")
+STUDY_PAGES = {"native": ("h1", "h2", "h3", "signal"), "depth": ("degradation",), "batchnorm": ("batchnorm",)}
+
+
+def page(docs: Path, lang: str, name: str) -> str:
+    return (docs / lang / f"{name}.md").read_text()
+
+
+def all_pages():
+    return [*SITE_PAGES, *(f"{study}/{p}" for study, pages in STUDY_PAGES.items() for p in pages)]
+
+
+def build_store(rendered):
+    from resdeg.report.collect import load_store
+
+    return load_store(rendered.results)

@@ -21,7 +21,7 @@ VERDICTS_SCHEMA, VERDICTS_SCHEMA_VERSION = "resdeg.verdicts", 3  # 3: the hypoth
 ARCHIVE = "resdeg-data.zip"
 
 # file -> (what it holds, {column: meaning}), in English and Chinese. The pages print it; a column
-# a writer adds without an entry here fails tests/test_report.py.
+# a writer adds without an entry here fails tests/test_pages.py.
 _RUN = {"model": ("model", "模型"), "variant": ("variant (see the setup page)", "变体（见实验设置页）"),
         "seed": ("random seed", "随机种子")}
 _OPTIM = {  # the columns of one H4/H5 measurement (optim_init.csv, optim_training.csv)

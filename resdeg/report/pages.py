@@ -70,16 +70,24 @@ def points(e, lang: str = "en") -> str:
     v = f"{abs(e.value) * 100:.1f}"
     if not e.has_interval:
         return f"{v} points" if lang == "en" else f"{v} 个百分点"
-    lo, hi = sorted((abs(e.low) * 100, abs(e.high) * 100)) if e.sign else (e.low * 100, e.high * 100)
-    rng = f"{lo:.1f} to {hi:.1f}" if lang == "en" else f"{lo:.1f} 至 {hi:.1f}"
+    if e.sign:  # the sentence says which way: the interval's magnitudes
+        lo, hi = sorted((abs(e.low) * 100, abs(e.high) * 100))
+        rng = f"{lo:.1f} to {hi:.1f}" if lang == "en" else f"{lo:.1f} 至 {hi:.1f}"
+    else:  # across zero: the interval keeps its signs
+        rng = f"{_pp(e.low)} to {_pp(e.high)}" if lang == "en" else f"{_pp(e.low)} 至 {_pp(e.high)}"
     return f"{v} points (95% interval {rng})" if lang == "en" else f"{v} 个百分点（95% 区间 {rng}）"
+
+
+def _pp(x: float) -> str:
+    """A signed fraction in points, with a true minus sign: −2.0, +0.2."""
+    return f"{x * 100:+.1f}".replace("-", "−")
 
 
 def signed(e, lang: str = "en") -> str:
     """A signed difference in points with its interval in words: '−0.9 points (95% interval −2.0 to +0.2)'."""
     if e is None:
         return "—"
-    f = lambda x: f"{x * 100:+.1f}".replace("-", "−")  # noqa: E731
+    f = _pp
     unit = " points" if lang == "en" else " 个百分点"
     if not e.has_interval:
         return f(e.value) + unit
