@@ -11,6 +11,7 @@ import json
 import math
 from dataclasses import dataclass, field, fields
 
+from .datasets import DATA_SETS, IMAGE_FOLDER
 from .errors import ResdegError
 from .models import ARCHS, WEIGHT_INITS
 from .study import canonical_variant
@@ -18,9 +19,9 @@ from .study import canonical_variant
 # 2: subsets class-balanced (data.fixed_subset), precision stored resolved (never "auto").
 # Runs written under schema 1 keep their hash: the store checks each against its own schema.
 CONFIG_SCHEMA = 2
-DATASETS = ("cifar10", "cifar100", "imagefolder", "synthetic")
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
+DATASETS = tuple(DATA_SETS)
+# A protocol that normalises with its data set's own per-channel statistics (datasets.py) says so:
+PER_DATA_SET = "per data set"
 
 
 @dataclass(frozen=True)
@@ -114,17 +115,17 @@ PROTOCOLS: dict[str, dict] = {
     # The degradation experiment itself (He et al. 2015, Fig. 6) on their CIFAR nets; bf16 where
     # the hardware has it. Per-channel normalisation (He subtracted the per-pixel mean).
     "depth": (DEPTH := dict(model="resnet20", stem="cifar", conv_bias=False, weight_init="he", image_size=32,
-                            mean=CIFAR_MEAN, std=CIFAR_STD, augment=True, epochs=DEPTH_EPOCHS, momentum=0.9,
+                            mean=PER_DATA_SET, std=PER_DATA_SET, augment=True, epochs=DEPTH_EPOCHS, momentum=0.9,
                             weight_decay=1e-4, schedule="multistep", precision="auto", deterministic=False)),
     "depth-long": {**DEPTH, "epochs": DEPTH_LONG_EPOCHS},
     "depth-he": {**DEPTH, "epochs": HE_EPOCHS},
     # The CIFAR-native setup the field uses: cheap (32 px), augmented, momentum + wd, cosine.
-    "cifar": dict(stem="cifar", conv_bias=False, weight_init="he", image_size=32, mean=CIFAR_MEAN, std=CIFAR_STD,
+    "cifar": dict(stem="cifar", conv_bias=False, weight_init="he", image_size=32, mean=PER_DATA_SET, std=PER_DATA_SET,
                   augment=True, epochs=30, momentum=0.9, weight_decay=5e-4, nesterov=True,
                   schedule="cosine", warmup_epochs=1.0, precision="auto", deterministic=False),
     # A pipeline check for two CPU cores: half-width nets at 32 px, a data subset, two epochs. Not
     # evidence, but it learns (ResNet18 FULL above 25% test accuracy on CIFAR-10).
-    "smoke": dict(width_mult=0.5, image_size=32, mean=CIFAR_MEAN, std=CIFAR_STD, train_images=SMOKE_TRAIN,
+    "smoke": dict(width_mult=0.5, image_size=32, mean=PER_DATA_SET, std=PER_DATA_SET, train_images=SMOKE_TRAIN,
                   test_images=1000, clean_train_images=1000, epochs=2, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4,
                   schedule="cosine", precision="auto"),
 }
@@ -281,6 +282,8 @@ def make_config(protocol: str = "original", overrides: dict | None = None, devic
     protocol = canonical_protocol(protocol)
     values = {**PROTOCOLS[protocol], "protocol": protocol}
     values.update({k: v for k, v in flags.items() if v is not None})
+    settings = declared(protocol, values.get("dataset", Config.dataset))
+    values.update({k: settings[k] for k, v in values.items() if v == PER_DATA_SET})
     valid = {f.name for f in fields(Config)}
     for key, value in (overrides or {}).items():
         if key not in valid or key in FLAG_FIELDS:
@@ -289,6 +292,14 @@ def make_config(protocol: str = "original", overrides: dict | None = None, devic
         values[key] = parse_value(key, value) if isinstance(value, str) else value
     values["precision"] = resolve_precision(values.get("precision", Config.precision), device_type)
     return validate(Config(**values))
+
+
+def declared(protocol: str, dataset: str) -> dict:
+    """The settings `protocol` declares for runs on `dataset`: PER_DATA_SET resolved to the data
+    set's statistics."""
+    facts = DATA_SETS.get(dataset, IMAGE_FOLDER)
+    resolved = {"mean": facts.mean, "std": facts.std}
+    return {k: resolved[k] if v == PER_DATA_SET else v for k, v in PROTOCOLS[canonical_protocol(protocol)].items()}
 
 
 def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, str]:

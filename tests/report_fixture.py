@@ -86,7 +86,7 @@ DATA = {"name": "synthetic", "source": "synthetic (test fixture)", "fingerprint"
 
 def write_fake_run(root: Path, cfg, test: float, clean: float, log_ratio: float, steps_per_epoch: int = 25,
                    diverge: bool = False, probe: bool = True, stages=STAGES, exact: bool = False,
-                   environment: dict | None = None) -> Path:
+                   environment: dict | None = None, data: dict | None = None) -> Path:
     """One made-up run (and its probe) through the stores' writers; `exact`: the last epoch's test
     and clean train accuracies are exactly `test` and `clean`."""
     rng = np.random.default_rng(zlib.crc32(f"{cfg.model}-{cfg.variant}-{cfg.seed}".encode()))
@@ -109,7 +109,8 @@ def write_fake_run(root: Path, cfg, test: float, clean: float, log_ratio: float,
         "param_grad_mean_abs": (g * 0.5).astype(np.float32), "param_grad_l2": (g * 3).astype(np.float32)})
     epochs = tuple(Epoch(**r) for r in rows)
     last = epochs[-1]
-    run = RunRecord(config=cfg, config_hash=cfg.hash, config_schema=2, environment=environment or ENVIRONMENT, data=DATA,
+    run = RunRecord(config=cfg, config_hash=cfg.hash, config_schema=2, environment=environment or ENVIRONMENT,
+                    data=data or DATA,
                     status="diverged" if diverge else "done", epochs_done=len(epochs), epochs=epochs,
                     diverged_at_step=n - 3 if diverge else None,
                     summary=Summary(last.train_acc, last.clean_train_acc, last.test_acc, last.test_loss,
@@ -149,15 +150,21 @@ DEPTH_TARGETS = {
 }
 
 
+# a CIFAR-100-shaped data set: 100 classes, its own name and fingerprint
+CIFAR100_DATA = {**DATA, "name": "cifar100", "source": "cifar100 (test fixture)", "fingerprint": "e" * 64,
+                 "classes": [f"class{i}" for i in range(100)]}
+
+
 def make_depth_results(root: Path, seeds=(1, 2), epochs: int | None = 4, protocol: str = "depth",
-                       targets: dict | None = None, steps_per_epoch: int = 25) -> Path:
-    """Fake runs of He et al.'s nets (`epochs` None: the protocol's own length, as declared)."""
+                       targets: dict | None = None, steps_per_epoch: int = 25, data: dict = DATA) -> Path:
+    """Fake runs of He et al.'s nets (`epochs` None: the protocol's own length, as declared) on
+    `data` (its name is the runs' --dataset)."""
     root = Path(root)
     for (model, variant), (test, clean, log_ratio) in (targets or DEPTH_TARGETS).items():
         for seed in seeds:
             cfg = make_config(protocol, {} if epochs is None else {"epochs": epochs}, model=model, variant=variant,
-                              seed=seed, dataset="synthetic")
-            write_fake_run(root, cfg, test, clean, log_ratio, steps_per_epoch, stages=STAGES[:4])
+                              seed=seed, dataset=data["name"])
+            write_fake_run(root, cfg, test, clean, log_ratio, steps_per_epoch, stages=STAGES[:4], data=data)
     return root
 
 

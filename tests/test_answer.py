@@ -38,7 +38,8 @@ def test_the_answer_comes_first_within_its_budget(landing):
     assert len(en.split()) <= 300
     assert len(re.findall(r"[\u4e00-\u9fff]", zh)) <= 600
     # the synthesis names what degrades, each hypothesis and both components, with deciding numbers
-    for words in ("degrade", "(H1)", "(H2)", "(H3)", "residual connections keep", "BatchNorm keeps", "points (95% interval"):
+    for words in ("degrade", "(H1)", "(H2)", "(H3)", "residual connections keep", "BatchNorm keeps",
+                  "points (95% interval"):
         assert words in en, words
     for words in ("退化", "（H1）", "（H2）", "（H3）", "残差连接让", "批归一化则"):
         assert words in zh, words

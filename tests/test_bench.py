@@ -142,7 +142,8 @@ def test_compile_matches_eager_step_by_step_and_end_to_end(tmp_path, request):
         loss_e, _ = eager.train_step(x, y, gens[0])
         loss_c, _ = compiled.train_step(x, y, gens[1])
         close(loss_c, loss_e, f"step {i} loss")
-        for (name, a), (_, b) in zip(eager.model.stages(), compiled.model.stages(), strict=True):  # per stage, as telemetry
+        # per stage, as telemetry
+        for (name, a), (_, b) in zip(eager.model.stages(), compiled.model.stages(), strict=True):
             grads = lambda stage: torch.cat([p.grad.flatten() for p in stage.parameters() if p.grad is not None])  # noqa: E731
             close(grads(b), grads(a), f"step {i} parameter gradients of {name}")
         for (name, a), b in zip(eager.model.state_dict().items(), compiled.model.state_dict().values(), strict=True):

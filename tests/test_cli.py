@@ -182,7 +182,8 @@ def test_corrupt_entry_is_reported_and_only_redone_with_force(tmp_path, damage):
 def test_no_temp_files_left_behind(tmp_path):
     folder = _one_run(tmp_path)
     names = sorted(p.name for p in folder.iterdir())
-    assert names[:2] == ["model.pt", "run.json"] and len(names) == 3 and re.fullmatch(r"telemetry-[0-9a-f]{12}\.npz", names[2])
+    assert (names[:2] == ["model.pt", "run.json"] and len(names) == 3
+            and re.fullmatch(r"telemetry-[0-9a-f]{12}\.npz", names[2]))
 
 
 def test_help_explains_every_command_and_option():

@@ -120,7 +120,9 @@ def test_the_headline_has_one_panel_per_study_and_no_empty_axes(tmp_path, monkey
     from resdeg.report import figures
     from resdeg.report.collect import load_store
 
-    store = load_store(make_results(tmp_path / "results", seeds=(1,), epochs=2, models=("resnet18",), protocol="native"))
+    store = load_store(
+        make_results(tmp_path / "results", seeds=(1,), epochs=2, models=("resnet18",), protocol="native")
+    )
     store.studies = store.studies[:1] * n_studies
     shown = []
     monkeypatch.setattr(figures, "_save", lambda fig, path: shown.append(fig))

@@ -344,7 +344,10 @@ def test_a_pool_worker_on_a_shared_gpu_caps_its_memory(monkeypatch):
     calls = []
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device=None: calls.append(f))
     monkeypatch.setattr(signals, "die_with_parent", lambda pid: None)  # this is the test process, not a worker
-    threads, handlers = torch.get_num_threads(), {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    threads, handlers = (
+        torch.get_num_threads(),
+        {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)},
+    )
     try:
         runner._init_worker(1, os.getpid(), 0.475)
         runner._init_worker(1, os.getpid(), None)

@@ -103,7 +103,8 @@ def test_the_mechanism_page_states_the_committed_measurements(depth_study):
         docs = files[(r["model"], r["variant"])]
         assert sorted(r["seeds"]) == sorted(d["net"]["seed"] for d in docs)
         assert sorted(c for c in r["corr"] if c is not None) == \
-            sorted(d["gradients"]["at_summary"]["input"] for d in docs if d["gradients"]["at_summary"]["input"] is not None)
+            sorted(d["gradients"]["at_summary"]["input"] for d in docs
+                   if d["gradients"]["at_summary"]["input"] is not None)
     env = P.environment()
     for lang in P.LANGS:
         ctx = P.study_context(store, sr, lang, {"mechanism": []}, {"mechanism": ["optim_init.csv"]})
@@ -113,6 +114,16 @@ def test_the_mechanism_page_states_the_committed_measurements(depth_study):
         for h in ("H4", "H5"):
             assert V.RULES[h][lang] in text
         assert ("Beside the literature" if lang == "en" else "与文献对照") in text
+    # the committed runs read CIFAR-10 (a JPEG copy): its published errors stand beside them
+    assert sr.data_set.published_cifar10
+    ctx = P.study_context(store, sr, "en", {"degradation": []}, {"degradation": []})
+    ctx["anchors"] = __import__("resdeg.report.anchors", fromlist=["anchors"])
+    assert "12.95 ± 0.22" in P.render(env, "degradation", ctx)
+    bn = store.study("batchnorm")
+    ctx = P.study_context(store, bn, "en", {"batchnorm": []}, {"batchnorm": []})
+    ctx["anchors"] = ctx_anchors = __import__("resdeg.report.anchors", fromlist=["anchors"])
+    assert (f"{ctx_anchors.FIXUP_110['Fixup'][0]} ± {ctx_anchors.FIXUP_110['Fixup'][1]}"
+            in P.render(env, "batchnorm", ctx))
 
 
 # -- H3 against the untrained net ----------------------------------------------------------------------
@@ -208,7 +219,8 @@ def test_the_mechanism_page_follows_h4_and_h5_through_training(depth_study):
         env = P.environment()
         for lang, title, verdict in (("en", "## Through training: cause or consequence",
                                       "At every point measured the deeper plain net's gradients are more shattered"),
-                                     ("zh", "## 训练过程中：原因还是结果", "在每个测量点上，更深的普通网络梯度都更破碎")):
+                                     ("zh", "## 训练过程中：原因还是结果",
+                                      "在每个测量点上，更深的普通网络梯度都更破碎")):
             ctx = P.study_context(store, sr, lang, {"mechanism": []}, {"mechanism": ["optim_init.csv"]})
             section = P.render(env, "mechanism", ctx).split(title)[1].split("\n## ")[0]
             init_plain = A.at_init_row(A.at_init_by_depth(sr), deep, "Nres")
@@ -229,5 +241,6 @@ def test_the_figures_through_training_and_of_the_surfaces_are_drawn(depth_study,
             for spec in F.FIGURES:
                 if spec.name in ("mechanism-training", "mechanism-surface", "mechanism-depth"):
                     spec.draw(sr, lang, tmp_path / f"{spec.name}-{lang}.png")
-    assert all((tmp_path / f"{n}-{lang}.png").stat().st_size > 10_000 for n in ("mechanism-training", "mechanism-surface")
+    assert all((tmp_path / f"{n}-{lang}.png").stat().st_size > 10_000
+               for n in ("mechanism-training", "mechanism-surface")
                for lang in ("en", "zh"))

@@ -96,7 +96,8 @@ def test_hessian_of_a_batchnorm_net_with_frozen_statistics_is_exact():
     hessian = torch.autograd.functional.hessian(loss, optim.flatten(like))
     leaves = [w.clone().requires_grad_(True) for w in like]
     matvec = optim.hessian_vector_product(
-        [lambda xb=xb, yb=yb: F.cross_entropy(torch.func.functional_call(frozen, dict(zip(names, leaves, strict=True)), (xb,)), yb)
+        [lambda xb=xb, yb=yb: F.cross_entropy(
+            torch.func.functional_call(frozen, dict(zip(names, leaves, strict=True)), (xb,)), yb)
          for xb, yb in halves], leaves)
     ext = optim.lanczos(matvec, len(hessian), len(hessian), torch.Generator().manual_seed(1), dtype=torch.float64)
     exact = torch.linalg.eigvalsh(hessian)

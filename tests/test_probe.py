@@ -337,7 +337,8 @@ def test_run_all_records_separability_during_training_without_moving_the_trainin
     assert [e.to_dict()["test_acc"] for e in run.epochs] == [e.to_dict()["test_acc"] for e in read_run(plain).epochs]
     assert not list(plain.glob("separability-epoch*"))
     # the H3 page follows the separability through training, from the untrained net (epoch 0) on
-    cli("probe", "--results", tmp_path / "with", "--phase", "init", "--probe-images", "40", "--device", "cpu", "--quiet")
+    cli("probe", "--results", tmp_path / "with", "--phase", "init", "--probe-images", "40", "--device", "cpu",
+        "--quiet")
     cli("report", "--results", tmp_path / "with", "--docs", tmp_path / "docs")
     (page,) = (tmp_path / "docs" / "en").glob("*/h3.md")
     section = page.read_text().split("## Separability while training")[1]

@@ -30,7 +30,8 @@ def test_adding_runs_regenerates_everything_and_removes_old_reports(tmp_path):
 
 def _report_folders(docs: Path) -> list[str]:
     """Every folder a report made or left: the published one, half-rendered or replaced ones."""
-    return sorted(p.name for p in docs.iterdir() if p.name.startswith(("_report", ".report-")) and p.name != ".report-lock")
+    return sorted(p.name for p in docs.iterdir()
+                  if p.name.startswith(("_report", ".report-")) and p.name != ".report-lock")
 
 
 def _tree(folder: Path) -> dict[str, bytes]:

@@ -36,7 +36,8 @@ def docs(tmp_path_factory) -> Path:
 def test_the_depth_page_sets_the_schedules_side_by_side(docs):
     en = (docs / "en" / "depth" / "degradation.md").read_text()
     section = en.split("## Degradation or slow convergence")[1].split("\n## ")[0]
-    assert "| [4 epochs](../depth/degradation.md) |" in section and "| [60 epochs](../depth-long/degradation.md) |" in section
+    assert ("| [4 epochs](../depth/degradation.md) |" in section
+            and "| [60 epochs](../depth-long/degradation.md) |" in section)
     # 4 epochs: plain-56 trains worse beyond noise; residual-56 is better (fixture DEPTH_TARGETS)
     assert "- **4 epochs:** plain-56's training error is" in section and "beyond noise, a degradation" in section
     # 60 epochs: the gap is about 0.2 points, three seeds each side: not beyond noise

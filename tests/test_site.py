@@ -261,7 +261,8 @@ def self_contained(site: Path) -> None:
 
 def nav_titles(html: str) -> list[str]:
     start = html.index("md-nav--primary")
-    return [t.strip() for t in re.findall(r'<span class="md-ellipsis">\s*([^<]+?)\s*</span>', html[start:start + 20000])]
+    return [t.strip()
+            for t in re.findall(r'<span class="md-ellipsis">\s*([^<]+?)\s*</span>', html[start:start + 20000])]
 
 
 def test_the_fixture_site_builds_strict_self_contained_with_the_nav_and_provenance(fixture_site):
@@ -388,7 +389,8 @@ class Traffic:
         assert not failed, f"failed requests: {failed}"
         errors = [e for e in self.driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors
-        assert any(u.startswith(base + "assets/") for u in urls), "the performance log recorded none of the site's loads"
+        assert any(u.startswith(base + "assets/") for u in urls), \
+            "the performance log recorded none of the site's loads"
         return urls
 
 
@@ -509,7 +511,8 @@ def interactive_figure(driver, page: str, downloads: Path, mode: str) -> None:
                                  ".endsWith('figures/acc.png')")
     text = hover(driver, trace=0, point=2)  # FULL, seed 42, epoch 3: test_acc 0.7000 in the CSV
     driver.save_screenshot(str(ARTIFACTS / f"fixture-{mode}-hover.png"))
-    for fragment in ("model: resnet18", "variant: FULL", "seed: 42", "epoch: 3", "accuracy (%): 70 ", "test_acc = 0.7000"):
+    for fragment in ("model: resnet18", "variant: FULL", "seed: 42", "epoch: 3", "accuracy (%): 70 ",
+                     "test_acc = 0.7000"):
         assert fragment in text, (fragment, text)
 
 
@@ -535,7 +538,9 @@ def check_site(driver, base: str, index: str, mode: str, downloads: Path) -> Non
     interactive_figure(driver, base + "native/h2.html", downloads, mode)
     open_page(driver, base + "zh/native/h2.html", "zh", "梯度消失")
     check_plots(driver, downloads, base + "zh/native/h2.html")
-    assert driver.execute_script("return document.querySelector('.resdeg-plot-area .g-xtitle').textContent") == "训练轮次"
+    assert driver.execute_script(
+        "return document.querySelector('.resdeg-plot-area .g-xtitle').textContent"
+    ) == "训练轮次"
 
     found = search(driver, "xylophone")
     assert found and all(re.split("[?#]", h)[0] == base + "index.html" for h in found), found

