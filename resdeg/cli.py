@@ -472,7 +472,8 @@ def probe(results, run_folder, protocol, dataset, models, variants, seeds, probe
               help="Where to time the loops (auto: CUDA when available).")
 @click.option("--batch-size", type=int, default=None,
               help="[default: the protocol's; 8 with --quick on a CPU]")
-@click.option("--steps", type=int, default=None, help="Timed steps per repeat [default: 10 CPU / 50 GPU; --quick 3 / 10].")
+@click.option("--steps", type=int, default=None,
+              help="Timed steps per repeat [default: 10 CPU / 50 GPU; --quick 3 / 10].")
 @click.option("--warmup", type=int, default=None, help="Untimed steps first [default: 2 / 10; --quick 1 / 3].")
 @click.option("--repeats", type=int, default=None, help="Timed repeats, the median counts [default: 3; --quick 1].")
 @click.option("--projection-steps", type=int, default=None,

@@ -126,8 +126,8 @@ PROTOCOLS: dict[str, dict] = {
     # A pipeline check for two CPU cores: half-width nets at 32 px, a data subset, two epochs. Not
     # evidence, but it learns (ResNet18 FULL above 25% test accuracy on CIFAR-10).
     "smoke": dict(width_mult=0.5, image_size=32, mean=PER_DATA_SET, std=PER_DATA_SET, train_images=SMOKE_TRAIN,
-                  test_images=1000, clean_train_images=1000, epochs=2, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4,
-                  schedule="cosine", precision="auto"),
+                  test_images=1000, clean_train_images=1000, epochs=2, batch_size=64, lr=0.05, momentum=0.9,
+                  weight_decay=5e-4, schedule="cosine", precision="auto"),
 }
 
 # Former names still accepted on the command line and in stored runs: `seed` was the original
@@ -287,7 +287,8 @@ def make_config(protocol: str = "original", overrides: dict | None = None, devic
     valid = {f.name for f in fields(Config)}
     for key, value in (overrides or {}).items():
         if key not in valid or key in FLAG_FIELDS:
-            hint = f"use --{key}" if key in FLAG_FIELDS else f"valid keys: {', '.join(sorted(valid - set(FLAG_FIELDS)))}"
+            hint = (f"use --{key}" if key in FLAG_FIELDS
+                    else f"valid keys: {', '.join(sorted(valid - set(FLAG_FIELDS)))}")
             raise ResdegError(f"--set: unknown key {_shown(key)} ({hint})")
         values[key] = parse_value(key, value) if isinstance(value, str) else value
     values["precision"] = resolve_precision(values.get("precision", Config.precision), device_type)

@@ -201,15 +201,17 @@ HYPOTHESES = (
         "H1", {"en": "overfitting", "zh": "过拟合"},
         {"en": "more layers and more parameters, so the deeper net overfits. If so, the degraded net would be no "
                "worse on the training set, only on the test set.",
-         "zh": "层数越多、参数越多，网络越容易过拟合。若如此，退化的网络在训练集上应当不比浅的网络差，只在测试集上更差。"},
+         "zh": "层数越多、参数越多，网络越容易过拟合。若如此，"
+               "退化的网络在训练集上应当不比浅的网络差，只在测试集上更差。"},
         ({"en": "Per epoch", "zh": "每个训练轮次"},
          {"en": "the running train accuracy over the epoch's batches in train mode (as the original study), the train "
-                "accuracy in eval mode on a fixed subset of the training set, and the test accuracy. The train-test gap "
-                "is the train accuracy in eval mode minus the test accuracy. An epoch's batches cover the training set "
-                "once; a last batch of a single image is merged into the batch before it (BatchNorm in train mode "
+                "accuracy in eval mode on a fixed subset of the training set, and the test accuracy. The train-test "
+                "gap is the train accuracy in eval mode minus the test accuracy. An epoch's batches cover the training "
+                "set once; a last batch of a single image is merged into the batch before it (BatchNorm in train mode "
                 "cannot normalise one image).",
-          "zh": "训练中的准确率（训练模式，对本轮各批次累计，与原始研究相同）；评估模式下的训练集准确率，在训练集的一个固定"
-                "子集上测得；测试准确率。训练与测试之间的差距 = 评估模式下的训练集准确率 − 测试准确率。每个训练轮次的各批次"
+          "zh": "训练中的准确率（训练模式，对本轮各批次累计，与原始研究相同）；"
+                "评估模式下的训练集准确率，在训练集的一个固定子集上测得；测试准确率。"
+                "训练与测试之间的差距 = 评估模式下的训练集准确率 − 测试准确率。每个训练轮次的各批次"
                 "恰好覆盖训练集一次；若最后一批只剩一张图像，就把它并入前一批（训练模式下的批归一化无法只对一张图像归一化）。"}),
         "h1", ("h1_epochs.csv", "runs.csv")),
     Hypothesis(
@@ -219,8 +221,10 @@ HYPOTHESES = (
         ({"en": "Per training step", "zh": "每个训练步"},
          {"en": "for every stage, the mean absolute gradient of the loss with respect to the stage's output, "
                 "\\( g_s = \\operatorname{mean} |\\partial L / \\partial h_s| \\): a gradient of activations, not of "
-                "weights, as in the original study. The values stay on the device and are copied to the host once per epoch.",
-          "zh": "每个阶段上损失对阶段输出的梯度的平均绝对值 \\( g_s = \\operatorname{mean} |\\partial L / \\partial h_s| \\)。"
+                "weights, as in the original study. The values stay on the device and are copied to the host once per "
+                "epoch.",
+          "zh": "每个阶段上损失对阶段输出的梯度的平均绝对值 "
+                "\\( g_s = \\operatorname{mean} |\\partial L / \\partial h_s| \\)。"
                 "这是激活值的梯度，不是权重的梯度，与原始研究相同。数值先留在设备上，每个训练轮次只拷回主机一次。"}),
         "h2", ("h2_gradient_steps.csv", "h2_gradient_blocks.csv", "h2_stage_medians.csv")),
     Hypothesis(
@@ -244,7 +248,8 @@ HYPOTHESES = (
         ({"en": "At initialisation", "zh": "初始化时"},
          {"en": "the correlation of input gradients at nearby inputs against their distance, and the largest Hessian "
                 "eigenvalue of the training loss (the mechanism page says how; `resdeg optim`).",
-          "zh": "相邻输入处输入梯度的相关系数随距离的变化，以及训练损失 Hessian 的最大特征值（方法见机制页；`resdeg optim`）。"}),
+          "zh": "相邻输入处输入梯度的相关系数随距离的变化，以及训练损失 Hessian 的最大特征值"
+                "（方法见机制页；`resdeg optim`）。"}),
         "mechanism", ("optim_init.csv", "optim_training.csv", "optim_gradients.csv"), study_kind="depth"),
     Hypothesis(
         "H5", {"en": "a sharper loss surface", "zh": "更尖锐的损失曲面"},
@@ -285,5 +290,6 @@ def _hypothesis_pages(kind: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(h.page for h in HYPOTHESES if h.study_kind == kind))
 
 
-STUDY_PAGES = {"variants": (*_hypothesis_pages("variants"), "signal"), "depth": ("degradation", *_hypothesis_pages("depth")),
+STUDY_PAGES = {"variants": (*_hypothesis_pages("variants"), "signal"),
+               "depth": ("degradation", *_hypothesis_pages("depth")),
                "batchnorm": ("batchnorm",)}

@@ -437,7 +437,8 @@ class Trainer:
             if deadline is not None and epoch_s is not None and time.time() + epoch_s > deadline:
                 break
             bar = tqdm(total=self.engine.steps_per_epoch, desc=f"{cfg.model} {cfg.variant} s{cfg.seed} "
-                       f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False, disable=None if self.progress else True)
+                       f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False,
+                       disable=None if self.progress else True)
             record, steps = self.train_epoch(epoch, bar)
             bar.close()
             epoch_s = record.wall_s

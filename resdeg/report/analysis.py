@@ -419,7 +419,8 @@ def seed_spread(sr: StudyResults | None) -> tuple[float, float] | None:
     study's nets that learned and have several seeds: how much one run can move by its seed alone."""
     if sr is None:
         return None
-    stds = [100 * r["test_acc"][1] for r in accuracy_rows(sr) if r["test_acc"][1] is not None and not r["did_not_learn"]]
+    stds = [100 * r["test_acc"][1] for r in accuracy_rows(sr)
+            if r["test_acc"][1] is not None and not r["did_not_learn"]]
     return (min(stds), max(stds)) if stds else None
 
 
@@ -429,7 +430,8 @@ def final_sensitivity(sr: StudyResults) -> dict:
     now, last = all_verdicts(sr), all_verdicts(sr, last_epoch=True)
     changed = [(a["comparison"], h, a["verdicts"][h].outcome, b["verdicts"][h].outcome)
                for a, b in zip(now, last, strict=False) for h in a["verdicts"]
-               if (a["verdicts"][h].outcome, a["verdicts"][h].reason) != (b["verdicts"][h].outcome, b["verdicts"][h].reason)]
+               if (a["verdicts"][h].outcome, a["verdicts"][h].reason)
+               != (b["verdicts"][h].outcome, b["verdicts"][h].reason)]
     return {"verdicts": sum(len(a["verdicts"]) for a in now), "changed": changed}
 
 
@@ -453,7 +455,8 @@ def at_init_by_depth(sr: StudyResults) -> list[dict]:
             corr = [init_correlation(o) for o in records]
             lam = [_lambda_max(o) for o in records]
             ok_c, ok_l = [c for c in corr if c is not None], [x for x in lam if x is not None]
-            rows.append({"model": model, "variant": variant, "depth": depth(model), "seeds": [o.net.seed for o in records],
+            rows.append({"model": model, "variant": variant, "depth": depth(model),
+                         "seeds": [o.net.seed for o in records],
                          "corr": corr, "lambda_max": lam,
                          "lambda_min": [o.curvature.lambda_min if o.curvature.lambda_min_resolved else None
                                         for o in records],

@@ -95,7 +95,8 @@ class ComponentAnswer:
                 seen = protocols.setdefault(name, [])
                 if e["study"].study.protocol not in seen:
                     seen.append(e["study"].study.protocol)
-        return [name if len(ps) == 1 else f"{name} ({', '.join(f'`{p}`' for p in ps)})" for name, ps in protocols.items()]
+        return [name if len(ps) == 1 else f"{name} ({', '.join(f'`{p}`' for p in ps)})"
+                for name, ps in protocols.items()]
 
     def largest(self, key: str = "dtest"):
         """The effect with the most negative difference among those beyond noise: the page names it

@@ -145,7 +145,8 @@ def build_report(results: str | Path, docs: str | Path = "docs", protocol: str |
             f"(e.g. {sorted(F.MISSING_GLYPHS)[0]}); install fonts-noto-cjk")
     summary = {"studies": [s.name for s in store.studies], "runs": len(store.runs), "unused": len(store.unused),
                "figures": n_fig, "pages": n_pages, "wall_s": round(time.perf_counter() - t0, 2)}
-    log(f"report: {', '.join(summary['studies'])}: {P.count(summary['runs'], 'run', 'en')} ({summary['unused']} unused), "
+    log(f"report: {', '.join(summary['studies'])}: "
+        f"{P.count(summary['runs'], 'run', 'en')} ({summary['unused']} unused), "
         f"{n_fig} figures, {n_pages} pages in {docs}/ ({summary['wall_s']} s); "
         "build the site with `mkdocs build --strict`")
     return summary

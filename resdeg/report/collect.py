@@ -140,7 +140,8 @@ class StudyResults:
         for model, variant, runs in self.cells():
             for r in runs:
                 if r.record.environment.get("device_type") == "cuda":
-                    out.setdefault(r.record.environment.get("device", "a GPU"), []).append(f"{model}-{variant} s{r.seed}")
+                    out.setdefault(r.record.environment.get("device", "a GPU"), []).append(
+                        f"{model}-{variant} s{r.seed}")
         return out
 
     @property

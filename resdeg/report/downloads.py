@@ -49,11 +49,13 @@ DICTIONARY = {
         "clean_train_acc": ("final train accuracy in eval mode on the fixed training subset, fraction",
                             "最后一轮在固定训练子集上、评估模式下的训练集准确率，小数"),
         "test_acc": ("final test accuracy, fraction", "最后一轮测试准确率，小数"),
-        "diverged_at_step": ("first step with a non-finite loss (empty: none)", "损失首次出现非有限值的步数（空：没有）"),
+        "diverged_at_step": ("first step with a non-finite loss (empty: none)",
+                             "损失首次出现非有限值的步数（空：没有）"),
         "wall_s": ("training wall time, seconds", "训练用时，秒"),
         "probe_file": ("the probe file used (empty: none)", "所用的探针文件（空：没有）")}),
     "h1_epochs.csv": (("one row per run and epoch", "每次训练每个轮次一行"), {
-        **_RUN, "config_hash": ("config hash of the run", "该次训练的配置哈希"), "epoch": ("epoch, from 1", "轮次，从 1 开始"),
+        **_RUN, "config_hash": ("config hash of the run", "该次训练的配置哈希"),
+        "epoch": ("epoch, from 1", "轮次，从 1 开始"),
         "train_loss": ("mean training loss over the epoch's batches", "本轮各批次训练损失的平均"),
         "train_acc": ("running train accuracy", "训练中的准确率"),
         "clean_train_acc": ("train accuracy in eval mode", "评估模式下的训练集准确率"),
@@ -82,19 +84,22 @@ DICTIONARY = {
         **_RUN, "criterion": ("separability criterion (method page)", "可分性判据（见方法页）"),
         "stage": ("stage", "阶段"), "value": ("its value (empty: undefined there)", "判据值（空：该处无定义）")}),
     "h3_separability_init.csv": (("one row per run, criterion and stage, for the untrained net the run starts from "
-                                  "(same seed; H3's control)", "每次训练、每个判据、每个阶段一行，对应该次训练起点的未训练网络"
+                                  "(same seed; H3's control)",
+                                  "每次训练、每个判据、每个阶段一行，对应该次训练起点的未训练网络"
                                   "（同一种子；H3 的对照）"), {
         **_RUN, "criterion": ("separability criterion (method page)", "可分性判据（见方法页）"),
         "stage": ("stage", "阶段"), "value": ("its value (empty: undefined there)", "判据值（空：该处无定义）")}),
     "signal.csv": (("one row per run, phase and stage", "每次训练、每个时刻、每个阶段一行"), {
-        **_RUN, "phase": ("init (untrained net, same seed) or trained", "init（同一种子的未训练网络）或 trained（训练后）"),
+        **_RUN, "phase": ("init (untrained net, same seed) or trained",
+                          "init（同一种子的未训练网络）或 trained（训练后）"),
         "stage": ("stage", "阶段"), "act_mean": ("mean of the activations", "激活值的均值"),
         "act_std": ("standard deviation of the activations", "激活值的标准差"),
         "grad_mean": ("mean of dL/d(stage output)", "阶段输出梯度的均值"),
         "grad_std": ("standard deviation of dL/d(stage output)", "阶段输出梯度的标准差"),
         "effective_rank": ("effective rank of the stage's features", "该阶段特征的有效秩")}),
     "blocks.csv": (("one row per run, phase and residual block", "每次训练、每个时刻、每个残差块一行"), {
-        **_RUN, "phase": ("init or trained", "init 或 trained"), "block": ("block (e.g. stage2.3)", "残差块（如 stage2.3）"),
+        **_RUN, "phase": ("init or trained", "init 或 trained"),
+        "block": ("block (e.g. stage2.3)", "残差块（如 stage2.3）"),
         "stage": ("its stage", "所在阶段"), "index": ("its index in the stage", "在阶段中的序号"),
         "sq_mean": ("average channel squared mean of its output", "输出的通道均值平方的平均"),
         "variance": ("average channel variance of its output", "输出的通道方差的平均"),
@@ -108,7 +113,8 @@ DICTIONARY = {
     "optim_training.csv": (("one row per run and epoch measured while it trained (H4, H5; its net at "
                             "initialisation is in optim_init.csv)",
                             "每个运行在训练中每个测量的轮次一行（H4、H5；初始化时的网络在 optim_init.csv 中）"), {
-        **_RUN, "depth": ("layers", "层数"), "epoch": ("epochs trained when measured", "测量时已训练的轮次"), **_OPTIM}),
+        **_RUN, "depth": ("layers", "层数"), "epoch": ("epochs trained when measured", "测量时已训练的轮次"),
+        **_OPTIM}),
     "optim_gradients.csv": (("one row per net, gradient and distance: the correlation curves",
                              "每个网络、每处梯度、每个距离一行：相关系数曲线"), {
         **_RUN, "gradient": ("input, or a stage's output", "输入，或某个阶段的输出"),
@@ -118,9 +124,10 @@ DICTIONARY = {
     "optim_slices.csv": (("one row per net and step of its 1-D loss slice", "每个网络的一维损失切片上每一步一行"), {
         **_RUN, "alpha": ("step along the filter-normalised direction", "沿滤波器归一化方向的步长"),
         "loss": ("training loss there (empty: not finite)", "该处的训练损失（空：非有限值）")}),
-    "verdicts.json": ((f"the hypotheses, and every comparison with its {_IDS_EN} verdicts, the deciding numbers and the "
-                       "rules (JSON, schema resdeg.verdicts)",
-                       f"各假说，以及每组比较的 {'、'.join(HYPOTHESIS_IDS)} 判定、判定依据和规则（JSON，schema 为 resdeg.verdicts）"), {}),
+    "verdicts.json": ((f"the hypotheses, and every comparison with its {_IDS_EN} verdicts, the deciding numbers "
+                       "and the rules (JSON, schema resdeg.verdicts)",
+                       f"各假说，以及每组比较的 {'、'.join(HYPOTHESIS_IDS)} 判定、"
+                       "判定依据和规则（JSON，schema 为 resdeg.verdicts）"), {}),
 }
 
 
@@ -274,7 +281,8 @@ def write_site_downloads(store: Store, out: Path) -> dict[str, list[str]]:
     _runs_csv(out / "runs.csv", store.runs)
     atomic_write_json(out / "verdicts.json", {
         "schema": VERDICTS_SCHEMA, "schema_version": VERDICTS_SCHEMA_VERSION, "rules_version": V.RULES_VERSION,
-        "rules": V.RULES, "hypotheses": _hypotheses(), "comparisons": [row for sr in store.studies for row in _verdict_rows(sr)]})
+        "rules": V.RULES, "hypotheses": _hypotheses(),
+        "comparisons": [row for sr in store.studies for row in _verdict_rows(sr)]})
     return {"index": ["verdicts.json", "runs.csv"]}
 
 

@@ -49,7 +49,8 @@ LABELS = {
     "en": {"lang": "en", "epoch": "epoch", "step": "training step", "stage": "stage", "acc": "accuracy (%)",
            "err": "error (%)", "train_acc": "train accuracy (running, train mode)",
            "clean_train_acc": "train accuracy (eval mode)", "test_acc": "test accuracy",
-           "train_err": "training error (running)", "test_err": "test error", "clean_train_err": "training error (eval mode)",
+           "train_err": "training error (running)", "test_err": "test error",
+           "clean_train_err": "training error (eval mode)",
            "grad": "mean |dL/d stage output|", "first": "first stage ({s})", "last": "last stage ({s})",
            "median_grad": "median over steps of mean |dL/d output|", "ratio": "g(first stage) / g(last stage)",
            "vanish": "vanishing (< 1e-3)", "explode": "exploding (> 1e3)",
@@ -59,14 +60,17 @@ LABELS = {
            "block": "residual block", "sq_mean": "average channel squared mean", "variance": "average channel variance",
            "branch_variance": "residual branch variance (before the add)", "rank": "effective rank",
            "test_marker": "test", "train_marker": "train (eval mode)",
-           "sep": ", ", "colon": ": ", "paren": " ({})", "seed_range": "{lo}-{hi} seeds", "plain_short": "plain", "residual_short": "residual",
+           "sep": ", ", "colon": ": ", "paren": " ({})", "seed_range": "{lo}-{hi} seeds",
+           "plain_short": "plain", "residual_short": "residual",
            "list_sep": ", ", "zero_series": "{} = 0 (off the log scale)", "same_series": "{} on top of {}",
-           "corr": "input-gradient correlation", "corr_at": "at distance {d}", "distance": "distance (data standard deviations)",
+           "corr": "input-gradient correlation", "corr_at": "at distance {d}",
+           "distance": "distance (data standard deviations)",
            "lambda_max": "top Hessian eigenvalue λmax", "alpha": "step along a filter-normalised direction",
            "slice_loss": "training loss", "no_grad_plain": "plain without BatchNorm (Nboth)", "seed_n": "seed {n}",
            "layers": "{d} layers", "log_loss": "log10 training loss",
            "direction": "step along filter-normalised direction {k}"},
-    "zh": {"lang": "zh", "epoch": "训练轮次", "step": "训练步数", "stage": "阶段", "acc": "准确率（%）", "err": "错误率（%）",
+    "zh": {"lang": "zh", "epoch": "训练轮次", "step": "训练步数", "stage": "阶段", "acc": "准确率（%）",
+           "err": "错误率（%）",
            "train_acc": "训练准确率（训练模式，逐批统计）", "clean_train_acc": "训练集准确率（评估模式）",
            "test_acc": "测试准确率", "train_err": "训练错误率（逐批统计）", "test_err": "测试错误率",
            "clean_train_err": "训练集错误率（评估模式）",
@@ -79,7 +83,8 @@ LABELS = {
            "block": "残差块", "sq_mean": "通道均值平方的平均", "variance": "通道方差的平均",
            "branch_variance": "残差分支方差（相加之前）", "rank": "有效秩",
            "test_marker": "测试集", "train_marker": "训练集（评估模式）",
-           "sep": "，", "colon": "：", "paren": "（{}）", "seed_range": "{lo}–{hi} 个种子", "plain_short": "普通", "residual_short": "残差",
+           "sep": "，", "colon": "：", "paren": "（{}）", "seed_range": "{lo}–{hi} 个种子",
+           "plain_short": "普通", "residual_short": "残差",
            "list_sep": "、", "zero_series": "{} 恒为 0（对数坐标上不显示）", "same_series": "{} 与 {} 重合",
            "corr": "输入梯度的相关系数", "corr_at": "距离 {d}", "distance": "距离（数据标准差）",
            "lambda_max": "Hessian 最大特征值 λmax", "alpha": "沿滤波器归一化方向的步长",
@@ -89,7 +94,8 @@ LABELS = {
 }
 CRITERION_NAMES = {
     "en": {"fisher_trace_ratio": "Fisher tr(S_B)/tr(S_W), per image", "fisher_channel_maps": "Fisher, per channel map",
-           "lda_score": "LDA score (PCA-64)", "linear_probe_acc": "linear probe accuracy", "knn_acc": "kNN accuracy (k=20)",
+           "lda_score": "LDA score (PCA-64)", "linear_probe_acc": "linear probe accuracy",
+           "knn_acc": "kNN accuracy (k=20)",
            "nc1": "NC1", "silhouette": "silhouette", "coding_rate_reduction": "coding rate reduction ΔR",
            "cka_labels": "CKA with labels"},
     "zh": {"fisher_trace_ratio": "Fisher 判据（逐图像）", "fisher_channel_maps": "Fisher 判据（逐通道特征图）",
@@ -555,7 +561,8 @@ def depth_final(sr: StudyResults, lang: str, path: Path) -> None:
     """Final training error (eval mode) and test error against depth: one line plain, one residual;
     bars span the seeds (min to max), points are the mean."""
     def body(fig, axes, t):
-        for ax, key, title in ((axes[0, 0], "clean_train_acc", "clean_train_err"), (axes[0, 1], "test_acc", "test_err")):
+        for ax, key, title in ((axes[0, 0], "clean_train_acc", "clean_train_err"),
+                               (axes[0, 1], "test_acc", "test_err")):
             for v, label in (("Nres", t["plain"]), ("FULL", t["residual"])):
                 points = A.final_by_depth(sr, v, key)
                 if points:
@@ -578,7 +585,8 @@ def depth_final(sr: StudyResults, lang: str, path: Path) -> None:
 @figure("bn-accuracy", "batchnorm", per_model=True, needs=_has_epochs)
 def bn_accuracy(sr: StudyResults, lang: str, path: Path, model: str) -> None:
     """Train accuracy in eval mode and test accuracy per epoch of every variant of one depth."""
-    _accuracy_per_epoch(path, lang, sr, model, ("clean_train_acc", "test_acc"), lambda t, key: f"{model}{t['colon']}{t[key]}")
+    _accuracy_per_epoch(path, lang, sr, model, ("clean_train_acc", "test_acc"),
+                        lambda t, key: f"{model}{t['colon']}{t[key]}")
 
 
 def hidden_series(series: dict[str, np.ndarray], rtol: float = 1e-3) -> tuple[list[str], dict[str, list[str]]]:

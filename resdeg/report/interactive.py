@@ -26,7 +26,8 @@ COLUMNS = {
            "block": "block", "phase": "phase", "epochs_done": "epochs", "step_first": "first step",
            "step_last": "last step", "criterion": "criterion"},
     "zh": {"model": "模型", "variant": "变体", "seed": "种子", "epoch": "轮次", "stage": "阶段", "block": "残差块",
-           "phase": "时刻", "epochs_done": "轮次", "step_first": "第一步", "step_last": "最后一步", "criterion": "判据"},
+           "phase": "时刻", "epochs_done": "轮次", "step_first": "第一步",
+           "step_last": "最后一步", "criterion": "判据"},
 }
 SERIES_NAME = {"en": "{variant}, seed {seed}", "zh": "{variant}，种子 {seed}"}
 RUN_HOVER = ("model", "variant", "seed")

@@ -129,7 +129,8 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("resdeg.report", "templates"),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(pct=pct, pm=pm, err=err, human=human, short=short, points=points, signed=signed, code_spans=code_spans, sci=sci, num=num, ratio=ratio_text, diff=diff)
+    env.filters.update(pct=pct, pm=pm, err=err, human=human, short=short, points=points, signed=signed,
+                       code_spans=code_spans, sci=sci, num=num, ratio=ratio_text, diff=diff)
     return env
 
 
@@ -190,8 +191,10 @@ def study_commands(sr: StudyResults) -> list[str]:
     images = sr.probed[0].probe.settings.probe_images if sr.probed else ProbeSettings().probe_images
     # the stored precision, where the protocol leaves it open ("auto") or the runs chose another
     precision = sr.config["precision"]
-    precision = f" --precision {precision}" if precision != PROTOCOLS[sr.protocol].get("precision", Config.precision) else ""
-    tail = (f" --probe-images {images}" if images != ProbeSettings().probe_images else "") + (f" {sets}" if sets else "")
+    precision = (f" --precision {precision}"
+                 if precision != PROTOCOLS[sr.protocol].get("precision", Config.precision) else "")
+    tail = ((f" --probe-images {images}" if images != ProbeSettings().probe_images else "")
+            + (f" {sets}" if sets else ""))
     grids: dict[tuple, list[str]] = {}  # (variants, seeds) -> models
     for model in sr.models:
         by_seeds: dict[tuple, list[str]] = {}
@@ -208,7 +211,8 @@ def study_commands(sr: StudyResults) -> list[str]:
 def base_context(store: Store, lang: str) -> dict:
     return {
         "lang": lang, "zh": lang == "zh", "store": store, "studies": store.studies, "A": A, "V": V,
-        "pages": PAGES, "hypotheses": HYPOTHESES, "variants_declared": VARIANTS, "archs": ARCHS, "criteria_declared": CRITERIA,
+        "pages": PAGES, "hypotheses": HYPOTHESES, "variants_declared": VARIANTS, "archs": ARCHS,
+        "criteria_declared": CRITERIA,
         "rules": V.RULES, "rules_version": V.RULES_VERSION, "outcome_text": V.OUTCOME_TEXT,
         "symptom_text": V.SYMPTOM_TEXT, "vanish": V.VANISH, "explode": V.EXPLODE,
         "probe_defaults": ProbeSettings(), "count": lambda n, en: count(n, en, lang), "depth": depth,

@@ -69,7 +69,8 @@ RULES = {
               "逐通道特征图的 Fisher 比值、轮廓系数和编码率缩减都依赖宽度，只展示，不计入。"
               "下降量以同一次训练的未训练网络为对照（同一种子，批归一化使用批次统计量：`resdeg probe --phase init`）："
               "取训练后网络的变化减去未训练网络的变化，因为随机特征本身就会随深度失去可分性；若某个模型的种子缺少"
-              "这一对照，只按训练后的变化判定，判定中会注明。若较差模型发生信息丢失而较好模型没有，H3 可以解释两者的差异。",
+              "这一对照，只按训练后的变化判定，判定中会注明。"
+              "若较差模型发生信息丢失而较好模型没有，H3 可以解释两者的差异。",
     },
     "H4": {
         "en": "Gradients are shattered when the gradient of the output with respect to the input decorrelates "
@@ -83,7 +84,8 @@ RULES = {
               "single out the plain nets and H4 is not supported.",
         "zh": "梯度破碎指输出对输入的梯度在相邻的输入之间失去相关性。在初始化时测量：沿随机方向把输入移动 0.01 个"
               "数据标准差，移动前后输入梯度的相关系数（64 张测试图像，对 logits 取固定的随机投影）。若较差模型的"
-              "相关系数更低且超出种子间的噪声（差值的 95% Welch 区间在零以下；单个种子不作判定），H4 可以解释两者的差异；"
+              "相关系数更低且超出种子间的噪声"
+              "（差值的 95% Welch 区间在零以下；单个种子不作判定），H4 可以解释两者的差异；"
               "若更高且超出噪声，判为不支持；否则无法判定。在普通网络的深度对比中，以同样深度的残差网络为对照："
               "若残差网络相关系数损失的比例（相对较浅网络的数值）超过普通网络损失比例的一半，这一下降就不能把普通网络"
               "区分出来，判为不支持。",
@@ -134,7 +136,8 @@ RULES = {
               "number of images they were measured on) and at least 1 point; otherwise the verdict is "
               "inconclusive (marked 'single seed'). A model whose test accuracy is within that noise of chance "
               "(1 / number of classes) did not learn, and no hypothesis is said to explain anything about it.",
-        "zh": "有多个随机种子时，只有 95% t 区间（两组比较用 Welch 区间，同一次训练内部用配对区间）不包含零的差异才算数。"
+        "zh": "有多个随机种子时，只有 95% t 区间"
+              "（两组比较用 Welch 区间，同一次训练内部用配对区间）不包含零的差异才算数。"
               "若一个模型只有一个种子、另一个有 k 个种子，则假定这次训练随种子的波动与另一模型相同："
               "区间取差值 ± t(k−1)·s·√(1/k + 1) 所给的范围（s 为另一模型各种子的标准差），且不窄于下述单次训练的噪声。"
               "两边都只有一个种子时无法给出区间：准确率之差至少要达到两者二项标准误的两倍（按各自所用的图像数计算），"
@@ -344,10 +347,12 @@ REASONS = {
                        "zh": "{d} 在训练集上同样更差（评估模式下的训练集准确率 {dtrain}），不是过拟合。"},
     "overfits": {"en": "{d} fits the training set at least as well ({dtrain}; {fit}) yet is worse on test: "
                        "its train-test gap is larger ({dgap}).",
-                 "zh": "{d} 对训练集的拟合不比对方差（{dtrain}；{fit}），测试却更差：训练与测试之间的差距更大（{dgap}）。"},
+                 "zh": "{d} 对训练集的拟合不比对方差（{dtrain}；{fit}），"
+                       "测试却更差：训练与测试之间的差距更大（{dgap}）。"},
     "fit_undecided": {"en": "Whether {d} fits the training set as well is not shown ({dtrain}): the models are "
                             "not both at the ceiling and the interval is not within ±1 point.",
-                      "zh": "无法证明 {d} 对训练集拟合得一样好（{dtrain}）：两者并非都达到上限，区间也不在 ±1 个百分点以内。"},
+                      "zh": "无法证明 {d} 对训练集拟合得一样好（{dtrain}）："
+                            "两者并非都达到上限，区间也不在 ±1 个百分点以内。"},
     "symptom_only_degraded": {"en": "{d}: {sd}; {h}: {sh}.", "zh": "{d}：{sd}；{h}：{sh}。"},
     "symptom_both": {"en": "Both show it ({d}: {sd}; {h}: {sh}), so it does not explain the difference.",
                      "zh": "两者都有这一现象（{d}：{sd}；{h}：{sh}），因此它解释不了两者的差异。"},
@@ -495,7 +500,8 @@ def h1(subject: str, a: Side, b: Side, depth: bool = False, control=None) -> Ver
 
 
 FIT_TEXT = {"better": {"en": "better beyond noise", "zh": "更好，且超出噪声"},
-            "ceiling": {"en": f"both at the ceiling of {TRAIN_CEILING:.0%}", "zh": f"两者都达到 {TRAIN_CEILING:.0%} 的上限"},
+            "ceiling": {"en": f"both at the ceiling of {TRAIN_CEILING:.0%}",
+                        "zh": f"两者都达到 {TRAIN_CEILING:.0%} 的上限"},
             "equivalent": {"en": f"within the ±{EQUIVALENCE_MARGIN * 100:g} point margin",
                            "zh": f"在 ±{EQUIVALENCE_MARGIN * 100:g} 个百分点的等价范围内"}}
 
@@ -644,7 +650,8 @@ def _at_init(h: str, key: str, more: tuple[str, str], subject: str, a: Side, b: 
         return _verdict(h, subject, pair, "inconclusive", "not_measured", nums, single)
     d = difference(vw, vb)
     nums.update({key: {"degraded": vw, "healthy": vb, "difference": d.as_dict()}})
-    nums["_fmt"].update(vd={lang: show(vw, lang) for lang in ("en", "zh")}, vh={lang: show(vb, lang) for lang in ("en", "zh")},
+    nums["_fmt"].update(vd={lang: show(vw, lang) for lang in ("en", "zh")},
+                        vh={lang: show(vb, lang) for lang in ("en", "zh")},
                         dv={lang: f"{d.value:+.2f}" + (f" [{d.low:+.2f}, {d.high:+.2f}]" if d.has_interval else "")
                             for lang in ("en", "zh")})
     predicts_worse = -1 if h == "H4" else 1  # lower correlation / higher curvature predicts harder training

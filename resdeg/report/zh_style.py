@@ -147,7 +147,8 @@ def check(markdown: str) -> list[Issue]:
             between = (is_cjk(_neighbour(s, i, -1, TRANSPARENT + " \t"))
                        and is_cjk(_neighbour(s, i, 1, TRANSPARENT + " \t")))
             if between and not touching:
-                add(i, "punct-between-cjk", f"'{ch}' between Chinese characters: write '{FULL_WIDTH[ch]}' without spaces")
+                add(i, "punct-between-cjk",
+                    f"'{ch}' between Chinese characters: write '{FULL_WIDTH[ch]}' without spaces")
             elif touching:
                 add(i, "punct-touching-cjk", f"ASCII '{ch}' next to Chinese: write '{FULL_WIDTH[ch]}'")
         elif ch in " \t" and (i == 0 or s[i - 1] not in " \t"):
