@@ -3,7 +3,8 @@
 Everything runs in float64 on the features' device and no d x d matrix is ever formed
 (d reaches ~200,000 values per image): the Fisher ratios are sums of squared norms, O(n d)
 for any n, and the rest go through n x n Gram matrices (n is a few hundred to a few thousand
-images). `all_criteria` shares one validated batch, and so its Gram matrices, across criteria.
+images), built and decomposed by the probes' numeric core (gram.py). `all_criteria` shares one
+validated batch, and so its Gram matrices, across criteria.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ResdegError
+from .gram import BLOCK_ELEMENTS, eigh_desc, gram_terms
 
 __all__ = [
     "CRITERIA",
@@ -33,8 +35,6 @@ __all__ = [
 ]
 
 _F64 = torch.float64
-_BLOCK = 1 << 22  # float64 elements per temporary block (32 MiB): bounds the extra memory
-_RTOL = 1e-10  # eigenvalues below _RTOL * the largest are numerical zeros (rank cut, pinv)
 
 
 class ProbeInputError(ResdegError, ValueError):
@@ -84,7 +84,7 @@ class _Batch:
 
     @cached_property
     def _grams(self) -> tuple[torch.Tensor, torch.Tensor]:
-        centred, cross, mean_sq = _gram(self.x)
+        centred, cross, mean_sq = gram_terms(self.x)
         # x_i . x_j = xc_i . xc_j + xc_i . m + xc_j . m + m . m, so the raw Gram is free.
         return centred, centred + cross[:, None] + cross[None, :] + mean_sq
 
@@ -106,53 +106,13 @@ def _as_batch(features, labels) -> _Batch:
     return features if isinstance(features, _Batch) else _Batch(features, labels)
 
 
-def _gram(x: torch.Tensor, rows: torch.Tensor | None = None, standardise: bool = False):
-    """Centred Gram (x - m)(x - m)^T, cross terms (x - m) m and m . m, in float64.
-
-    m holds the column means over `rows` (all rows by default); with `standardise` each
-    column is also divided by its std over `rows` (1 where constant). Accumulated over
-    column blocks, so no float64 copy of the whole of x is ever made.
-    """
-    n, d = x.shape
-    gram = torch.zeros(n, n, dtype=_F64, device=x.device)
-    cross = torch.zeros(n, dtype=_F64, device=x.device)
-    mean_sq = torch.zeros((), dtype=_F64, device=x.device)
-    step = max(1, _BLOCK // n)
-    for start in range(0, d, step):
-        block = x[:, start:start + step].to(_F64, copy=True)  # a copy: edited in place below
-        ref = block if rows is None else block[rows]
-        if standardise:
-            var, mean = torch.var_mean(ref, 0, correction=0)
-            std = var.sqrt()
-            # a std at rounding level of the mean is a constant column: leave it unscaled
-            block.sub_(mean).div_(torch.where(std <= 1e-10 * mean.abs(), torch.ones_like(std), std))
-        else:
-            mean = ref.mean(0)
-            block.sub_(mean)
-        gram.addmm_(block, block.T)
-        cross.addmv_(block, mean)
-        mean_sq += mean.dot(mean)
-    return gram, cross, mean_sq
-
-
-def _eigh_desc(sym: torch.Tensor, k: int | None = None, scale=0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenpairs of a symmetric PSD matrix, largest first, at most k, without numerical zeros:
-    those below _RTOL times the largest eigenvalue or the given scale."""
-    vals, vecs = torch.linalg.eigh(sym)
-    vals, vecs = vals.flip(0), vecs.flip(1)
-    floor = (_RTOL * torch.clamp(vals[0], min=scale)).clamp_min(torch.finfo(_F64).tiny)
-    m = int((vals > floor).sum())  # a prefix, since vals are sorted
-    m = m if k is None else min(m, k)
-    return vals[:m], vecs[:, :m]
-
-
 def _scatter_traces(x3: torch.Tensor, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """tr(S_B) and tr(S_W) where image i contributes the g rows of x3[i] (g, p), all labelled y_i.
 
     Two passes over row blocks (class means first, then residuals), so no cancellation.
     """
     n, g, p = x3.shape
-    rows = max(1, _BLOCK // (g * p))
+    rows = max(1, BLOCK_ELEMENTS // (g * p))
     blocks = [slice(i, i + rows) for i in range(0, n, rows)]
     sums = torch.zeros(batch.n_classes, p, dtype=_F64, device=x3.device)
     for s in blocks:
@@ -185,7 +145,7 @@ def _scatter_matrices(z: torch.Tensor, batch: _Batch) -> tuple[torch.Tensor, tor
 
 def _pca_scores(gram: torch.Tensor, k: int | None = None) -> torch.Tensor:
     """Coordinates (n, k) of the centred samples behind `gram` on its top principal axes."""
-    vals, vecs = _eigh_desc(gram, k)
+    vals, vecs = eigh_desc(gram, k)
     if len(vals) == 0:
         raise ProbeInputError("features are constant across samples")
     return vecs * vals.sqrt()  # Xc = U S V^T and gram = U S^2 U^T, so Xc V = U S
@@ -260,7 +220,7 @@ def linear_probe_accuracy(features, labels, test_fraction: float = 0.3, seed: in
     if not 0 < test_fraction < 1 or l2 < 0 or steps < 1:
         raise ProbeInputError(f"linear probe needs 0 < test_fraction < 1, l2 >= 0 and steps >= 1, got {test_fraction}, {l2}, {steps}")
     train, test = _stratified_split(b, test_fraction, seed)
-    gram = _gram(b.x, rows=train, standardise=True)[0]
+    gram = gram_terms(b.x, rows=train, standardise=True).centred
     # The optimal W lies in the span of the training features (representer theorem), so their
     # principal axes v_j = X_tr^T u_j / sqrt(l_j) lose nothing and give k <= n_train inputs.
     x_tr = _pca_scores(gram[train][:, train])
@@ -315,7 +275,8 @@ def nc1(features, labels) -> float:
     # so only inner products with the centred means are needed, and those come from the Gram.
     x_dot_mean = b.class_means(b.centred_gram).T  # (n, C): (x_i - mu_G) . (mu_c - mu_G)
     mean_dot_mean = b.class_means(x_dot_mean)  # (C, C): (mu_a - mu_G) . (mu_c - mu_G)
-    vals, vecs = _eigh_desc(mean_dot_mean, scale=b.centred_gram.trace() / b.n)
+    # S_B has rank <= C - 1, and its zero eigenvalue comes out at the Gram's rounding: judge it on the Gram's scale
+    vals, vecs = eigh_desc(mean_dot_mean, scale=b.centred_gram.trace() / b.n)
     if len(vals) == 0:
         raise ProbeInputError("all class means coincide, so S_B = 0 and NC1 is undefined")
     residual_dot_mean = x_dot_mean - mean_dot_mean[b.y]  # (x_i - mu_{c_i}) . (mu_c - mu_G)

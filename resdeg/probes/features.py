@@ -152,9 +152,10 @@ def signal_propagation(model: ResNet, x_u8: torch.Tensor, y: torch.Tensor, cfg,
 
 def block_signals(model: ResNet, x_u8: torch.Tensor, cfg, device: torch.device) -> tuple[BlockSignal, ...]:
     """Brock et al.'s signal propagation at every residual block, on one batch of probe images
-    spread over the whole probe set (BatchNorm on batch statistics, on a copy of the model)."""
+    spread over the whole probe set (BatchNorm on batch statistics, on a copy of the model).
+    No stage ranks: the probe has them from every stage's criteria batch, over all its images."""
     step = max(1, math.ceil(len(x_u8) / SPP_IMAGES))
     x = preprocess(x_u8[::step].to(device), cfg)
-    blocks = block_signal(model.to(device), x, batch_stats=True)["blocks"]
+    blocks = block_signal(model.to(device), x, batch_stats=True, stage_ranks=False)["blocks"]
     return tuple(BlockSignal(b["name"], b["stage"], b["index"], b["avg_channel_squared_mean"],
                              b["avg_channel_variance"], b["branch_variance"]) for b in blocks)

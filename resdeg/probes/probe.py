@@ -25,7 +25,7 @@ from ..records import CorruptRecord, write_record
 from ..store import RUN_FILE, RunRecord, read_run, read_weights
 from . import criteria
 from .features import block_signals, initial_model, prepare_cpu, probe_images, signal_propagation, stage_features
-from .signal import effective_rank
+from .signal import effective_rank, effective_rank_from_gram
 from .store import (
     SIGNAL_KEYS,
     SIGNAL_PHASES,
@@ -72,17 +72,18 @@ def _threads(n: int | None):
 def score_stage(features: torch.Tensor, labels: torch.Tensor, settings: ProbeSettings,
                 timings: dict[str, float] | None = None):
     """Every criterion of the settings on one stage: (values, errors), a value None exactly when
-    the criterion is undefined there, and then its one-line reason in errors. With `timings`,
-    adds each criterion's seconds to it (the shared Gram matrices count to the first that needs them)."""
+    the criterion is undefined there, and then its one-line reason in errors. `features` may come
+    as their criteria._Batch, which the caller shares (_score_stages: with the effective rank). With
+    `timings`, adds each criterion's seconds to it (the shared Gram matrices count to the first that needs them)."""
     values, errors = {}, {}
     try:
         # Criteria accept one shared validated batch in place of the features (as all_criteria
         # does), so the n x n Gram matrices are computed once per stage, not once per criterion.
-        batch = criteria._Batch(features, labels)
+        batch = criteria._as_batch(features, labels)
     except criteria.ProbeInputError as e:
         return {name: None for name in settings.criteria}, {name: str(e) for name in settings.criteria}
     kwargs = criterion_kwargs(settings)
-    cpu = features.device.type == "cpu"
+    cpu = batch.x.device.type == "cpu"
     for name in settings.criteria:
         start = time.perf_counter()
         try:
@@ -255,14 +256,30 @@ def _score_stages(model, x_u8, y, cfg, device: torch.device, settings: ProbeSett
                   unit="stage", leave=False, desc=desc, disable=None if progress else True)
     for stage, feats in stages:
         shapes[stage] = list(feats.shape[1:])
-        ranks[stage] = _finite_or_none(effective_rank(feats))
-        stage_values, stage_errors = score_stage(feats, labels, settings)
-        del feats
+        batch = _criteria_batch(feats, labels)
+        ranks[stage] = _stage_rank(feats, batch)
+        stage_values, stage_errors = score_stage(feats if batch is None else batch, labels, settings)
+        del feats, batch  # the batch holds the features too: free both before the next stage
         for name, v in stage_values.items():
             values[name][stage] = v
         for name, reason in stage_errors.items():
             errors.setdefault(name, {})[stage] = reason
     return shapes, values, errors, ranks
+
+
+def _criteria_batch(features: torch.Tensor, labels: torch.Tensor) -> criteria._Batch | None:
+    """One stage's validated batch, whose centred Gram serves every criterion and the effective
+    rank; None where the features cannot be scored (score_stage then says why, per criterion)."""
+    try:
+        return criteria._Batch(features, labels)
+    except criteria.ProbeInputError:
+        return None
+
+
+def _stage_rank(features: torch.Tensor, batch: criteria._Batch | None) -> float | None:
+    """The stage's effective rank from the centred Gram its criteria's batch holds; from the
+    features themselves where there is no batch (the rank needs no labels)."""
+    return _finite_or_none(effective_rank(features) if batch is None else effective_rank_from_gram(batch.centred_gram))
 
 
 def _probe_data(run: RunRecord, settings: ProbeSettings, data_dir, datasets: dict | None):

@@ -9,7 +9,8 @@ propagation to close the performance gap in unnormalized ResNets", §3):
 - the same average channel variance of the residual branch's output before the add.
 Per stage, the effective rank of its features (rank collapse without normalisation:
 Daneshmand et al. 2020): Roy & Vetterli 2007's exp(entropy) of the normalised singular values
-of the centred (n, d) feature matrix, found from the n x n Gram matrix (d can be 10^6).
+of the centred (n, d) feature matrix, found from the n x n Gram matrix (d can be 10^6) of the
+probes' numeric core (gram.py), which the criteria share.
 
 Statistics are computed in float64; a non-finite one is None (JSON has no NaN).
 """
@@ -22,9 +23,7 @@ import torch
 from torch import nn
 
 from ..models import ResNet
-
-# Columns of the feature matrix turned into float64 at a time: bounds the Gram's working memory.
-GRAM_CHUNK_ELEMENTS = 1 << 22
+from .gram import centred_gram, nonzero_eigenvalues
 
 
 def _finite(v: float) -> float | None:
@@ -40,35 +39,18 @@ def channel_statistics(x: torch.Tensor) -> tuple[float | None, float | None]:
     return _finite(float(mean.square().mean())), _finite(float(var.mean()))
 
 
-def centred_gram(features: torch.Tensor) -> torch.Tensor:
-    """The n x n float64 Gram matrix Xc Xc^T of the (n, ...) features flattened to (n, d) and
-    centred over the n samples; built a block of columns at a time, never a d x d matrix."""
-    x = features.detach().flatten(1)
-    n, d = x.shape
-    gram = torch.zeros(n, n, dtype=torch.float64, device=x.device)
-    step = max(1, GRAM_CHUNK_ELEMENTS // max(n, 1))
-    for start in range(0, d, step):
-        block = x[:, start:start + step].double()
-        block = block - block.mean(0)
-        gram += block @ block.T
-    return gram
-
-
 def effective_rank_from_gram(gram: torch.Tensor) -> float | None:
     """Roy & Vetterli's effective rank exp(-sum p_i log p_i), p_i = s_i / sum_j s_j, of the matrix
     whose Gram matrix this is (s_i = sqrt of the Gram's eigenvalues: its singular values).
 
-    Eigenvalues below the Gram's rounding level (n * eps * largest) count as zero, so an exactly
-    rank-k matrix is not credited with rounding noise. A zero matrix has effective rank 0."""
+    Numerical zeros (gram.nonzero_count) are left out, so an exactly rank-k matrix is not
+    credited with rounding noise. A zero matrix has effective rank 0."""
     gram = gram.double()
     if not bool(torch.isfinite(gram).all()):
         return None
-    eig = torch.linalg.eigvalsh(gram)
-    top = float(eig.max()) if eig.numel() else 0.0
-    if top <= 0.0:
+    s = nonzero_eigenvalues(gram).sqrt()
+    if len(s) == 0:
         return 0.0
-    eig = eig[eig > top * len(eig) * torch.finfo(torch.float64).eps]
-    s = eig.sqrt()
     p = s / s.sum()
     return _finite(math.exp(float(-(p * p.log()).sum())))
 
@@ -84,7 +66,8 @@ def _has_batchnorm(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def block_signal(model: ResNet, x: torch.Tensor, batch_stats: bool = True) -> dict[str, list[dict]]:
+def block_signal(model: ResNet, x: torch.Tensor, batch_stats: bool = True,
+                 stage_ranks: bool = True) -> dict[str, list[dict]]:
     """One forward pass of the preprocessed batch `x` through `model`, measured at every block.
 
     Returns {"blocks": [...], "stages": [...]}, plain Python values:
@@ -92,7 +75,9 @@ def block_signal(model: ResNet, x: torch.Tensor, batch_stats: bool = True) -> di
       stage), "position": 0.. (across the net), "residual": bool, "avg_channel_squared_mean",
       "avg_channel_variance" (of the block's output), "branch_variance" (average channel variance
       of block.branch(input), the residual branch before the add)};
-    - stages, stage0 (the stem) first: {"name", "effective_rank", "max_rank": min(n - 1, d)}.
+    - stages, stage0 (the stem) first: {"name", "effective_rank", "max_rank": min(n - 1, d)};
+      empty without `stage_ranks` (the probe takes each stage's rank from its criteria's Gram,
+      over all probe images, and would throw these away).
 
     A plain (Nres, Nboth) block adds nothing: its "branch" is its whole pre-activation output,
     relu(branch) being the block's output, and branch_variance is that output's variance.
@@ -123,7 +108,7 @@ def block_signal(model: ResNet, x: torch.Tensor, batch_stats: bool = True) -> di
             stages.append({"name": name, "effective_rank": effective_rank(output), "max_rank": min(n - 1, d)})
         return hook
 
-    handles = [stage.register_forward_hook(stage_hook(name)) for name, stage in net.stages()]
+    handles = [stage.register_forward_hook(stage_hook(name)) for name, stage in net.stages() if stage_ranks]
     for name, block in net.blocks():
         stage, index = name.split(".")
         handles.append(block.register_forward_hook(block_hook(name, stage, int(index))))
