@@ -49,10 +49,12 @@ class _Batch:
         features = torch.as_tensor(features).detach()
         labels = torch.as_tensor(labels, device=features.device)
         if features.ndim == 0 or features.is_complex():
-            raise ProbeInputError(f"features must be a real tensor of shape (n, ...), got shape {tuple(features.shape)}")
+            raise ProbeInputError(f"features must be a real tensor of shape (n, ...), "
+                                  f"got shape {tuple(features.shape)}")
         n = features.shape[0]
         if labels.ndim != 1 or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-            raise ProbeInputError(f"labels must be a 1-D integer tensor, got shape {tuple(labels.shape)} and dtype {labels.dtype}")
+            raise ProbeInputError(f"labels must be a 1-D integer tensor, got shape {tuple(labels.shape)} "
+                                  f"and dtype {labels.dtype}")
         if labels.shape[0] != n:
             raise ProbeInputError(f"features have {n} rows but there are {labels.shape[0]} labels")
         if n < 2:
@@ -127,7 +129,8 @@ def _scatter_traces(x3: torch.Tensor, batch: _Batch) -> tuple[torch.Tensor, torc
 
 def _require_within_scatter(tr_w: torch.Tensor, tr_total: torch.Tensor, criterion: str) -> None:
     if tr_w <= 1e-12 * tr_total:  # zero up to rounding
-        raise ProbeInputError(f"within-class scatter is zero (all samples of each class are identical), so {criterion} is undefined")
+        raise ProbeInputError(f"within-class scatter is zero (all samples of each class are identical), "
+                              f"so {criterion} is undefined")
 
 
 def _fisher_ratio(tr_b: torch.Tensor, tr_w: torch.Tensor) -> float:
@@ -180,7 +183,8 @@ def lda_score(features, labels, n_components: int = 64, shrinkage: float = 1e-3)
     """
     b = _as_batch(features, labels)
     if n_components < 1 or shrinkage < 0:
-        raise ProbeInputError(f"lda_score needs n_components >= 1 and shrinkage >= 0, got {n_components} and {shrinkage}")
+        raise ProbeInputError(f"lda_score needs n_components >= 1 and shrinkage >= 0, "
+                              f"got {n_components} and {shrinkage}")
     z = _pca_scores(b.centred_gram, min(n_components, b.n - 1, b.d))
     k = z.shape[1]
     s_w, s_b = _scatter_matrices(z, b)
@@ -201,7 +205,8 @@ def _stratified_split(b: _Batch, test_fraction: float, seed: int) -> tuple[torch
     train, test = [], []
     for c, count in enumerate(b.counts.tolist()):
         if count < 2:
-            raise ProbeInputError(f"class {int(b.classes[c])} has a single sample; the linear probe's stratified split needs at least 2 per class")
+            raise ProbeInputError(f"class {int(b.classes[c])} has a single sample; "
+                                  "the linear probe's stratified split needs at least 2 per class")
         idx = order[b.y[order] == c]
         n_test = min(max(round(test_fraction * len(idx)), 1), len(idx) - 1)
         test.append(idx[:n_test])
@@ -218,7 +223,8 @@ def linear_probe_accuracy(features, labels, test_fraction: float = 0.3, seed: in
     """
     b = _as_batch(features, labels)
     if not 0 < test_fraction < 1 or l2 < 0 or steps < 1:
-        raise ProbeInputError(f"linear probe needs 0 < test_fraction < 1, l2 >= 0 and steps >= 1, got {test_fraction}, {l2}, {steps}")
+        raise ProbeInputError(f"linear probe needs 0 < test_fraction < 1, l2 >= 0 and steps >= 1, "
+                              f"got {test_fraction}, {l2}, {steps}")
     train, test = _stratified_split(b, test_fraction, seed)
     gram = gram_terms(b.x, rows=train, standardise=True).centred
     # The optimal W lies in the span of the training features (representer theorem), so their
@@ -305,7 +311,8 @@ def silhouette(features, labels) -> float:
 
 
 def coding_rate_reduction(features, labels, eps2: float = 0.5) -> float:
-    """MCR^2 rate reduction dR = R(Z) - sum_j (n_j / n) R(Z_j) (Yu et al. 2020), R(Z) = 1/2 logdet(I + d/(m eps2) Z Z^T).
+    """MCR^2 rate reduction dR = R(Z) - sum_j (n_j / n) R(Z_j) (Yu et al. 2020),
+    R(Z) = 1/2 logdet(I + d/(m eps2) Z Z^T).
 
     Z holds the features normalised to unit norm per sample, not centred (as in the paper); m = columns of Z.
     """
@@ -348,7 +355,8 @@ class Criterion(NamedTuple):
 
 CRITERIA: dict[str, Criterion] = {
     "fisher_trace_ratio": Criterion(fisher_trace_ratio, "tr(S_B)/tr(S_W), one sample per image", True),
-    "fisher_channel_maps": Criterion(fisher_trace_ratio_channel_maps, "tr(S_B)/tr(S_W), one sample per (image, channel) map", True,
+    "fisher_channel_maps": Criterion(fisher_trace_ratio_channel_maps,
+                                     "tr(S_B)/tr(S_W), one sample per (image, channel) map", True,
                                      "its chance level, about (C-1)/(n·channels), falls as channels grow"),
     "lda_score": Criterion(lda_score, "mean LDA eigenvalue of (S_B, S_W) after PCA to 64 dims", True),
     "linear_probe_acc": Criterion(linear_probe_accuracy, "held-out accuracy of a logistic-regression probe", True),

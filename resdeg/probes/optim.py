@@ -247,7 +247,8 @@ def loss_slice(loss_at: Callable[[Tensors], float], params: Tensors, directions:
     out = []
     with torch.no_grad():
         for c in coordinates:
-            moved = {name: p + sum(ck * d[name] for ck, d in zip(c, directions, strict=True)) for name, p in params.items()}
+            moved = {name: p + sum(ck * d[name] for ck, d in zip(c, directions, strict=True))
+                     for name, p in params.items()}
             out.append(_finite(float(loss_at(moved))))
     return out
 

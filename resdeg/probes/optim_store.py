@@ -303,7 +303,8 @@ def measurement_summary(results: str | Path) -> list[dict]:
     are done, skipped and corrupt (`resdeg status` lists them beside the runs)."""
     results = Path(results)
     out = []
-    for folder in sorted(results.glob(f"*/*/{INIT_FOLDER}")) + sorted({p.parent.parent for p in results.glob("*/*/*/optim-*.json")}):
+    run_groups = sorted({p.parent.parent for p in results.glob("*/*/*/optim-*.json")})
+    for folder in sorted(results.glob(f"*/*/{INIT_FOLDER}")) + run_groups:
         trained = folder.name != INIT_FOLDER
         paths = sorted(folder.glob("*/optim-*.json")) if trained else sorted(folder.glob("*-optim-*.json"))
         if not paths:  # an init folder holding other measurements only (init probes)

@@ -328,7 +328,8 @@ def describe(probe: ProbeRecord, state: str) -> str:
         return head + ("cached: " if state == "cached" else "") + f"skipped ({probe.reason})"
     undefined = sum(len(v) for v in probe.criterion_errors.values())
     note = f"; {undefined} criterion values undefined (see criterion_errors)" if undefined else ""
-    took = f"probed earlier in {probe.wall_s:.1f}s" if state == "cached" else f"{probe.wall_s:.1f}s"  # not this call's time
+    # a cached probe's time is the earlier call's, not this one's
+    took = f"probed earlier in {probe.wall_s:.1f}s" if state == "cached" else f"{probe.wall_s:.1f}s"
     return head + (f"{state:<7} {probe.images} images, {len(probe.stages)} stages, {len(probe.criteria)} "
                    f"criteria  {took}{note}")
 

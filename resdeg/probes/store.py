@@ -170,13 +170,15 @@ class ProbeRecord(Record):
             for stage, v in values.items():
                 reason = self.criterion_errors.get(name, {}).get(stage)
                 require((v is None) == isinstance(reason, str), f"criteria.{name}.{stage}: a null value needs a reason")
-        require(set(self.criterion_errors) <= set(self.settings.criteria), "criterion_errors names an unknown criterion")
+        require(set(self.criterion_errors) <= set(self.settings.criteria),
+                "criterion_errors names an unknown criterion")
         ProbeEnvironment.check_object(self.environment, "environment")
         require(set(self.signal) == set(SIGNAL_PHASES), f"signal needs exactly {SIGNAL_PHASES}")
         for phase, stats in self.signal.items():
             require(set(stats) == set(SIGNAL_KEYS), f"signal.{phase} needs {SIGNAL_KEYS}")
             for key, values in stats.items():
-                require(set(values) == set(stages) if done else not values, f"signal.{phase}.{key}: not one value per stage")
+                require(set(values) == set(stages) if done else not values,
+                        f"signal.{phase}.{key}: not one value per stage")
                 if key in NON_NEGATIVE_SIGNALS:
                     _non_negative(values, f"signal.{phase}.{key}")
         if done and self.version >= 2:
