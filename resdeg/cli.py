@@ -237,8 +237,8 @@ def run(protocol, dataset, data_dir, results, overrides, device, precision, dry_
 @click.option("--optim/--no-optim", "optim_while_training", default=None,
               help="Measure H4 and H5 (`resdeg optim`'s default settings) after the first epoch, at each "
                    "learning-rate drop and at the end of every run [default: on for the protocols of the depth "
-                   "study, off elsewhere; on 2 CPU cores each measurement adds about 1 min to a ResNet-20 run, "
-                   "4-5 min to a ResNet-56].")
+                   "study unless --no-probe, off elsewhere; on 2 CPU cores each measurement adds about 1 min to a "
+                   "ResNet-20 run, 4-5 min to a ResNet-56].")
 @click.option("--no-report", is_flag=True,
               help="Do not render the report at the end: of every study in --results, as `resdeg report` does.")
 @click.option("--docs", default="docs", show_default=True, type=click.Path(file_okay=False), envvar="RESDEG_DOCS",
@@ -309,7 +309,7 @@ def run_all(protocol, dataset, data_dir, results, overrides, device, precision, 
     if optim_while_training is None:
         from .study import measures_optimisation
 
-        optim_while_training = measures_optimisation(protocol)
+        optim_while_training = measures_optimisation(protocol) and not no_probe  # --no-probe: train only
     optim_settings = None
     if optim_while_training:
         from .probes.optim_store import OptimSettings
