@@ -364,16 +364,12 @@ def _measure_and_write(net: ResNet | None, job: Job, config_hash: str, settings:
     return record
 
 
-def _bare_copy(model: nn.Module) -> nn.Module:
-    """A fp32 copy of a training net without its gradients and hooks: the telemetry's forward hooks
-    would otherwise record the measurement's backward passes as training steps."""
-    net = copy.deepcopy(model).float().to(memory_format=torch.contiguous_format)
-    for module in net.modules():
-        module._forward_hooks.clear()
-        module._forward_pre_hooks.clear()
-    for p in net.parameters():
-        p.grad = None
-    return net
+def _bare_copy(model: nn.Module, cfg: Config, num_classes: int, device: torch.device) -> ResNet:
+    """A fresh fp32 net holding the training net's weights and BatchNorm statistics: none of its
+    hooks (the telemetry's would record the measurement's backward passes as training steps), its
+    compiled stages or its memory format."""
+    state = {k: v.detach().float() if v.is_floating_point() else v.detach() for k, v in model.state_dict().items()}
+    return model_from_state(cfg, num_classes, state).to(device)
 
 
 def epoch_measurer(cfg: Config, data: Dataset, settings: OptimSettings, device: torch.device, folder: Path):
@@ -392,9 +388,9 @@ def epoch_measurer(cfg: Config, data: Dataset, settings: OptimSettings, device: 
             return
         started = time.perf_counter()
         path = run_path(folder, settings) if epoch == cfg.epochs else epoch_path(folder, epoch, settings)
-        net = _bare_copy(model)
         was_training = model.training
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # building the net draws
+            net = _bare_copy(model, cfg, data.num_classes, device)
             _measure_and_write(net, Job(cfg, "trained", path, folder, epoch), cfg.hash, settings, data, device,
                                False, started, inputs)
         model.train(was_training)
