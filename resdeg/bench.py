@@ -19,7 +19,6 @@ import os
 import statistics
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,7 +29,7 @@ from .config import make_config
 from .data import Dataset, fixed_subset, load_dataset, synthetic_dataset
 from .errors import ResdegError
 from .models import model_from_config
-from .records import CorruptRecord, Fields, Record, bounded, read_record, require, write_record
+from .records import CorruptRecord, Fields, Record, bounded, now_iso, read_record, require, write_record
 from .reference import DEFAULT_WORKERS, ReferenceLoop, reference_loader
 from .store import RunEnvironment
 from .study import default_grid
@@ -246,7 +245,7 @@ def run_benchmark(model: str, variant: str, protocol: str, device: torch.device,
     a, b, c = (results[k]["images_per_s"] for k in LOOPS)
 
     doc = {"schema": BENCH_SCHEMA, "schema_version": BENCH_SCHEMA_VERSION,
-           "created": datetime.now(UTC).isoformat(timespec="seconds"),
+           "created": now_iso(),
            "environment": {**environment(device, precision), "cpu_count": os.cpu_count(),
                            "load_average_1min_at_start": load[0] if load else None},
            "setup": {"model": cfg.model, "variant": cfg.variant, "protocol": cfg.protocol, "image_size": cfg.image_size,

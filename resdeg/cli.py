@@ -11,10 +11,7 @@ import click
 from .config import PROTOCOL_ALIASES, PROTOCOLS, canonical_protocol, make_config, parse_overrides
 from .errors import ResdegError
 from .models import ARCHS
-from .study import VARIANTS
-
-STUDY_MODELS = ("resnet18", "resnet50")
-
+from .study import ORIGINAL_MODELS, VARIANTS
 
 # OSErrors that are the machine's state, not a bug: one line naming the path and what to do
 _DISK_ERRORS = {
@@ -504,7 +501,7 @@ def bench(model, variant, protocol, device, batch_size, steps, warmup, repeats, 
     dev = resolve_device(device)
     settings = Settings.make(quick, dev, batch_size=batch_size, steps=steps, warmup=warmup, repeats=repeats,
                              projection_steps=projection_steps, workers=workers)
-    doc = run_benchmark(model, variant, protocol, dev, settings, STUDY_MODELS, dataset=dataset, data_dir=data_dir,
+    doc = run_benchmark(model, variant, protocol, dev, settings, ORIGINAL_MODELS, dataset=dataset, data_dir=data_dir,
                         overrides=parse_overrides(overrides), compile=compile_, projection=projection,
                         log=lambda m: click.echo(m, err=True))
     click.echo(format_report(doc))

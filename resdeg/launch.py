@@ -22,10 +22,10 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import ResdegError
+from .records import now_iso
 from .runner import Executor, Outcome, RunTask, StoreProgress, train_one
 from .store import SUBMISSION_FILE
 
@@ -33,9 +33,6 @@ SUBMISSION_SCHEMA = "resdeg.submission"
 LAUNCHERS = ("local", "slurm", "submitit-local")
 DEFAULT_TIME = "4:00:00"
 
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 # -- options ----------------------------------------------------------------------------------
@@ -136,11 +133,11 @@ def run_job(task: RunTask, time_min: int) -> Outcome:
         out = Outcome(task.name, "failed", f"{'failed':<9} {task.name}: {e}", error=f"{task.name}: {e}")
     except BaseException as e:
         if job_id:
-            _update_submission(task.folder, job_id, ended=_now_iso(), outcome="failed",
+            _update_submission(task.folder, job_id, ended=now_iso(), outcome="failed",
                                error=f"{type(e).__name__}: {e}"[:300])
         raise
     if job_id:
-        _update_submission(task.folder, job_id, ended=_now_iso(), outcome=out.result, status=out.status,
+        _update_submission(task.folder, job_id, ended=now_iso(), outcome=out.result, status=out.status,
                            error=out.error, host=socket.gethostname())
     log(out.line)
     return out
@@ -249,7 +246,7 @@ class SubmititLauncher(Executor):
             if type(e).__module__.startswith("submitit"):
                 raise ResdegError(f"submission failed: {' '.join(str(e).split())[:300]}") from None
             raise
-        now = _now_iso()
+        now = now_iso()
         for t, job in zip(tasks, jobs, strict=True):
             t.folder.mkdir(parents=True, exist_ok=True)
             _update_submission(t.folder, str(job.job_id), launcher=self.cluster, submitted=now,

@@ -42,10 +42,10 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import ResdegError
+from .records import now_iso
 
 LOCK_FILE = "run.lock"
 LOCK_SCHEMA = "resdeg.lock"
@@ -148,13 +148,10 @@ def _job_id() -> str | None:
     return env.get("SLURM_JOB_ID") or env.get("SUBMITIT_LOCAL_JOB_ID") or None
 
 
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
 
 def _my_lock(token: str, settings: LockSettings) -> dict:
     stat = _proc_stat(os.getpid())
-    return {"schema": LOCK_SCHEMA, "host": socket.gethostname(), "pid": os.getpid(), "started": _now_iso(),
+    return {"schema": LOCK_SCHEMA, "host": socket.gethostname(), "pid": os.getpid(), "started": now_iso(),
             "started_unix": round(time.time(), 3), "token": token, "boot_id": _boot_id(),
             "pid_start": stat[1] if stat else None, "job_id": _job_id(), "heartbeat_s": settings.heartbeat_s}
 

@@ -13,6 +13,7 @@ import json
 import math
 import types
 import typing
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -192,3 +193,8 @@ def write_record(path: str | Path, record: Record) -> None:
     doc = record.to_dict()
     type(record).from_dict(json.loads(json.dumps(doc)))
     atomic_write_json(path, doc)
+
+
+def now_iso() -> str:
+    """The time a record is written: UTC, to the second (every record's created/updated)."""
+    return datetime.now(UTC).isoformat(timespec="seconds")

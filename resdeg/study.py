@@ -176,6 +176,7 @@ def default_grid(protocol: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 class Page:
     name: str
     title: dict  # {"en": ..., "zh": ...}: the nav's and the page's heading
+    before_studies: bool = False  # a site page the navigation lists before the studies' pages
 
 
 @dataclass(frozen=True)
@@ -267,8 +268,8 @@ HYPOTHESIS_IDS = tuple(h.id for h in HYPOTHESES)
 
 # The report's pages: site pages once, study pages once per study that has results (in its folder).
 SITE_PAGES = (
-    Page("index", {"en": "The answer", "zh": "结论"}),
-    Page("method", {"en": "Hypotheses and method", "zh": "假说与方法"}),
+    Page("index", {"en": "The answer", "zh": "结论"}, before_studies=True),
+    Page("method", {"en": "Hypotheses and method", "zh": "假说与方法"}, before_studies=True),
     Page("setup", {"en": "Setup", "zh": "实验设置"}),
     Page("reflection", {"en": "Reflection", "zh": "反思"}),
     Page("reproducibility", {"en": "Reproducibility", "zh": "可复现性"}),

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ from .config import CONFIG_SCHEMA
 from .data import Dataset, fixed_subset, preprocess, test_subset
 from .errors import ResdegError
 from .models import model_from_config
+from .records import now_iso
 from .store import (
     CHECKPOINT_FILE,
     TELEMETRY_ARRAYS,
@@ -361,7 +361,7 @@ class Trainer:
         self.history: list[Epoch] = []
         self.steps: dict[str, list[np.ndarray]] = {k: [] for k in TELEMETRY_ARRAYS}
         self.diverged_at: int | None = None
-        self.created = datetime.now(UTC).isoformat(timespec="seconds")
+        self.created = now_iso()
         self.env = environment(device, self.engine.precision)
 
     # -- checkpoint -------------------------------------------------------------------------
@@ -400,7 +400,7 @@ class Trainer:
                             steps_per_epoch=self.engine.steps_per_epoch,
                             wall_s=round(sum(e.wall_s for e in self.history), 3)),
             telemetry=telemetry, created=self.created,
-            updated=datetime.now(UTC).isoformat(timespec="seconds"))
+            updated=now_iso())
 
     def _before_write(self) -> None:
         if self.lock is not None:

@@ -28,7 +28,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -40,6 +39,7 @@ from ..config import Config, make_config
 from ..data import Dataset, fixed_subset, load_dataset, preprocess, probe_subset
 from ..errors import ResdegError
 from ..models import ResNet
+from ..records import now_iso
 from ..store import WEIGHTS_FILE, read_run, read_weights, run_dir, scan
 from ..study import canonical_variant
 from . import optim
@@ -356,7 +356,7 @@ def _measure_and_write(net: ResNet | None, job: Job, config_hash: str, settings:
         gradients=parts.get("gradients"), curvature=parts.get("curvature"), slice_1d=parts.get("slice_1d"),
         slice_2d=parts.get("slice_2d"), timings={k: round(v, 3) for k, v in timings.items()},
         environment=_environment(device), wall_s=round(time.perf_counter() - started, 3),
-        created=datetime.now(UTC).isoformat(timespec="seconds"))
+        created=now_iso())
     try:
         write_optim(job.path, record)
     except OSError as e:

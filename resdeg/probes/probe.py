@@ -12,7 +12,6 @@ import platform
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ from tqdm import tqdm
 from ..data import Dataset, load_dataset
 from ..errors import ResdegError
 from ..models import model_from_config
-from ..records import CorruptRecord, write_record
+from ..records import CorruptRecord, now_iso, write_record
 from ..store import RUN_FILE, RunRecord, read_run, read_weights
 from . import criteria
 from .features import block_signals, initial_model, prepare_cpu, probe_images, signal_propagation, stage_features
@@ -120,7 +119,7 @@ def _record(run: RunRecord, settings: ProbeSettings, device: torch.device, start
         criteria=values or {name: {} for name in settings.criteria}, criterion_errors=errors or {},
         signal=signal or {phase: {key: {} for key in SIGNAL_KEYS} for phase in SIGNAL_PHASES},
         environment=_environment(device), wall_s=round(time.perf_counter() - started, 3),
-        created=datetime.now(UTC).isoformat(timespec="seconds"), image_indices=tuple(indices),
+        created=now_iso(), image_indices=tuple(indices),
         blocks=blocks or {}, effective_rank=ranks or {})
 
 
@@ -222,7 +221,7 @@ def snapshot_probe(model, cfg, x_u8, y, indices, settings: ProbeSettings, device
         settings=settings, settings_hash=settings.hash, images=len(indices), stages=tuple(shapes), criteria=values,
         criterion_errors=errors, effective_rank=ranks, image_indices=tuple(int(i) for i in indices),
         environment=_environment(device), wall_s=round(time.perf_counter() - started, 3),
-        created=datetime.now(UTC).isoformat(timespec="seconds"), epoch=epoch)
+        created=now_iso(), epoch=epoch)
 
 
 def epoch_prober(cfg, data: Dataset, settings: ProbeSettings, device: torch.device, folder: Path):

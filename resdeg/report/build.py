@@ -21,7 +21,7 @@ from pathlib import Path
 from .. import __version__
 from ..atomic import atomic_write_bytes, atomic_write_json, exchange_paths
 from ..errors import ResdegError
-from ..study import PAGES
+from ..study import PAGES, SITE_PAGES
 from . import anchors
 from . import downloads as D
 from . import figures as F
@@ -42,10 +42,10 @@ LOCK_FOLDER = ".report-lock"
 
 def site_nav(store: Store) -> list[dict]:
     """The site's navigation, read by resdeg/report/mkdocs_hooks.py (docs/site-nav.json)."""
-    nav = [{"page": "index.md"}, {"page": "method.md"}]
+    nav = [{"page": f"{p.name}.md"} for p in SITE_PAGES if p.before_studies]
     for sr in store.studies:
         nav.append({"section": sr.title, "pages": [f"{sr.name}/{p}.md" for p in sr.study.pages]})
-    nav += [{"page": f"{p}.md"} for p in ("setup", "reflection", "reproducibility")]
+    nav += [{"page": f"{p.name}.md"} for p in SITE_PAGES if not p.before_studies]
     return nav
 
 
@@ -192,7 +192,7 @@ def _render(store: Store, out: Path, repository: str | None = None) -> tuple[int
         ctx = P.site_context(store, lang, {"index": [n for n, _, _ in site_figures]}, site_downloads)
         ctx.update(anchors=anchors, repository=repository,
                    interactive=_interactive(site_figures, store, lang, data))
-        for page in ("index", "method", "setup", "reflection", "reproducibility"):
+        for page in (p.name for p in SITE_PAGES):
             atomic_write_bytes(out / lang / f"{page}.md", P.render(env, page, ctx).encode())
             n_pages += 1
         for sr in store.studies:
