@@ -346,7 +346,7 @@ def linear_cka_labels(features, labels) -> float:
 
 class Criterion(NamedTuple):
     fn: Callable[..., float]  # fn(features, labels) -> float
-    description: str
+    title: dict  # {"en": ..., "zh": ...}: its name on the pages and figures
     higher_is_better: bool  # True when a larger value means more separable classes
     # Why the value cannot be compared between stages of different width (None: it can). Only
     # comparable criteria vote on H3, which compares the shallowest stage with the deepest.
@@ -354,19 +354,20 @@ class Criterion(NamedTuple):
 
 
 CRITERIA: dict[str, Criterion] = {
-    "fisher_trace_ratio": Criterion(fisher_trace_ratio, "tr(S_B)/tr(S_W), one sample per image", True),
+    "fisher_trace_ratio": Criterion(fisher_trace_ratio, {"en": "Fisher tr(S_B)/tr(S_W), per image",
+                                                         "zh": "Fisher 判据（逐图像）"}, True),
     "fisher_channel_maps": Criterion(fisher_trace_ratio_channel_maps,
-                                     "tr(S_B)/tr(S_W), one sample per (image, channel) map", True,
+                                     {"en": "Fisher, per channel map", "zh": "Fisher 判据（逐通道特征图）"}, True,
                                      "its chance level, about (C-1)/(n·channels), falls as channels grow"),
-    "lda_score": Criterion(lda_score, "mean LDA eigenvalue of (S_B, S_W) after PCA to 64 dims", True),
-    "linear_probe_acc": Criterion(linear_probe_accuracy, "held-out accuracy of a logistic-regression probe", True),
-    "knn_acc": Criterion(knn_accuracy, "leave-one-out 20-NN accuracy, cosine similarity", True),
-    "nc1": Criterion(nc1, "within-class variability collapse tr(S_W S_B^+)/C", False),
-    "silhouette": Criterion(silhouette, "mean silhouette, Euclidean distance", True,
+    "lda_score": Criterion(lda_score, {"en": "LDA score (after PCA)", "zh": "LDA 得分（PCA 降维后）"}, True),
+    "linear_probe_acc": Criterion(linear_probe_accuracy, {"en": "linear probe accuracy", "zh": "线性探针准确率"}, True),
+    "knn_acc": Criterion(knn_accuracy, {"en": "kNN accuracy", "zh": "kNN 准确率"}, True),
+    "nc1": Criterion(nc1, {"en": "NC1", "zh": "NC1"}, False),
+    "silhouette": Criterion(silhouette, {"en": "silhouette", "zh": "轮廓系数"}, True,
                             "Euclidean distances concentrate as the dimension grows, pulling silhouettes toward 0"),
-    "coding_rate_reduction": Criterion(coding_rate_reduction, "MCR^2 rate reduction of unit-norm features", True,
-                                       "the rate log det(I + d/(n·eps^2) ZZ^T) grows with the dimension d"),
-    "cka_labels": Criterion(linear_cka_labels, "linear CKA between features and one-hot labels", True),
+    "coding_rate_reduction": Criterion(coding_rate_reduction, {"en": "coding rate reduction ΔR", "zh": "编码率缩减 ΔR"},
+                                       True, "the rate log det(I + d/(n·eps^2) ZZ^T) grows with the dimension d"),
+    "cka_labels": Criterion(linear_cka_labels, {"en": "CKA with labels", "zh": "与标签的 CKA"}, True),
 }
 
 

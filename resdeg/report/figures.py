@@ -92,17 +92,6 @@ LABELS = {
            "layers": "{d} 层", "log_loss": "训练损失的 log10",
            "direction": "沿滤波器归一化方向 {k} 的步长"},
 }
-CRITERION_NAMES = {
-    "en": {"fisher_trace_ratio": "Fisher tr(S_B)/tr(S_W), per image", "fisher_channel_maps": "Fisher, per channel map",
-           "lda_score": "LDA score (PCA-64)", "linear_probe_acc": "linear probe accuracy",
-           "knn_acc": "kNN accuracy (k=20)",
-           "nc1": "NC1", "silhouette": "silhouette", "coding_rate_reduction": "coding rate reduction ΔR",
-           "cka_labels": "CKA with labels"},
-    "zh": {"fisher_trace_ratio": "Fisher 判据（逐图像）", "fisher_channel_maps": "Fisher 判据（逐通道特征图）",
-           "lda_score": "LDA 得分（PCA 64 维）", "linear_probe_acc": "线性探针准确率", "knn_acc": "kNN 准确率（k=20）",
-           "nc1": "NC1", "silhouette": "轮廓系数", "coding_rate_reduction": "编码率缩减 ΔR",
-           "cka_labels": "与标签的 CKA"},
-}
 
 
 # -- the registry -------------------------------------------------------------------------------------
@@ -494,7 +483,7 @@ def h3_separability(sr: StudyResults, lang: str, path: Path, model: str) -> None
                 continue
             crit = crits[i]
             _stage_lines(ax, sr, model, t, lambda r, crit=crit: A.probe_values(r, crit))
-            title = CRITERION_NAMES[t["lang"]].get(crit, crit)
+            title = CRITERIA[crit].title[t["lang"]] if crit in CRITERIA else crit
             if not CRITERIA[crit].higher_is_better:
                 title += t["lower_better"]
             ax.set_title(title, fontsize=9)

@@ -172,7 +172,7 @@ def h3_separability(sr: StudyResults, lang: str, model: str) -> dict:
     from . import analysis as A
 
     t = F.LABELS[lang]
-    panels = [panel(F.CRITERION_NAMES[lang].get(c, c) + ("" if CRITERIA[c].higher_is_better else t["lower_better"]),
+    panels = [panel(CRITERIA[c].title[t["lang"]] + ("" if CRITERIA[c].higher_is_better else t["lower_better"]),
                      "stage", "value", t["stage"], "", category=True, where={"criterion": c})
               for c in A.criteria_present(sr.runs)]
     return chart(f"{sr.name}/h3_separability.csv", lang, panels, where={"model": model},
