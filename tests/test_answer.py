@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from resdeg.report import pages as P
+from resdeg.report import pages
 from resdeg.report.collect import load_store
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -18,12 +18,12 @@ def landing():
     if not any(RESULTS.glob("depth/*/*/run.json")):
         pytest.skip("no committed depth study")
     store = load_store(RESULTS)
-    env = P.environment()
+    env = pages.environment()
     out = {}
-    for lang in P.LANGS:
-        ctx = P.site_context(store, lang, {"index": ["headline.png"]}, {"index": ["runs.csv"]})
+    for lang in pages.LANGS:
+        ctx = pages.site_context(store, lang, {"index": ["headline.png"]}, {"index": ["runs.csv"]})
         ctx["anchors"] = None
-        out[lang] = P.render(env, "index", ctx)
+        out[lang] = pages.render(env, "index", ctx)
     return out
 
 
@@ -66,16 +66,16 @@ def test_no_sentence_appears_twice_on_the_landing_page(landing):
 @pytest.mark.parametrize("x, text", [(0.5806, "0.58"), (2.04, "2.0"), (27.5, "28"), (3616.8, "3,600"),
                                      (1.8e-22, "2 × 10⁻²²"), (1.02e-7, "10⁻⁷"), (0.0319, "0.032")])
 def test_ratios_read_as_people_write_them(x, text):
-    assert P.human(x) == text
+    assert pages.human(x) == text
 
 
 def test_differences_read_in_points_with_their_interval_in_words():
     from resdeg.report.verdicts import Estimate
 
     e = Estimate(-0.3236, -0.4066, -0.2406, (3, 3))
-    assert P.points(e) == "32.4 points (95% interval 24.1 to 40.7)"
-    assert P.signed(Estimate(-0.0092, -0.0202, 0.0018, (3, 3))) == "−0.9 points (95% interval −2.0 to +0.2)"
-    assert P.signed(e, "zh") == "−32.4 个百分点（95% 区间 −40.7 至 −24.1）"
+    assert pages.points(e) == "32.4 points (95% interval 24.1 to 40.7)"
+    assert pages.signed(Estimate(-0.0092, -0.0202, 0.0018, (3, 3))) == "−0.9 points (95% interval −2.0 to +0.2)"
+    assert pages.signed(e, "zh") == "−32.4 个百分点（95% 区间 −40.7 至 −24.1）"
 
 
 def test_the_original_study_stands_beside_its_protocols_runs():
@@ -85,9 +85,10 @@ def test_the_original_study_stands_beside_its_protocols_runs():
         pytest.skip("no committed run of the original protocol")
     from resdeg.report import anchors
 
-    ctx = P.study_context(store, sr, "en", {"h1": []}, {"h1": []})
+    ctx = pages.study_context(store, sr, "en", {"h1": []}, {"h1": []})
     ctx["anchors"] = anchors
-    text = P.render(P.environment(), "h1", ctx).split("## Beside the original study's own results")[1].split("\n## ")[0]
+    text = pages.render(pages.environment(), "h1", ctx)
+    text = text.split("## Beside the original study's own results")[1].split("\n## ")[0]
     rows = {tuple(line.split(" | ")[:2]): line for line in text.splitlines() if line.startswith("| resnet")}
     assert len(rows) == 8  # every cell of the original grid, trained here or not
     for (model, variant), (test, _train) in anchors.ORIGINAL_FINAL.items():

@@ -15,16 +15,16 @@ from resdeg.report.pages import LANGS
 
 
 def test_chinese_figures_have_no_missing_glyphs_with_a_cjk_font(tmp_path):
-    from resdeg.report import figures as F
+    from resdeg.report import figures
     from resdeg.report.collect import load_store
 
-    if F.cjk_font() is None:
+    if figures.cjk_font() is None:
         pytest.skip("no CJK font on this machine (CI installs fonts-noto-cjk)")
     store = load_store(make_depth_results(tmp_path / "results", seeds=(1,)))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        F.depth_curves(store.study("depth"), "zh", tmp_path / "curves.png")
-        F.bn_signal(store.study("batchnorm"), "zh", tmp_path / "bn.png", "resnet56")
+        figures.depth_curves(store.study("depth"), "zh", tmp_path / "curves.png")
+        figures.bn_signal(store.study("batchnorm"), "zh", tmp_path / "bn.png", "resnet56")
     assert not [w for w in caught if "missing from font" in str(w.message) or "CJK" in str(w.message)]
     assert (tmp_path / "curves.png").stat().st_size > 10_000
 
@@ -45,32 +45,32 @@ def test_figures_are_readable_at_page_width(rendered):
 
 def test_chinese_figures_fall_back_to_english_without_a_cjk_font(monkeypatch, tmp_path):
     """Silently per figure: the report says it once (NO_CJK_FONT); no glyph warning per character."""
-    from resdeg.report import figures as F
+    from resdeg.report import figures
     from resdeg.report.collect import load_store
 
-    monkeypatch.setattr(F, "cjk_font", lambda: None)
+    monkeypatch.setattr(figures, "cjk_font", lambda: None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert F.figure_language("zh") == "en" and F.figure_language("en") == "en"
+        assert figures.figure_language("zh") == "en" and figures.figure_language("en") == "en"
         store = load_store(make_results(tmp_path / "results", seeds=(1,), epochs=2, models=("resnet18",), probes=False))
-        F.headline(store, "zh", tmp_path / "headline.png")  # its panel titles are the studies' (Chinese) titles
-    assert not caught and not F.MISSING_GLYPHS, [str(w.message) for w in caught]
-    assert "apt-get install fonts-noto-cjk" in F.NO_CJK_FONT
+        figures.headline(store, "zh", tmp_path / "headline.png")  # its panel titles are the studies' (Chinese) titles
+    assert not caught and not figures.MISSING_GLYPHS, [str(w.message) for w in caught]
+    assert "apt-get install fonts-noto-cjk" in figures.NO_CJK_FONT
 
 
 def test_figures_plot_the_analysis_and_the_download_holds_what_they_plot(rendered):
     """One statistics convention (sample sd, ddof=1), computed in analysis.py: the depth figure's
     points and bars are the mean, lowest and highest seed of runs.csv's rows."""
-    from resdeg.report import analysis as A
+    from resdeg.report import analysis
 
-    s = A.spread([1.0, 2.0, 4.0])
+    s = analysis.spread([1.0, 2.0, 4.0])
     assert (s.mean, s.lo, s.hi, s.n) == (7 / 3, 1.0, 4.0, 3) and s.sd == pytest.approx(np.std([1, 2, 4], ddof=1))
-    assert A.spread([None, 5.0]).sd is None and A.spread([None]) is None
+    assert analysis.spread([None, 5.0]).sd is None and analysis.spread([None]) is None
     store = build_store(rendered)
     sr = store.study("depth")
     with open(rendered.docs / "downloads" / sr.name / "runs.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["variant"] == "Nres" and r["clean_train_acc"]]
-    points = A.final_by_depth(sr, "Nres", "clean_train_acc")
+    points = analysis.final_by_depth(sr, "Nres", "clean_train_acc")
     assert points
     for d, spread in points:
         errors = [100 * (1 - float(r["clean_train_acc"])) for r in rows if r["model"] == f"resnet{d}"]

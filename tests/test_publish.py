@@ -66,20 +66,20 @@ def test_the_previous_layout_is_upgraded_in_place(tmp_path):
 
 
 def test_without_an_atomic_swap_a_report_killed_between_the_renames_is_restored(tmp_path, monkeypatch):
-    from resdeg.report import build as B
+    from resdeg.report import build
 
     results = make_results(tmp_path / "results", seeds=(1,), epochs=2, models=("resnet18",), protocol="native")
     docs = tmp_path / "docs"
     build_report(results, docs, log=lambda m: None)
     old = _report_state(docs)
-    monkeypatch.setattr(B, "exchange_paths", lambda a, b: False)
+    monkeypatch.setattr(build, "exchange_paths", lambda a, b: False)
     make_results(results, seeds=(2,), epochs=2, models=("resnet18",), protocol="native")
     build_report(results, docs, log=lambda m: None)  # the fallback publishes too
     assert _report_state(docs) != old and _report_folders(docs) == ["_report"]
     new = _report_state(docs)
     os.rename(docs / "_report", docs / ".report-old-99")  # killed after the first rename
     (docs / ".report-render-98").mkdir()  # and a half-rendered report of another killed one
-    B._recover(docs)
+    build._recover(docs)
     assert _report_state(docs) == new and _report_folders(docs) == ["_report"]
 
 

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from resdeg.report import interactive as I
+from resdeg.report import interactive
 from resdeg.report.downloads import write_figure_data
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,9 +90,9 @@ PLOT_CSV = "model,variant,seed,epoch,test_acc\n" + "".join(
 def plot_markdown(lang: str) -> str:
     t = {"en": ("test accuracy", "epoch", "accuracy (%)", "Accuracy per epoch."),
          "zh": ("测试准确率", "训练轮次", "准确率（%）", "每轮准确率。")}[lang]
-    spec = I.chart("acc.csv", lang, [I.panel(t[0], "epoch", "test_acc", t[1], t[2], scale=100)],
-                   styles=I.variant_styles(("FULL", "Nres")), hover=("model", "variant", "seed", "epoch"))
-    return (f'<div class="resdeg-plot" data-plot="{html.escape(I.as_attribute(spec))}" markdown="span">\n'
+    spec = interactive.chart("acc.csv", lang, [interactive.panel(t[0], "epoch", "test_acc", t[1], t[2], scale=100)],
+                   styles=interactive.variant_styles(("FULL", "Nres")), hover=("model", "variant", "seed", "epoch"))
+    return (f'<div class="resdeg-plot" data-plot="{html.escape(interactive.as_attribute(spec))}" markdown="span">\n'
             f"[](../../downloads/acc.csv.js)\n</div>\n\n"
             f'<figure markdown="span">\n  ![{t[3]}](../figures/acc.png){{ loading=lazy }}\n'
             f"  <figcaption>{t[3]}</figcaption>\n</figure>\n")

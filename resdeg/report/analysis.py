@@ -8,7 +8,7 @@ import numpy as np
 
 from ..probes.criteria import CRITERIA
 from ..study import Comparison
-from . import verdicts as V
+from . import verdicts
 from .collect import Run, StudyResults, depth, finite
 
 
@@ -98,7 +98,7 @@ def init_correlation(record, where: str = "input") -> float | None:
 
 # -- per model -------------------------------------------------------------------------------------
 
-def side(sr: StudyResults, model: str, variant: str, last_epoch: bool = False) -> V.Side:
+def side(sr: StudyResults, model: str, variant: str, last_epoch: bool = False) -> verdicts.Side:
     """One model of a comparison, read at its final figure (Run.final), or at its last epoch."""
     runs = sr.cell(model, variant)
     test, clean = [], []
@@ -116,7 +116,7 @@ def side(sr: StudyResults, model: str, variant: str, last_epoch: bool = False) -
         changes[crit] = [v for v in vals if v is not None]
     classes = sr.num_classes
     at_init = sr.optim_cell(model, variant)
-    return V.Side(label(model, variant), test, clean, diverged=sum(r.status == "diverged" for r in runs),
+    return verdicts.Side(label(model, variant), test, clean, diverged=sum(r.status == "diverged" for r in runs),
                   grad_corr=[c for c in (init_correlation(o) for o in at_init) if c is not None],
                   log_lambda_max=[math.log10(o.curvature.lambda_max) for o in at_init
                                   if o.curvature.lambda_max_resolved and o.curvature.lambda_max > 0],
@@ -140,13 +140,14 @@ def all_verdicts(sr: StudyResults, last_epoch: bool = False) -> list[dict]:
         residual = RESIDUAL_CONTROL.get(comp.reference[1])
         if comp.kind == "depth" and residual and sr.optim_cell(comp.reference[0], residual):
             control = (side(sr, comp.reference[0], residual, last_epoch), side(sr, comp.other[0], residual, last_epoch))
-        verdicts = {h: fn(comp.subject, a, b, depth=comp.kind == "depth", control=control)
-                    for h, fn in V.RULE_FUNCTIONS.items()}
-        reasons = {v.reason for v in verdicts.values()}
+        by_hypothesis = {h: fn(comp.subject, a, b, depth=comp.kind == "depth", control=control)
+                         for h, fn in verdicts.RULE_FUNCTIONS.items()}
+        reasons = {v.reason for v in by_hypothesis.values()}
         # one reason about the comparison itself, the same for H1-H3: pages state it once
-        shared = next(iter(verdicts.values())) if len(reasons) == 1 and reasons <= V.COMPARISON_REASONS else None
+        shared = (next(iter(by_hypothesis.values()))
+                  if len(reasons) == 1 and reasons <= verdicts.COMPARISON_REASONS else None)
         rows.append({"comparison": comp, "subject": comp.subject, "kind": comp.kind, "component": comp.component,
-                     "verdicts": verdicts, "shared": shared})
+                     "verdicts": by_hypothesis, "shared": shared})
     return rows
 
 
@@ -156,7 +157,7 @@ def effect(sr: StudyResults, comp: Comparison) -> dict:
     a, b = side(sr, *comp.reference), side(sr, *comp.other)
     if not (a.test_acc and b.test_acc):
         return {"comparison": comp, "complete": False}
-    dtest, dtrain = V.compare(b, a, "test_acc"), V.compare(b, a, "clean_train_acc")
+    dtest, dtrain = verdicts.compare(b, a, "test_acc"), verdicts.compare(b, a, "clean_train_acc")
     return {"comparison": comp, "complete": True, "reference": a, "other": b, "dtest": dtest, "dtrain": dtrain,
             "stuck": [s.label for s in (a, b) if s.did_not_learn],
             "seeds": min(len(a.test_acc), len(b.test_acc))}
@@ -271,7 +272,7 @@ def h2_rows(sr: StudyResults) -> list[dict]:
     rows = []
     for model, variant, runs in sr.cells():
         s = side(sr, model, variant)
-        symptom, est = V.gradient_symptom(s)
+        symptom, est = verdicts.gradient_symptom(s)
         medians = [stage_medians(r) for r in runs]
         stages = runs[0].stages
         rows.append({"model": model, "variant": variant, "seeds": [r.seed for r in runs],
@@ -289,7 +290,7 @@ def h3_rows(sr: StudyResults) -> list[dict]:
     rows = []
     for model, variant, runs in sr.cells():
         probed = [r for r in runs if r.probe]
-        loss = V.information_loss(side(sr, model, variant))
+        loss = verdicts.information_loss(side(sr, model, variant))
         rows.append({"model": model, "variant": variant, "seeds": [r.seed for r in probed],
                      "controlled": bool(probed) and all(r.init_probe for r in probed),
                      "missing": [(r.rel, r.probe_note) for r in runs if not r.probe], **loss})
@@ -480,7 +481,7 @@ def init_contrast(rows: list[dict], model: str, variant: str, reference: str = "
     lam = [[math.log10(x) for x in r["lambda_max"] if x is not None] for r in (a, b)]
     if not all(corr + lam):
         return None
-    return {"corr": V.difference(*corr), "log_lambda": V.difference(*lam), "row": a, "reference": b}
+    return {"corr": verdicts.difference(*corr), "log_lambda": verdicts.difference(*lam), "row": a, "reference": b}
 
 
 def _lambda_max(record) -> float | None:

@@ -8,15 +8,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..study import ARCHS, HYPOTHESIS_IDS, Comparison
-from . import analysis as A
-from . import verdicts as V
+from . import analysis, verdicts
 from .collect import Store, StudyResults
 
 # the comparison-level reasons (verdicts.COMPARISON_REASONS, less "no_data", which is not stated) ->
 # the HypothesisAnswer counter the landing page states them by; one list of those reasons, not two
 COUNTED = {"no_degradation": "no_difference", "did_not_learn": "did_not_learn", "undecided": "undecided",
            "deeper_not_worse": "deeper_better"}
-assert set(COUNTED) == V.COMPARISON_REASONS - {"no_data"}
+assert set(COUNTED) == verdicts.COMPARISON_REASONS - {"no_data"}
 
 
 @dataclass
@@ -59,7 +58,7 @@ class HypothesisAnswer:
 def hypotheses(store: Store) -> dict[str, HypothesisAnswer]:
     out = {h: HypothesisAnswer(h) for h in HYPOTHESIS_IDS}
     for sr in store.studies:
-        for row in A.all_verdicts(sr):
+        for row in analysis.all_verdicts(sr):
             for h, v in row["verdicts"].items():
                 ans = out[h]
                 if v.reason in COUNTED:
@@ -110,7 +109,7 @@ def components(store: Store) -> dict[str, ComponentAnswer]:
     for sr in store.studies:
         for comp in sr.comparisons():
             if comp.kind == "ablation" and comp.component in out:
-                e = A.effect(sr, comp)
+                e = analysis.effect(sr, comp)
                 if e["complete"]:
                     out[comp.component].effects.append({**e, "study": sr})
     return out
@@ -118,12 +117,12 @@ def components(store: Store) -> dict[str, ComponentAnswer]:
 
 def degradation(store: Store) -> list[dict]:
     """The depth comparisons of every study, with their degradation verdicts."""
-    return [{**e, "study": sr} for sr in store.studies if sr.kind == "depth" for e in A.degradation(sr)]
+    return [{**e, "study": sr} for sr in store.studies if sr.kind == "depth" for e in analysis.degradation(sr)]
 
 
 def matrix(store: Store) -> list[dict]:
     """The results matrix: every study x model x variant."""
-    return [{**row, "title": sr.title} for sr in store.studies for row in A.accuracy_rows(sr)]
+    return [{**row, "title": sr.title} for sr in store.studies for row in analysis.accuracy_rows(sr)]
 
 
 # -- the landing page's synthesis: one paragraph, every number from here --------------------------------
@@ -134,7 +133,7 @@ EARLY_STEPS = 100  # "from the first steps": the median gradient ratio over a ru
 def early_ratio(run) -> float | None:
     """Median g(first stage) / g(last stage) over the first EARLY_STEPS steps: H2 measured before a
     net stops learning, so it can tell a cause of the failure from its consequence."""
-    r = A.ratio_series(run)
+    r = analysis.ratio_series(run)
     if r is None or not np.isfinite(r[:EARLY_STEPS]).any():
         return None
     return float(np.nanmedian(r[:EARLY_STEPS]))
@@ -160,11 +159,11 @@ class Failure:
     def kind(self) -> str:
         """exploding (diverged or ratio above EXPLODE), vanishing_early (from the first steps),
         vanishing_later (only over the whole run), or none."""
-        if self.diverged or (self.whole is not None and self.whole > V.EXPLODE):
+        if self.diverged or (self.whole is not None and self.whole > verdicts.EXPLODE):
             return "exploding"
-        if self.early is not None and self.early < V.VANISH:
+        if self.early is not None and self.early < verdicts.VANISH:
             return "vanishing_early"
-        if self.whole is not None and self.whole < V.VANISH:
+        if self.whole is not None and self.whole < verdicts.VANISH:
             return "vanishing_later"
         return "none"
 
@@ -174,12 +173,12 @@ def failures(store: Store) -> list[Failure]:
     out, seen = [], set()
     for sr in store.studies:
         for model, variant, runs in sr.cells():
-            if (model, variant) in seen or not A.side(sr, model, variant).did_not_learn:
+            if (model, variant) in seen or not analysis.side(sr, model, variant).did_not_learn:
                 continue
             seen.add((model, variant))
             out.append(Failure(sr, model, variant, _geomean(early_ratio(r) for r in runs),
-                               _geomean(A.median_ratio(r) for r in runs), sum(r.status == "diverged" for r in runs),
-                               len(runs)))
+                               _geomean(analysis.median_ratio(r) for r in runs),
+                               sum(r.status == "diverged" for r in runs), len(runs)))
     return out
 
 
@@ -193,7 +192,7 @@ def synthesis(store: Store) -> dict:
            "training": None}
     if depth_sr is None:
         return out
-    entries = A.degradation(depth_sr)
+    entries = analysis.degradation(depth_sr)
     plain = [e for e in entries if e["comparison"].reference[1] == "Nres"]
     if plain:
         p = plain[-1]  # shallowest vs deepest (study._depth_pairs)
@@ -201,22 +200,22 @@ def synthesis(store: Store) -> dict:
                       and e["comparison"].reference[0] == p["comparison"].reference[0]
                       and e["comparison"].other[0] == p["comparison"].other[0]), None)
         out["degradation"] = {"plain": p, "residual": resid}
-        row = next((r for r in A.all_verdicts(depth_sr) if r["comparison"] == p["comparison"]), None)
+        row = next((r for r in analysis.all_verdicts(depth_sr) if r["comparison"] == p["comparison"]), None)
         out["verdicts"] = row and row["verdicts"]
-        ratios = [10 ** r["ratio"].value for r in A.h2_rows(depth_sr) if r["variant"] == "Nres" and r["ratio"]]
+        ratios = [10 ** r["ratio"].value for r in analysis.h2_rows(depth_sr) if r["variant"] == "Nres" and r["ratio"]]
         out["plain_ratios"] = (min(ratios), max(ratios)) if ratios else None
         deep = p["comparison"].other[0]
-        rows = A.at_init_by_depth(depth_sr)
-        at_init = {v: (A.at_init_row(rows, p["comparison"].reference[0], v), A.at_init_row(rows, deep, v))
+        rows = analysis.at_init_by_depth(depth_sr)
+        at_init = {v: (analysis.at_init_row(rows, p["comparison"].reference[0], v), analysis.at_init_row(rows, deep, v))
                    for v in ("Nres", "FULL")}
         if all(a and b and a["corr_mean"] is not None and b["corr_mean"] is not None for a, b in at_init.values()):
             out["at_init"] = {"plain": at_init["Nres"], "residual": at_init["FULL"]}
-        out["training"] = A.training_contrast(A.optim_over_training(depth_sr), p["comparison"].reference[0], deep,
-                                              "Nres")
+        out["training"] = analysis.training_contrast(analysis.optim_over_training(depth_sr),
+                                                     p["comparison"].reference[0], deep, "Nres")
         full_vs_plain = Comparison("ablation", "residual", (deep, "FULL"), (deep, "Nres"))
         if full_vs_plain.reference in {(m, v) for m, v, _ in depth_sr.cells()} and \
                 full_vs_plain.other in {(m, v) for m, v, _ in depth_sr.cells()}:
-            out["residual_deep"] = A.effect(depth_sr, full_vs_plain)
+            out["residual_deep"] = analysis.effect(depth_sr, full_vs_plain)
     bn = components(store)
     fixup = [e for e in bn["normfree"].effects if e["comparison"].other[1] == "Fixup"]
     out["normfree"] = max(fixup, key=lambda e: list(ARCHS).index(e["comparison"].reference[0]), default=None)

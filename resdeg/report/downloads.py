@@ -13,8 +13,7 @@ import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_json
 from ..study import HYPOTHESES, HYPOTHESIS_IDS
-from . import analysis as A
-from . import verdicts as V
+from . import analysis, verdicts
 from .collect import Store, StudyResults, depth
 
 VERDICTS_SCHEMA, VERDICTS_SCHEMA_VERSION = "resdeg.verdicts", 3  # 3: the hypotheses declared
@@ -136,7 +135,8 @@ OPTIM_MEASURES = tuple(_OPTIM)
 
 def _optim_measures(o) -> list:
     """One H4/H5 measurement's OPTIM_MEASURES columns."""
-    return [_g(A.init_correlation(o)), _g(o.settings.summary_distance), _g(o.gradients.half_distance.get("input")),
+    return [_g(analysis.init_correlation(o)), _g(o.settings.summary_distance),
+            _g(o.gradients.half_distance.get("input")),
             _g(o.curvature.lambda_max), o.curvature.lambda_max_resolved, _g(o.curvature.lambda_min),
             o.curvature.lambda_min_resolved, _g(o.curvature.loss), _g(o.wall_s)]
 
@@ -167,13 +167,13 @@ def _runs_csv(path: Path, runs) -> None:
 
 def _hypotheses() -> list[dict]:
     """The declaration (study.HYPOTHESES) a reader of verdicts.json needs to read its keys."""
-    return [{"id": h.id, "name": h.name, "claim": h.claim, "rule": V.RULES[h.id]} for h in HYPOTHESES]
+    return [{"id": h.id, "name": h.name, "claim": h.claim, "rule": verdicts.RULES[h.id]} for h in HYPOTHESES]
 
 
 def _verdict_rows(sr: StudyResults) -> list[dict]:
     return [{"study": sr.name, "protocol": sr.protocol, "subject": row["subject"], "kind": row["kind"],
              "component": row["component"], "verdicts": {h: v.as_dict() for h, v in row["verdicts"].items()}}
-            for row in A.all_verdicts(sr)]
+            for row in analysis.all_verdicts(sr)]
 
 
 def write_study_downloads(sr: StudyResults, out: Path) -> dict[str, list[str]]:
@@ -186,7 +186,7 @@ def write_study_downloads(sr: StudyResults, out: Path) -> dict[str, list[str]]:
 
     def steps():
         for r in sr.runs:
-            g = A.grad_series(r)
+            g = analysis.grad_series(r)
             if g is not None:
                 for i, (first, last) in enumerate(zip(g[:, 0], g[:, -1], strict=True)):
                     yield r.model, r.variant, r.seed, i, f"{first:.4g}", f"{last:.4g}"
@@ -194,7 +194,7 @@ def write_study_downloads(sr: StudyResults, out: Path) -> dict[str, list[str]]:
     _csv(out / "h2_gradient_blocks.csv", [*KEYS, "epoch", "step_first", "step_last", "g_first_stage", "g_last_stage",
                                           "ratio"], _gradient_blocks(sr))
     _csv(out / "h2_stage_medians.csv", [*KEYS, "stage", "median_grad"],
-         ([r.model, r.variant, r.seed, s, _g(v)] for r in sr.runs for s, v in A.stage_medians(r).items()))
+         ([r.model, r.variant, r.seed, s, _g(v)] for r in sr.runs for s, v in analysis.stage_medians(r).items()))
     _csv(out / "h3_separability.csv", [*KEYS, "criterion", "stage", "value"],
          ([r.model, r.variant, r.seed, c, s, _g(v)] for r in sr.probed for c, per in r.probe.criteria.items()
           for s, v in per.items()))
@@ -225,8 +225,9 @@ def write_study_downloads(sr: StudyResults, out: Path) -> dict[str, list[str]]:
          ([o.net.model, o.net.variant, o.net.seed, _g(a), _g(loss)] for o in at_init
           for a, loss in zip(o.slice_1d.alphas, o.slice_1d.losses, strict=True)))
     atomic_write_json(out / "verdicts.json", {
-        "schema": VERDICTS_SCHEMA, "schema_version": VERDICTS_SCHEMA_VERSION, "rules_version": V.RULES_VERSION,
-        "rules": V.RULES, "hypotheses": _hypotheses(), "study": sr.name, "protocol": sr.protocol, "dataset": sr.dataset,
+        "schema": VERDICTS_SCHEMA, "schema_version": VERDICTS_SCHEMA_VERSION, "rules_version": verdicts.RULES_VERSION,
+        "rules": verdicts.RULES, "hypotheses": _hypotheses(), "study": sr.name, "protocol": sr.protocol,
+        "dataset": sr.dataset,
         "comparisons": _verdict_rows(sr)})
     pages = {}
     for h in HYPOTHESES:  # a page shared by several hypotheses offers each one's files once
@@ -244,10 +245,10 @@ def _gradient_blocks(sr: StudyResults):
     """Per run and block of consecutive steps: the block's epoch and steps, and the medians over it of
     g(first stage), g(last stage) and their ratio. One block width for the whole study, so that runs
     of one length look alike; non-finite or zero values are left out of the medians."""
-    longest = max((len(g) for r in sr.runs if (g := A.grad_series(r)) is not None), default=1)
+    longest = max((len(g) for r in sr.runs if (g := analysis.grad_series(r)) is not None), default=1)
     width = max(1, longest // GRADIENT_BLOCKS)
     for r in sr.runs:
-        g, ratio = A.grad_series(r), A.ratio_series(r)
+        g, ratio = analysis.grad_series(r), analysis.ratio_series(r)
         if g is None:
             continue
         ratio = np.full(len(g), np.nan) if ratio is None else ratio
@@ -280,8 +281,8 @@ def write_figure_data(out: Path, key: str) -> str:
 def write_site_downloads(store: Store, out: Path) -> dict[str, list[str]]:
     _runs_csv(out / "runs.csv", store.runs)
     atomic_write_json(out / "verdicts.json", {
-        "schema": VERDICTS_SCHEMA, "schema_version": VERDICTS_SCHEMA_VERSION, "rules_version": V.RULES_VERSION,
-        "rules": V.RULES, "hypotheses": _hypotheses(),
+        "schema": VERDICTS_SCHEMA, "schema_version": VERDICTS_SCHEMA_VERSION, "rules_version": verdicts.RULES_VERSION,
+        "rules": verdicts.RULES, "hypotheses": _hypotheses(),
         "comparisons": [row for sr in store.studies for row in _verdict_rows(sr)]})
     return {"index": ["verdicts.json", "runs.csv"]}
 

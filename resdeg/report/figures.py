@@ -29,7 +29,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..atomic import atomic_write_bytes  # noqa: E402
 from ..probes.criteria import CRITERIA  # noqa: E402
-from . import analysis as A  # noqa: E402
+from . import analysis  # noqa: E402
 from .collect import Store, StudyResults, depth  # noqa: E402
 from .verdicts import EXPLODE, VANISH  # noqa: E402
 
@@ -314,7 +314,7 @@ def _accuracy_per_epoch(path: Path, lang: str, sr: StudyResults, model: str, key
         for col, key in enumerate(keys):
             ax = axes[0, col]
             for v in sr.variants:
-                c = A.epoch_curves(sr, model, v, key)
+                c = analysis.epoch_curves(sr, model, v, key)
                 if c["epoch"]:
                     _line(ax, c["epoch"], np.multiply(c["mean"], 100), np.multiply(c["std"], 100), v,
                           _variant_label(sr, v, t, model), max(c["n"]))
@@ -361,7 +361,7 @@ def h2_steps(sr: StudyResults, lang: str, path: Path, model: str) -> None:
     """Per-step mean |dL/d stage output| of the first and last stage of one model's variants, log
     scale: every step a faint point, the median over blocks of steps (of the median over seeds) a
     line; a vertical line where a run diverged."""
-    longest = max((len(g) for r in sr.runs if (g := A.grad_series(r)) is not None), default=1)
+    longest = max((len(g) for r in sr.runs if (g := analysis.grad_series(r)) is not None), default=1)
     width = max(1, longest // 200)  # the same block width for every run, so short runs look alike
 
     def body(fig, axes, t):
@@ -372,7 +372,7 @@ def h2_steps(sr: StudyResults, lang: str, path: Path, model: str) -> None:
                 colour, ls, _ = STYLE.get(v, ("#000000", "-", "o"))
                 series = []
                 for r in sr.cell(model, v):
-                    g = A.grad_series(r)
+                    g = analysis.grad_series(r)
                     if g is None:
                         continue
                     stage_name = r.stages[0 if which == "first" else -1]
@@ -399,7 +399,7 @@ def h2_steps(sr: StudyResults, lang: str, path: Path, model: str) -> None:
 def h2_ratio(sr: StudyResults, lang: str, path: Path) -> None:
     """The H2 statistic itself: g(first stage) / g(last stage) per step (binned median over seeds),
     one panel per model, with the 1e-3 and 1e3 thresholds that decide the verdict."""
-    longest = max((len(g) for r in sr.runs if (g := A.grad_series(r)) is not None), default=1)
+    longest = max((len(g) for r in sr.runs if (g := analysis.grad_series(r)) is not None), default=1)
     width = max(1, longest // 200)
     models = sr.models
 
@@ -407,7 +407,7 @@ def h2_ratio(sr: StudyResults, lang: str, path: Path) -> None:
         for ax, model in zip(axes.flat, models, strict=False):
             for v in sr.variants:
                 colour, ls, _ = STYLE.get(v, ("#000000", "-", "o"))
-                series = [s for r in sr.cell(model, v) if (s := A.ratio_series(r)) is not None]
+                series = [s for r in sr.cell(model, v) if (s := analysis.ratio_series(r)) is not None]
                 if series:
                     ax.plot(*_binned_median(_pooled(series), width), color=colour, ls=ls, lw=1.6,
                             label=_variant_label(sr, v, t, *models))
@@ -433,11 +433,11 @@ def h2_profile(sr: StudyResults, lang: str, path: Path) -> None:
     def body(fig, axes, t):
         for ax, model in zip(axes.flat, models, strict=False):
             for v in sr.variants:
-                runs = [r for r in sr.cell(model, v) if A.stage_medians(r)]
+                runs = [r for r in sr.cell(model, v) if analysis.stage_medians(r)]
                 if not runs:
                     continue
                 stages = runs[0].stages
-                spreads = A.stage_spreads(runs, stages, A.stage_medians)
+                spreads = analysis.stage_spreads(runs, stages, analysis.stage_medians)
                 mid = np.array([s.mean if s else np.nan for s in spreads])
                 err = [mid - [s.lo if s else np.nan for s in spreads], [s.hi if s else np.nan for s in spreads] - mid]
                 colour, ls, marker = STYLE.get(v, ("#000000", "-", "o"))
@@ -462,7 +462,7 @@ def _stage_lines(ax, sr: StudyResults, model: str, t: dict, values_of) -> None:
         if not runs:
             continue
         stages = list(runs[0].probe.stages)
-        spreads = A.stage_spreads(runs, stages, values_of)  # a stage no run has is drawn as a gap
+        spreads = analysis.stage_spreads(runs, stages, values_of)  # a stage no run has is drawn as a gap
         mean = np.array([s.mean if s else np.nan for s in spreads])
         std = np.array([(s.sd or 0.0) if s else 0.0 for s in spreads])
         _line(ax, np.arange(len(stages)), mean, std, v, _variant_label(sr, v, t, model), len(runs))
@@ -472,7 +472,7 @@ def _stage_lines(ax, sr: StudyResults, model: str, t: dict, values_of) -> None:
 @figure("h3-separability", "h3", per_model=True, needs=_has_probes)
 def h3_separability(sr: StudyResults, lang: str, path: Path, model: str) -> None:
     """Every separability criterion by stage for the probed variants of one model (mean ± std over seeds)."""
-    crits = A.criteria_present(sr.runs)
+    crits = analysis.criteria_present(sr.runs)
     ncols = 3
     nrows = max(1, -(-len(crits) // ncols))
 
@@ -482,7 +482,7 @@ def h3_separability(sr: StudyResults, lang: str, path: Path, model: str) -> None
                 ax.set_visible(False)
                 continue
             crit = crits[i]
-            _stage_lines(ax, sr, model, t, lambda r, crit=crit: A.probe_values(r, crit))
+            _stage_lines(ax, sr, model, t, lambda r, crit=crit: analysis.probe_values(r, crit))
             title = CRITERIA[crit].title[t["lang"]] if crit in CRITERIA else crit
             if not CRITERIA[crit].higher_is_better:
                 title += t["lower_better"]
@@ -503,7 +503,7 @@ def signal_std(sr: StudyResults, lang: str, path: Path) -> None:
         for row, model in enumerate(models):
             for col, phase in enumerate(("init", "trained")):
                 ax = axes[row, col]
-                _stage_lines(ax, sr, model, t, lambda r, phase=phase: A.signal_values(r, phase))
+                _stage_lines(ax, sr, model, t, lambda r, phase=phase: analysis.signal_values(r, phase))
                 _log_y(ax)
                 ax.set_title(f"{model}{t['colon']}{t[phase]}")
                 ax.set_xlabel(t["stage"])
@@ -519,7 +519,7 @@ def _depth_lines(ax, sr: StudyResults, key: str, t: dict, as_error: bool = True)
     for i, model in enumerate(sr.models):
         colour = DEPTH_COLOURS[i % len(DEPTH_COLOURS)]
         for v, ls in (("Nres", "--"), ("FULL", "-")):
-            c = A.epoch_curves(sr, model, v, key)
+            c = analysis.epoch_curves(sr, model, v, key)
             if not c["epoch"]:
                 continue
             mean = 100 * (1 - np.asarray(c["mean"])) if as_error else 100 * np.asarray(c["mean"])
@@ -553,7 +553,7 @@ def depth_final(sr: StudyResults, lang: str, path: Path) -> None:
         for ax, key, title in ((axes[0, 0], "clean_train_acc", "clean_train_err"),
                                (axes[0, 1], "test_acc", "test_err")):
             for v, label in (("Nres", t["plain"]), ("FULL", t["residual"])):
-                points = A.final_by_depth(sr, v, key)
+                points = analysis.final_by_depth(sr, v, key)
                 if points:
                     colour, ls, marker = STYLE[v]
                     ax.errorbar([d for d, _ in points], [s.mean for _, s in points],
@@ -614,7 +614,7 @@ def bn_signal(sr: StudyResults, lang: str, path: Path, model: str) -> None:
         for row, phase in enumerate(("init", "trained")):
             for col, key in enumerate(keys):
                 ax = axes[row, col]
-                series = {v: A.block_series(sr.cell(model, v), phase, key)[1] for v in sr.variants}
+                series = {v: analysis.block_series(sr.cell(model, v), phase, key)[1] for v in sr.variants}
                 series = {v: vals for v, vals in series.items() if len(vals)}
                 zero, on_top = hidden_series(series)
                 for v, vals in series.items():
@@ -642,7 +642,7 @@ def bn_rank(sr: StudyResults, lang: str, path: Path) -> None:
                 ax = axes[row, col]
                 series = {}
                 for v in sr.variants:
-                    ranks = A.rank_values(sr.cell(model, v), phase)
+                    ranks = analysis.rank_values(sr.cell(model, v), phase)
                     if ranks:
                         stages = list(ranks)
                         series[v] = np.array([ranks[s] if ranks[s] is not None else np.nan for s in stages])
@@ -672,13 +672,13 @@ def mechanism_depth(sr: StudyResults, lang: str, path: Path) -> None:
     (left; Balduzzi et al. 2017) and the top Hessian eigenvalue (right, log scale; Li et al. 2018).
     Plain dashed, residual solid; points are the mean (geometric for lambda_max), bars span the seeds.
     Hollow markers: the same after training, for the runs measured as they trained."""
-    rows = A.at_init_by_depth(sr)
-    trained = A.optim_over_training(sr)
+    rows = analysis.at_init_by_depth(sr)
+    trained = analysis.optim_over_training(sr)
     distance = next(o.settings.summary_distance for o in sr.optim if o.done)
 
     def body(fig, axes, t):
         for ax, key, summary in ((axes[0, 0], "corr", "corr_mean"), (axes[0, 1], "lambda_max", "lambda_gmean")):
-            for variant in A.MECHANISM_VARIANTS:
+            for variant in analysis.MECHANISM_VARIANTS:
                 mine = [r for r in rows if r["variant"] == variant and r[summary] is not None]
                 if not mine:
                     continue
@@ -717,7 +717,7 @@ def mechanism_training(sr: StudyResults, lang: str, path: Path) -> None:
     """Through training: the input-gradient correlation at the summary distance (left) and lambda_max
     (right, log scale) at initialisation (epoch 0), after the first epoch, at each learning-rate drop
     and at the end. One colour per depth; plain dashed, residual solid; mean over the measured seeds."""
-    rows = [r for r in A.optim_over_training(sr) if r["variant"] in _MECHANISM_LABEL]
+    rows = [r for r in analysis.optim_over_training(sr) if r["variant"] in _MECHANISM_LABEL]
     depths = sorted({r["depth"] for r in rows})
     distance = next(o.settings.summary_distance for r in sr.runs for o in r.optim)
 
@@ -787,14 +787,14 @@ def mechanism_surface(sr: StudyResults, lang: str, path: Path) -> None:
 def mechanism_correlation(sr: StudyResults, lang: str, path: Path) -> None:
     """The input-gradient correlation against the distance between the inputs, at initialisation, for
     the shallowest and deepest net measured: mean over seeds (Balduzzi et al. 2017, Fig. 1's question)."""
-    rows = [r for r in A.at_init_by_depth(sr) if r["variant"] in ("Nres", "FULL")]
+    rows = [r for r in analysis.at_init_by_depth(sr) if r["variant"] in ("Nres", "FULL")]
     depths = sorted({r["depth"] for r in rows})
     shown = [d for d in (depths[0], depths[-1])] if depths else []
 
     def body(fig, axes, t):
         for ax, d in zip(axes[0], shown, strict=False):
             for r in (r for r in rows if r["depth"] == d):
-                mean = [np.nan if m is None else m for m in A.correlation_curve(r["records"])]
+                mean = [np.nan if m is None else m for m in analysis.correlation_curve(r["records"])]
                 colour, ls, marker = STYLE[r["variant"]]
                 ax.plot(r["records"][0].gradients.distances, mean, color=colour, ls=ls, marker=marker, ms=3.5, lw=1.6,
                         label=t[_MECHANISM_LABEL[r["variant"]]] + t["sep"] + _seeds_text([len(r["records"])], t))
@@ -811,7 +811,7 @@ def mechanism_correlation(sr: StudyResults, lang: str, path: Path) -> None:
 def mechanism_slices(sr: StudyResults, lang: str, path: Path) -> None:
     """The training loss along one filter-normalised random direction through the initial weights
     (Li et al. 2018), log scale, for the shallowest and deepest plain and residual net (first seed)."""
-    rows = [r for r in A.at_init_by_depth(sr) if r["variant"] in ("Nres", "FULL")]
+    rows = [r for r in analysis.at_init_by_depth(sr) if r["variant"] in ("Nres", "FULL")]
     depths = sorted({r["depth"] for r in rows})
     # the shallowest, Li et al.'s ResNet-56, and the deepest
     shown = sorted({depths[0], 56 if 56 in depths else depths[-1], depths[-1]}) if depths else []

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 
-from . import figures as F
+from . import figures
 from .collect import StudyResults, depth
 from .verdicts import EXPLODE, VANISH
 
@@ -54,7 +54,7 @@ def as_attribute(description: dict) -> str:
 
 
 def variant_styles(variants) -> dict:
-    return {v: _style(*F.STYLE.get(v, ("#000000", "-", "o"))) for v in variants}
+    return {v: _style(*figures.STYLE.get(v, ("#000000", "-", "o"))) for v in variants}
 
 
 def _style(colour: str, ls: str, marker: str) -> dict:
@@ -86,7 +86,7 @@ def _chance(sr: StudyResults, t: dict, error: bool = False) -> dict:
 # -- per-epoch curves ------------------------------------------------------------------------------------
 
 def _accuracy(sr: StudyResults, lang: str, model: str, keys, title) -> dict:
-    t = F.LABELS[lang]
+    t = figures.LABELS[lang]
     panels = [panel(title(t, key), "epoch", key, t["epoch"], t["acc"], scale=100) for key in keys]
     return chart(f"{sr.name}/h1_epochs.csv", lang, panels, where={"model": model},
                   styles=variant_styles(sr.variants), hover=(*RUN_HOVER, "epoch"), hlines=[_chance(sr, t)])
@@ -94,7 +94,7 @@ def _accuracy(sr: StudyResults, lang: str, model: str, keys, title) -> dict:
 
 @interactive("h1-accuracy")
 def h1_accuracy(sr: StudyResults, lang: str, model: str) -> dict:
-    return _accuracy(sr, lang, model, F.H1_KEYS, lambda t, key: t[key])
+    return _accuracy(sr, lang, model, figures.H1_KEYS, lambda t, key: t[key])
 
 
 @interactive("bn-accuracy")
@@ -106,14 +106,15 @@ def bn_accuracy(sr: StudyResults, lang: str, model: str) -> dict:
 
 def _depth_styles(sr: StudyResults) -> dict:
     """model|variant -> colour by depth, plain (Nres) dashed, residual solid (He et al.'s Fig. 6)."""
-    return {f"{m}|{v}": {"color": F.DEPTH_COLOURS[i % len(F.DEPTH_COLOURS)], "dash": "dash" if v == "Nres" else "solid",
+    colours = figures.DEPTH_COLOURS
+    return {f"{m}|{v}": {"color": colours[i % len(colours)], "dash": "dash" if v == "Nres" else "solid",
                          "symbol": "circle"}
             for (i, m), v in itertools.product(enumerate(sr.models), ("Nres", "FULL"))}
 
 
 @interactive("depth-curves")
 def depth_curves(sr: StudyResults, lang: str) -> dict:
-    t = F.LABELS[lang]
+    t = figures.LABELS[lang]
     panels = [panel(t[title], "epoch", key, t["epoch"], t["err"], scale=-100, offset=100)
               for key, title in (("train_acc", "train_err"), ("test_acc", "test_err"))]
     name = "{model} {variant}, seed {seed}" if lang == "en" else "{model} {variant}，种子 {seed}"
@@ -124,7 +125,7 @@ def depth_curves(sr: StudyResults, lang: str) -> dict:
 
 @interactive("depth-final")
 def depth_final(sr: StudyResults, lang: str) -> dict:
-    t = F.LABELS[lang]
+    t = figures.LABELS[lang]
     panels = [panel(t[title], "model", key, t["depth"], t["err"], scale=-100, offset=100)
               for key, title in (("clean_train_acc", "clean_train_err"), ("test_acc", "test_err"))]
     name = {"en": "{variant}", "zh": "{variant}"}[lang]
@@ -137,7 +138,7 @@ def depth_final(sr: StudyResults, lang: str) -> dict:
 
 @interactive("h2-gradient-steps")
 def h2_steps(sr: StudyResults, lang: str, model: str) -> dict:
-    t = F.LABELS[lang]
+    t = figures.LABELS[lang]
     stages = next((r.stages for r in sr.runs if r.model == model and r.stages), ["?"])
     panels = [panel(t[which].format(s=stages[i]), "step_first", f"g_{which}_stage", t["step"], t["grad"], log=True)
               for which, i in (("first", 0), ("last", -1))]
@@ -148,7 +149,7 @@ def h2_steps(sr: StudyResults, lang: str, model: str) -> dict:
 
 @interactive("h2-ratio")
 def h2_ratio(sr: StudyResults, lang: str) -> dict:
-    t = F.LABELS[lang]
+    t = figures.LABELS[lang]
     panels = [panel(m, "step_first", "ratio", t["step"], t["ratio"], log=True, where={"model": m}) for m in sr.models]
     return chart(f"{sr.name}/h2_gradient_blocks.csv", lang, panels, styles=variant_styles(sr.variants),
                   hover=(*RUN_HOVER, "epoch", "step_first", "step_last"), mode="lines",
@@ -157,7 +158,7 @@ def h2_ratio(sr: StudyResults, lang: str) -> dict:
 
 @interactive("h2-stage-profile")
 def h2_profile(sr: StudyResults, lang: str) -> dict:
-    t = F.LABELS[lang]
+    t = figures.LABELS[lang]
     panels = [panel(m, "stage", "median_grad", t["stage"], t["median_grad"], log=True, category=True,
                      where={"model": m}) for m in sr.models]
     return chart(f"{sr.name}/h2_stage_medians.csv", lang, panels, styles=variant_styles(sr.variants),
@@ -169,12 +170,12 @@ def h2_profile(sr: StudyResults, lang: str) -> dict:
 @interactive("h3-separability")
 def h3_separability(sr: StudyResults, lang: str, model: str) -> dict:
     from ..probes.criteria import CRITERIA
-    from . import analysis as A
+    from . import analysis
 
-    t = F.LABELS[lang]
+    t = figures.LABELS[lang]
     panels = [panel(CRITERIA[c].title[t["lang"]] + ("" if CRITERIA[c].higher_is_better else t["lower_better"]),
                      "stage", "value", t["stage"], "", category=True, where={"criterion": c})
-              for c in A.criteria_present(sr.runs)]
+              for c in analysis.criteria_present(sr.runs)]
     return chart(f"{sr.name}/h3_separability.csv", lang, panels, where={"model": model},
                   styles=variant_styles(sr.variants), hover=(*RUN_HOVER, "stage"), cols=3)
 
@@ -182,26 +183,27 @@ def h3_separability(sr: StudyResults, lang: str, model: str) -> dict:
 # -- signal propagation -------------------------------------------------------------------------------------
 
 def _model_by_phase(sr: StudyResults, lang: str, y: str, ylabel: str) -> list[dict]:
-    t = F.LABELS[lang]
+    t = figures.LABELS[lang]
     return [panel(f"{m}{t['colon']}{t[phase]}", "stage", y, t["stage"], ylabel, log=True, category=True,
                    where={"model": m, "phase": phase}) for m in sr.models for phase in ("init", "trained")]
 
 
 @interactive("signal-activation-std")
 def signal_std(sr: StudyResults, lang: str) -> dict:
-    return chart(f"{sr.name}/signal.csv", lang, _model_by_phase(sr, lang, "act_std", F.LABELS[lang]["act_std"]),
+    return chart(f"{sr.name}/signal.csv", lang, _model_by_phase(sr, lang, "act_std", figures.LABELS[lang]["act_std"]),
                   styles=variant_styles(sr.variants), hover=(*RUN_HOVER, "phase", "stage"), cols=2)
 
 
 @interactive("bn-rank")
 def bn_rank(sr: StudyResults, lang: str) -> dict:
-    return chart(f"{sr.name}/signal.csv", lang, _model_by_phase(sr, lang, "effective_rank", F.LABELS[lang]["rank"]),
+    panels = _model_by_phase(sr, lang, "effective_rank", figures.LABELS[lang]["rank"])
+    return chart(f"{sr.name}/signal.csv", lang, panels,
                   styles=variant_styles(sr.variants), hover=(*RUN_HOVER, "phase", "stage"), cols=2)
 
 
 @interactive("bn-signal")
 def bn_signal(sr: StudyResults, lang: str, model: str) -> dict:
-    t = F.LABELS[lang]
+    t = figures.LABELS[lang]
     panels = [panel(f"{t[key]}{t['sep']}{t[phase]}", "block", key, t["block"], "", log=True, category=True,
                      where={"phase": phase})
               for phase in ("init", "trained") for key in ("sq_mean", "variance", "branch_variance")]

@@ -19,10 +19,8 @@ from ..probes.criteria import CRITERIA
 from ..probes.optim_store import SURFACE_POINTS, OptimSettings
 from ..probes.store import ProbeSettings
 from ..study import HYPOTHESES, PAGES, VARIANTS
-from . import analysis as A
+from . import analysis, downloads, verdicts
 from . import answer as answers
-from . import downloads as D
-from . import verdicts as V
 from .collect import Store, StudyResults, depth, set_value
 
 LANGS = ("en", "zh")
@@ -54,7 +52,7 @@ def err(ms) -> str:
     return pm((None if m is None else 1 - m, s, n), fmt=".1f")
 
 
-human = V.human  # numbers as people write them (verdicts.py: the verdicts' sentences use it too)
+human = verdicts.human  # numbers as people write them (verdicts.py: the verdicts' sentences use it too)
 
 
 def short(x) -> str:
@@ -117,7 +115,7 @@ def ratio_text(est) -> str:
 
 def diff(e, lang: str = "en") -> str:
     """A difference with its uncertainty: an interval with seeds, the noise floor with one."""
-    return "—" if e is None else V.fmt_diff(e, lang)
+    return "—" if e is None else verdicts.fmt_diff(e, lang)
 
 
 def count(n: int, en: str, lang: str) -> str:
@@ -210,22 +208,23 @@ def study_commands(sr: StudyResults) -> list[str]:
 
 def base_context(store: Store, lang: str) -> dict:
     return {
-        "lang": lang, "zh": lang == "zh", "store": store, "studies": store.studies, "A": A, "V": V,
+        "lang": lang, "zh": lang == "zh", "store": store, "studies": store.studies, "analysis": analysis,
         "pages": PAGES, "hypotheses": HYPOTHESES, "variants_declared": VARIANTS, "archs": ARCHS,
         "criteria_declared": CRITERIA,
-        "rules": V.RULES, "rules_version": V.RULES_VERSION, "outcome_text": V.OUTCOME_TEXT,
-        "symptom_text": V.SYMPTOM_TEXT, "vanish": V.VANISH, "explode": V.EXPLODE,
+        "rules": verdicts.RULES, "rules_version": verdicts.RULES_VERSION, "outcome_text": verdicts.OUTCOME_TEXT,
+        "symptom_text": verdicts.SYMPTOM_TEXT, "vanish": verdicts.VANISH, "explode": verdicts.EXPLODE,
         "probe_defaults": ProbeSettings(), "count": lambda n, en: count(n, en, lang), "depth": depth,
         "version": __version__, "repository": None, "original_note": ORIGINAL_NOTE, "cifar10_jpeg": CIFAR10_JPEG,
         "report_date": store.date, "data_kind": data_kind, "interactive": {},
         "classes": store.studies[0].num_classes if store.studies else None,  # the main study's data set
-        "model_table": model_table, "commands": commands, "dictionary": D.DICTIONARY, "archive": D.ARCHIVE,
+        "model_table": model_table, "commands": commands, "dictionary": downloads.DICTIONARY,
+        "archive": downloads.ARCHIVE,
     }
 
 
-def site_context(store: Store, lang: str, figures: dict, downloads: dict) -> dict:
+def site_context(store: Store, lang: str, figure_names: dict, download_files: dict) -> dict:
     """Context of the site pages (index, method, setup, reflection, reproducibility)."""
-    return {**base_context(store, lang), "root": "", "figures": figures, "downloads": downloads,
+    return {**base_context(store, lang), "root": "", "figures": figure_names, "downloads": download_files,
             "hypothesis_answers": answers.hypotheses(store), "components": answers.components(store),
             "synthesis": answers.synthesis(store), "answer_steps": answers.EARLY_STEPS,
             "degradation": answers.degradation(store), "matrix": answers.matrix(store),
@@ -233,16 +232,17 @@ def site_context(store: Store, lang: str, figures: dict, downloads: dict) -> dic
             "unused": store.unused}
 
 
-def study_context(store: Store, sr: StudyResults, lang: str, figures: dict, downloads: dict) -> dict:
+def study_context(store: Store, sr: StudyResults, lang: str, figure_names: dict, download_files: dict) -> dict:
     """Context of one study's pages."""
-    return {**base_context(store, lang), "root": "../", "sr": sr, "figures": figures, "downloads": downloads,
-            "runs": sr.runs, "config": sr.config, "verdict_rows": A.all_verdicts(sr),
-            "accuracy_rows": A.accuracy_rows(sr), "h2_rows": A.h2_rows(sr), "h3_rows": A.h3_rows(sr),
-            "criteria": A.criteria_present(sr.runs), "degradation": A.degradation(sr),
-            "effects": [A.effect(sr, c) for c in sr.comparisons() if c.kind == "ablation"],
-            "at_init_rows": A.at_init_by_depth(sr), "distance": OptimSettings().summary_distance,
+    return {**base_context(store, lang), "root": "../", "sr": sr, "figures": figure_names, "downloads": download_files,
+            "runs": sr.runs, "config": sr.config, "verdict_rows": analysis.all_verdicts(sr),
+            "accuracy_rows": analysis.accuracy_rows(sr), "h2_rows": analysis.h2_rows(sr),
+            "h3_rows": analysis.h3_rows(sr),
+            "criteria": analysis.criteria_present(sr.runs), "degradation": analysis.degradation(sr),
+            "effects": [analysis.effect(sr, c) for c in sr.comparisons() if c.kind == "ablation"],
+            "at_init_rows": analysis.at_init_by_depth(sr), "distance": OptimSettings().summary_distance,
             "surface_points": SURFACE_POINTS,
-            "training_rows": A.separability_over_training(sr), "training_criterion": A.TRAINING_CRITERION,
+            "training_rows": analysis.separability_over_training(sr), "training_criterion": analysis.TRAINING_CRITERION,
             **schedule_context(store, sr)}
 
 
@@ -251,10 +251,10 @@ def schedule_context(store: Store, sr: StudyResults) -> dict:
     study's (else the first depth study's); the others link to it."""
     depth_studies = [s for s in store.studies if s.kind == "depth" and s.dataset == sr.dataset]
     if sr.kind != "depth" or len(depth_studies) < 2:
-        return {"schedules": [], "schedule_home": None, "schedule_pair": A.SCHEDULE_PAIR}
+        return {"schedules": [], "schedule_home": None, "schedule_pair": analysis.SCHEDULE_PAIR}
     home = next((s for s in depth_studies if s.study.name == "depth"), depth_studies[0])
-    return {"schedules": A.schedules(depth_studies) if sr is home else [], "schedule_home": home,
-            "schedule_pair": A.SCHEDULE_PAIR}
+    return {"schedules": analysis.schedules(depth_studies) if sr is home else [], "schedule_home": home,
+            "schedule_pair": analysis.SCHEDULE_PAIR}
 
 
 def render(env: jinja2.Environment, page: str, ctx: dict) -> str:
