@@ -57,7 +57,7 @@ def side(label, test, clean, **kw):
 HEALTHY = dict(test=[0.80, 0.81, 0.79], clean=[0.95, 0.96, 0.95])
 
 
-def test_h1_supported_when_the_degraded_model_is_shown_to_fit_as_well_but_generalises_worse():
+def test_h1_supported_when_the_worse_model_is_shown_to_fit_as_well_but_generalises_worse():
     ok = side("ok", [0.80, 0.81, 0.79], [0.955, 0.956, 0.955])
     v = verdicts.h1("c", ok, side("deg", [0.70, 0.71, 0.69], [0.961, 0.960, 0.962]))  # fits better, beyond noise
     assert (v.outcome, v.reason, v.worse, v.numbers["equal_fit"]) == ("supported", "overfits", "deg", "better")
@@ -83,7 +83,7 @@ def test_h1_failing_to_reject_a_train_difference_is_not_equal_fit():
             and "无法证明" in v.explain("zh"))
 
 
-def test_h1_not_supported_when_the_degraded_model_is_worse_on_train_too():
+def test_h1_not_supported_when_the_worse_model_is_worse_on_train_too():
     v = verdicts.h1("c", side("ok", **HEALTHY), side("deg", [0.70, 0.71, 0.69], [0.80, 0.81, 0.79]))
     assert (v.outcome, v.reason) == ("not_supported", "worse_on_train")
     assert "worse on the training set" in v.explain("en") and "训练集" in v.explain("zh")
@@ -95,7 +95,7 @@ def test_h1_inconclusive_without_a_significant_test_difference():
 
 
 def test_h1_inconclusive_when_the_train_accuracy_is_too_noisy_to_show_equal_fit():
-    # the degraded model's clean train accuracy is noisy: neither lower nor shown to be as high
+    # the worse model's clean train accuracy is noisy: neither lower nor shown to be as high
     v = verdicts.h1("c", side("ok", **HEALTHY), side("deg", [0.70, 0.71, 0.69], [0.70, 0.99, 0.85]))
     assert (v.outcome, v.reason) == ("inconclusive", "fit_undecided")
 
@@ -176,17 +176,17 @@ def ratios(x, n=3):
     return [math.log10(x) + d for d in (-0.05, 0.0, 0.05)][:n]
 
 
-def test_h2_supported_when_only_the_degraded_model_vanishes():
+def test_h2_supported_when_only_the_worse_model_vanishes():
     v = verdicts.h2("c", side("ok", **HEALTHY, log_ratio=ratios(0.5)),
              side("deg", [0.5] * 3, [0.5] * 3, log_ratio=ratios(1e-5)))
-    assert (v.outcome, v.numbers["degraded_symptom"], v.numbers["healthy_symptom"]) == (
+    assert (v.outcome, v.numbers["worse_symptom"], v.numbers["better_symptom"]) == (
         "supported", "vanishing", "none")
 
 
-def test_h2_supported_when_the_degraded_model_diverged():
+def test_h2_supported_when_the_worse_model_diverged():
     v = verdicts.h2("c", side("ok", **HEALTHY, log_ratio=ratios(2.0)), side("deg", [0.3] * 3, [0.3] * 3, diverged=1,
                                                                    log_ratio=ratios(1.0, 2)))
-    assert (v.outcome, v.numbers["degraded_symptom"]) == ("supported", "exploding")
+    assert (v.outcome, v.numbers["worse_symptom"]) == ("supported", "exploding")
 
 
 def test_h2_not_supported_when_both_or_neither_show_a_symptom():
@@ -198,14 +198,14 @@ def test_h2_not_supported_when_both_or_neither_show_a_symptom():
     assert (neither.outcome, neither.reason) == ("not_supported", "no_symptom")
     exploding = verdicts.h2("c", side("ok", **HEALTHY, log_ratio=ratios(1.0)),
                      side("deg", [0.5] * 3, [0.5] * 3, log_ratio=ratios(1e5)))
-    assert exploding.outcome == "supported" and exploding.numbers["degraded_symptom"] == "exploding"
+    assert exploding.outcome == "supported" and exploding.numbers["worse_symptom"] == "exploding"
 
 
 def test_h2_inconclusive_when_the_interval_straddles_the_threshold():
     straddle = [math.log10(1e-3) + d for d in (-1.0, 0.0, 1.0)]
     v = verdicts.h2("c", side("ok", **HEALTHY, log_ratio=ratios(1.0)),
                     side("deg", [0.5] * 3, [0.5] * 3, log_ratio=straddle))
-    assert (v.outcome, v.numbers["degraded_symptom"]) == ("inconclusive", "unclear")
+    assert (v.outcome, v.numbers["worse_symptom"]) == ("inconclusive", "unclear")
 
 
 def changes(sign, m=5, k=None):
@@ -215,11 +215,11 @@ def changes(sign, m=5, k=None):
             enumerate([sign] * k + [-sign] * (m - k))}
 
 
-def test_h3_supported_when_only_the_degraded_model_loses_separability():
+def test_h3_supported_when_only_the_worse_model_loses_separability():
     v = verdicts.h3("c", side("ok", **HEALTHY, sep_change=changes(+1)),
              side("deg", [0.5] * 3, [0.5] * 3, sep_change=changes(-1, k=4)))
-    assert (v.outcome, v.reason) == ("supported", "loss_only_degraded")
-    assert (v.numbers["degraded"]["k"], v.numbers["degraded"]["m"]) == (4, 5)
+    assert (v.outcome, v.reason) == ("supported", "loss_only_worse")
+    assert (v.numbers["worse"]["k"], v.numbers["worse"]["m"]) == (4, 5)
 
 
 def test_h3_not_supported_when_separability_rises_or_falls_in_both():

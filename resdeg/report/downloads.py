@@ -16,7 +16,7 @@ from ..study import HYPOTHESES, HYPOTHESIS_IDS
 from . import analysis, verdicts
 from .collect import Store, StudyResults, depth
 
-VERDICTS_SCHEMA, VERDICTS_SCHEMA_VERSION = "resdeg.verdicts", 3  # 3: the hypotheses declared
+VERDICTS_SCHEMA, VERDICTS_SCHEMA_VERSION = "resdeg.verdicts", 4  # 3: hypotheses declared; 4: worse/better keys
 ARCHIVE = "resdeg-data.zip"
 
 # file -> (what it holds, {column: meaning}), in English and Chinese. The pages print it; a column

@@ -320,7 +320,7 @@ class Verdict:
 
     def explain(self, lang: str) -> str:
         fmt = {k: v[lang] if isinstance(v, dict) else v for k, v in self.numbers.get("_fmt", {}).items()}
-        return REASONS[self.reason][lang].format(d=self.worse, h=self.better, **fmt)
+        return REASONS[self.reason][lang].format(worse=self.worse, better=self.better, **fmt)
 
     def as_dict(self) -> dict:
         return {"hypothesis": self.hypothesis, "subject": self.subject, "worse": self.worse,
@@ -339,58 +339,68 @@ REASONS = {
     "undecided": {"en": "The 95% interval of the test difference includes zero ({dtest}): too uncertain to say "
                         "which model is worse.",
                   "zh": "测试准确率之差的 95% 区间包含零（{dtest}），还不能确定哪个模型更差。"},
-    "deeper_not_worse": {"en": "The deeper net {h} is better on the test set ({dtest}): there is no degradation "
+    "deeper_not_worse": {"en": "The deeper net {better} is better on the test set ({dtest}): there is no degradation "
                                "to explain.",
-                         "zh": "较深的网络 {h} 在测试集上更好（{dtest}），没有需要解释的退化。"},
-    "worse_on_train": {"en": "{d} is worse on the training set too (train accuracy in eval mode {dtrain}): "
+                         "zh": "较深的网络 {better} 在测试集上更好（{dtest}），没有需要解释的退化。"},
+    "worse_on_train": {"en": "{worse} is worse on the training set too (train accuracy in eval mode {dtrain}): "
                              "not overfitting.",
-                       "zh": "{d} 在训练集上同样更差（评估模式下的训练集准确率 {dtrain}），不是过拟合。"},
-    "overfits": {"en": "{d} fits the training set at least as well ({dtrain}; {fit}) yet is worse on test: "
+                       "zh": "{worse} 在训练集上同样更差（评估模式下的训练集准确率 {dtrain}），不是过拟合。"},
+    "overfits": {"en": "{worse} fits the training set at least as well ({dtrain}; {fit}) yet is worse on test: "
                        "its train-test gap is larger ({dgap}).",
-                 "zh": "{d} 对训练集的拟合不比对方差（{dtrain}；{fit}），"
+                 "zh": "{worse} 对训练集的拟合不比对方差（{dtrain}；{fit}），"
                        "测试却更差：训练与测试之间的差距更大（{dgap}）。"},
-    "fit_undecided": {"en": "Whether {d} fits the training set as well is not shown ({dtrain}): the models are "
+    "fit_undecided": {"en": "Whether {worse} fits the training set as well is not shown ({dtrain}): the models are "
                             "not both at the ceiling and the interval is not within ±1 point.",
-                      "zh": "无法证明 {d} 对训练集拟合得一样好（{dtrain}）："
+                      "zh": "无法证明 {worse} 对训练集拟合得一样好（{dtrain}）："
                             "两者并非都达到上限，区间也不在 ±1 个百分点以内。"},
-    "symptom_only_degraded": {"en": "{d}: {sd}; {h}: {sh}.", "zh": "{d}：{sd}；{h}：{sh}。"},
-    "symptom_both": {"en": "Both show it ({d}: {sd}; {h}: {sh}), so it does not explain the difference.",
-                     "zh": "两者都有这一现象（{d}：{sd}；{h}：{sh}），因此它解释不了两者的差异。"},
-    "no_symptom": {"en": "{d}: {sd}.", "zh": "{d}：{sd}。"},
-    "symptom_unclear": {"en": "The interval straddles a threshold ({d}: {sd}; {h}: {sh}).",
-                        "zh": "区间跨越了阈值（{d}：{sd}；{h}：{sh}）。"},
-    "loss_only_degraded": {"en": "{d} loses information ({kd}); {h} does not ({kh}).",
-                           "zh": "{d} 出现信息丢失（{kd}）；{h} 没有（{kh}）。"},
-    "loss_both": {"en": "Both lose information ({d}: {kd}; {h}: {kh}).",
-                  "zh": "两者都出现信息丢失（{d}：{kd}；{h}：{kh}）。"},
-    "no_loss": {"en": "{d} does not lose information ({kd}).", "zh": "{d} 没有出现信息丢失（{kd}）。"},
-    "loss_unclear": {"en": "Too few criteria give a clear answer ({d}: {kd}; {h}: {kh}).",
-                     "zh": "给出明确结论的判据太少（{d}：{kd}；{h}：{kh}）。"},
-    "more_shattered": {"en": "{d}'s input gradients are more shattered at initialisation: correlation {vd}, "
-                             "{h} {vh} (difference {dv}).",
-                       "zh": "{d} 在初始化时的输入梯度更破碎：相关系数 {vd}，{h} 为 {vh}（差 {dv}）。"},
-    "more_shattered_control": {"en": "{d}'s input gradients are more shattered at initialisation: correlation {vd}, "
-                                     "{h} {vh} (difference {dv}); the residual nets of the same depths change far "
+    "symptom_only_worse": {"en": "{worse}: {sd}; {better}: {sh}.", "zh": "{worse}：{sd}；{better}：{sh}。"},
+    "symptom_both": {"en": "Both show it ({worse}: {sd}; {better}: {sh}), so it does not explain the difference.",
+                     "zh": "两者都有这一现象（{worse}：{sd}；{better}：{sh}），因此它解释不了两者的差异。"},
+    "no_symptom": {"en": "{worse}: {sd}.", "zh": "{worse}：{sd}。"},
+    "symptom_unclear": {"en": "The interval straddles a threshold ({worse}: {sd}; {better}: {sh}).",
+                        "zh": "区间跨越了阈值（{worse}：{sd}；{better}：{sh}）。"},
+    "loss_only_worse": {"en": "{worse} loses information ({kd}); {better} does not ({kh}).",
+                           "zh": "{worse} 出现信息丢失（{kd}）；{better} 没有（{kh}）。"},
+    "loss_both": {"en": "Both lose information ({worse}: {kd}; {better}: {kh}).",
+                  "zh": "两者都出现信息丢失（{worse}：{kd}；{better}：{kh}）。"},
+    "no_loss": {"en": "{worse} does not lose information ({kd}).", "zh": "{worse} 没有出现信息丢失（{kd}）。"},
+    "loss_unclear": {"en": "Too few criteria give a clear answer ({worse}: {kd}; {better}: {kh}).",
+                     "zh": "给出明确结论的判据太少（{worse}：{kd}；{better}：{kh}）。"},
+    "more_shattered": {"en": "{worse}'s input gradients are more shattered at initialisation: correlation {vd}, "
+                             "{better} {vh} (difference {dv}).",
+                       "zh": "{worse} 在初始化时的输入梯度更破碎：相关系数 {vd}，{better} 为 {vh}（差 {dv}）。"},
+    "more_shattered_control": {"en": "{worse}'s input gradients are more shattered at initialisation: correlation "
+                                     "{vd}, "
+                                     "{better} {vh} (difference {dv}); the residual nets of the same depths change far "
                                      "less ({ctrl}).",
-                               "zh": "{d} 在初始化时的输入梯度更破碎：相关系数 {vd}，{h} 为 {vh}（差 {dv}）；同样深度的"
+                               "zh": "{worse} 在初始化时的输入梯度更破碎：相关系数 {vd}，{better} 为 {vh}（差 {dv}）；"
+                                     "同样深度的"
                                      "残差网络变化小得多（{ctrl}）。"},
-    "sharper_control": {"en": "{d}'s loss surface is sharper at initialisation: λmax {vd}, {h} {vh} (log10 difference "
+    "sharper_control": {"en": "{worse}'s loss surface is sharper at initialisation: λmax {vd}, {better} {vh} (log10 "
+                              "difference "
                               "{dv}); the residual nets of the same depths change far less ({ctrl}).",
-                        "zh": "{d} 在初始化时的损失曲面更尖锐：λmax 为 {vd}，{h} 为 {vh}（log10 之差 {dv}）；同样深度的"
+                        "zh": "{worse} 在初始化时的损失曲面更尖锐：λmax 为 {vd}，{better} 为 {vh}（log10 之差 {dv}）；"
+                              "同样深度的"
                               "残差网络变化小得多（{ctrl}）。"},
-    "less_shattered": {"en": "{d}'s input gradients are less shattered at initialisation: correlation {vd}, "
-                             "{h} {vh} (difference {dv}).",
-                       "zh": "{d} 在初始化时的输入梯度反而不那么破碎：相关系数 {vd}，{h} 为 {vh}（差 {dv}）。"},
-    "sharper": {"en": "{d}'s loss surface is sharper at initialisation: λmax {vd}, {h} {vh} (log10 difference {dv}).",
-                "zh": "{d} 在初始化时的损失曲面更尖锐：λmax 为 {vd}，{h} 为 {vh}（log10 之差 {dv}）。"},
-    "flatter": {"en": "{d}'s loss surface is flatter at initialisation: λmax {vd}, {h} {vh} (log10 difference {dv}).",
-                "zh": "{d} 在初始化时的损失曲面反而更平缓：λmax 为 {vd}，{h} 为 {vh}（log10 之差 {dv}）。"},
-    "measure_unclear": {"en": "The difference is within seed noise or rests on one seed ({d}: {vd}; {h}: {vh}; "
+    "less_shattered": {"en": "{worse}'s input gradients are less shattered at initialisation: correlation {vd}, "
+                             "{better} {vh} (difference {dv}).",
+                       "zh": "{worse} 在初始化时的输入梯度反而不那么破碎：相关系数 {vd}，"
+                             "{better} 为 {vh}（差 {dv}）。"},
+    "sharper": {"en": "{worse}'s loss surface is sharper at initialisation: λmax {vd}, {better} {vh} (log10 difference "
+                      "{dv}).",
+                "zh": "{worse} 在初始化时的损失曲面更尖锐：λmax 为 {vd}，{better} 为 {vh}（log10 之差 {dv}）。"},
+    "flatter": {"en": "{worse}'s loss surface is flatter at initialisation: λmax {vd}, {better} {vh} (log10 difference "
+                      "{dv}).",
+                "zh": "{worse} 在初始化时的损失曲面反而更平缓：λmax 为 {vd}，{better} 为 {vh}（log10 之差 {dv}）。"},
+    "measure_unclear": {"en": "The difference is within seed noise or rests on one seed ({worse}: {vd}; {better}: "
+                              "{vh}; "
                               "difference {dv}).",
-                        "zh": "差异在种子间的噪声以内，或只有一个种子（{d}：{vd}；{h}：{vh}；差 {dv}）。"},
-    "control_too": {"en": "{d} differs from {h} in the predicted direction ({dv}), but the residual nets of the "
+                        "zh": "差异在种子间的噪声以内，或只有一个种子（{worse}：{vd}；{better}：{vh}；差 {dv}）。"},
+    "control_too": {"en": "{worse} differs from {better} in the predicted direction ({dv}), but the residual nets of "
+                          "the "
                           "same depths change about as much ({ctrl}): it does not single out the plain nets.",
-                    "zh": "{d} 与 {h} 的差异方向与预测一致（{dv}），但同样深度的残差网络变化也差不多（{ctrl}），"
+                    "zh": "{worse} 与 {better} 的差异方向与预测一致（{dv}），但同样深度的残差网络变化也差不多（{ctrl}）"
+                          "，"
                           "因此它不能把普通网络区分出来。"},
     "not_measured": {"en": "Not measured at initialisation for both models (`resdeg optim`).",
                      "zh": "两个模型在初始化时没有都测量过（`resdeg optim`）。"},
@@ -458,7 +468,7 @@ def _verdict(h, subject, pair, outcome, reason, numbers, single):
 def _degradation(h: str, subject: str, a: Side, b: Side, needs_train: bool = False, depth: bool = False):
     """The shared first steps of every rule: enough data? which model degraded? In a depth comparison
     (`b` the deeper net) only the deeper net can have degraded: a worse shallower net is not explained.
-    Returns (early verdict, None, None, single) or (None, (degraded, healthy), numbers, single)."""
+    Returns (early verdict, None, None, single) or (None, (worse, better), numbers, single)."""
     single = _single(a, b)
     have = a.test_acc and b.test_acc and (not needs_train or (a.clean_train_acc and b.clean_train_acc))
     if not have:
@@ -564,9 +574,9 @@ def h2(subject: str, a: Side, b: Side, depth: bool = False, control=None) -> Ver
         return early
     worse, better = pair
     (sw, ew), (sb, eb) = gradient_symptom(worse), gradient_symptom(better)
-    nums.update(degraded_symptom=sw, healthy_symptom=sb, degraded_log10_ratio=ew and ew.as_dict(),
-                healthy_log10_ratio=eb and eb.as_dict(), degraded_diverged=worse.diverged,
-                healthy_diverged=better.diverged)
+    nums.update(worse_symptom=sw, better_symptom=sb, worse_log10_ratio=ew and ew.as_dict(),
+                better_log10_ratio=eb and eb.as_dict(), worse_diverged=worse.diverged,
+                better_diverged=better.diverged)
     nums["_fmt"].update(sd=_symptom_fmt(worse, sw, ew), sh=_symptom_fmt(better, sb, eb))
     bad = ("vanishing", "exploding")
     if sw == "no_data" or sb == "no_data":
@@ -574,7 +584,7 @@ def h2(subject: str, a: Side, b: Side, depth: bool = False, control=None) -> Ver
     if sw == "none":
         return _verdict("H2", subject, pair, "not_supported", "no_symptom", nums, single)
     if sw in bad and sb == "none":
-        return _verdict("H2", subject, pair, "supported", "symptom_only_degraded", nums, single)
+        return _verdict("H2", subject, pair, "supported", "symptom_only_worse", nums, single)
     if sw in bad and sb in bad:
         return _verdict("H2", subject, pair, "not_supported", "symptom_both", nums, single)
     return _verdict("H2", subject, pair, "inconclusive", "symptom_unclear", nums, single)
@@ -617,15 +627,15 @@ def h3(subject: str, a: Side, b: Side, depth: bool = False, control=None) -> Ver
         return early
     worse, better = pair
     lw, lb = information_loss(worse), information_loss(better)
-    nums.update(degraded=lw, healthy=lb)
-    nums.update(degraded_controlled=worse.sep_controlled, healthy_controlled=better.sep_controlled)
+    nums.update(worse=lw, better=lb)
+    nums.update(worse_controlled=worse.sep_controlled, better_controlled=better.sep_controlled)
     nums["_fmt"].update(kd=_k_of_m(lw, worse.sep_controlled), kh=_k_of_m(lb, better.sep_controlled))
     if lw["outcome"] == "no_data" or lb["outcome"] == "no_data":
         return _verdict("H3", subject, pair, "inconclusive", "no_data", nums, single)
     if lw["outcome"] == "not_supported":
         return _verdict("H3", subject, pair, "not_supported", "no_loss", nums, single)
     if lw["outcome"] == "supported" and lb["outcome"] == "not_supported":
-        return _verdict("H3", subject, pair, "supported", "loss_only_degraded", nums, single)
+        return _verdict("H3", subject, pair, "supported", "loss_only_worse", nums, single)
     if lw["outcome"] == "supported" and lb["outcome"] == "supported":
         return _verdict("H3", subject, pair, "not_supported", "loss_both", nums, single)
     return _verdict("H3", subject, pair, "inconclusive", "loss_unclear", nums, single)
@@ -649,7 +659,7 @@ def _at_init(h: str, key: str, more: tuple[str, str], subject: str, a: Side, b: 
     if not vw or not vb:
         return _verdict(h, subject, pair, "inconclusive", "not_measured", nums, single)
     d = difference(vw, vb)
-    nums.update({key: {"degraded": vw, "healthy": vb, "difference": d.as_dict()}})
+    nums.update({key: {"worse": vw, "better": vb, "difference": d.as_dict()}})
     nums["_fmt"].update(vd={lang: show(vw, lang) for lang in ("en", "zh")},
                         vh={lang: show(vb, lang) for lang in ("en", "zh")},
                         dv={lang: f"{d.value:+.2f}" + (f" [{d.low:+.2f}, {d.high:+.2f}]" if d.has_interval else "")
