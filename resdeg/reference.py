@@ -41,13 +41,13 @@ class PILImages(torch.utils.data.Dataset):
 
 def reference_transform(cfg, stored_size: int):
     """The original's CPU pipeline (plus the usual crop/flip when the protocol augments)."""
-    from torchvision import transforms as T
+    from torchvision import transforms
 
     steps = []
     if cfg.augment:
-        steps += [T.RandomCrop(stored_size, padding=4), T.RandomHorizontalFlip()]
-    steps += [T.Resize(cfg.image_size), T.ToTensor(), T.Normalize(cfg.mean, cfg.std)]
-    return T.Compose(steps)
+        steps += [transforms.RandomCrop(stored_size, padding=4), transforms.RandomHorizontalFlip()]
+    steps += [transforms.Resize(cfg.image_size), transforms.ToTensor(), transforms.Normalize(cfg.mean, cfg.std)]
+    return transforms.Compose(steps)
 
 
 def reference_loader(x_u8: torch.Tensor, y: torch.Tensor, cfg, workers: int = DEFAULT_WORKERS,
