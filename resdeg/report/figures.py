@@ -666,6 +666,14 @@ def _has_optim(sr) -> bool:
 _MECHANISM_LABEL = {"Nres": "plain", "FULL": "residual", "Nboth": "no_grad_plain"}
 
 
+def _correlation_and_curvature_axes(axes, t: dict, distance: float) -> None:
+    """H4's panel (left: correlation at `distance`, with its zero line) and H5's (right: lambda_max, log)."""
+    axes[0, 0].set_title(t["corr"] + t["sep"] + t["corr_at"].format(d=f"{distance:g}"))
+    axes[0, 0].axhline(0, color="#555555", lw=0.8)
+    axes[0, 1].set_title(t["lambda_max"])
+    axes[0, 1].set_yscale("log")
+
+
 @figure("mechanism-depth", "mechanism", needs=_has_optim)
 def mechanism_depth(sr: StudyResults, lang: str, path: Path) -> None:
     """Against depth, at initialisation: the input-gradient correlation at the summary distance
@@ -700,10 +708,7 @@ def mechanism_depth(sr: StudyResults, lang: str, path: Path) -> None:
                             + t["trained"] + t["sep"] + _seeds_text([len(p["seeds"]) for _, p in ends], t))
             ax.set_xlabel(t["depth"])
             ax.set_xticks(sorted({r["depth"] for r in rows}))
-        axes[0, 0].set_title(t["corr"] + t["sep"] + t["corr_at"].format(d=f"{distance:g}"))
-        axes[0, 0].axhline(0, color="#555555", lw=0.8)
-        axes[0, 1].set_title(t["lambda_max"])
-        axes[0, 1].set_yscale("log")
+        _correlation_and_curvature_axes(axes, t, distance)
         _legend_below(fig, axes, ncol=3)
     _draw(path, lang, 1, 2, 3.6, body)
 
@@ -731,10 +736,7 @@ def mechanism_training(sr: StudyResults, lang: str, path: Path) -> None:
                         label=t["layers"].format(d=r["depth"]) + t["sep"] + t[_MECHANISM_LABEL[r["variant"]]]
                         + t["sep"] + _seeds_text([len(r["points"][-1]["seeds"])], t))
             ax.set_xlabel(t["epoch"])
-        axes[0, 0].set_title(t["corr"] + t["sep"] + t["corr_at"].format(d=f"{distance:g}"))
-        axes[0, 0].axhline(0, color="#555555", lw=0.8)
-        axes[0, 1].set_title(t["lambda_max"])
-        axes[0, 1].set_yscale("log")
+        _correlation_and_curvature_axes(axes, t, distance)
         _legend_below(fig, axes, ncol=2)
     _draw(path, lang, 1, 2, 3.8, body)
 
