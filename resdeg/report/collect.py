@@ -279,8 +279,8 @@ def _optim_at_init(results: Path, protocol: str, dataset: str, setting: str, unu
 def _as_declared(run: RunRecord) -> bool:
     """Whether the run has its protocol's settings as declared now (a protocol whose definition
     changed, as `depth` gaining He's initialisation, leaves older runs in another setting)."""
-    if run.protocol not in PROTOCOLS:
-        return False
+    if run.protocol not in PROTOCOLS:  # nothing declared to differ from
+        return True
     got = run.config.to_dict()
     return all(got.get(k) == as_json_value(v)
                for k, v in declared(run.protocol, run.config.dataset).items() if k != "model" and v != "auto")
