@@ -60,7 +60,7 @@ from .optim_store import (
     run_path,
     write_optim,
 )
-from .probe import _environment, model_from_state
+from .probe import _environment, model_from_state, probe_epochs
 
 CURVATURE_SALT = 5  # the curvature images: a class-balanced subset of the run's training images
 TRAIN_SALT = 1  # the run's training images (train.py) when the protocol trains on a subset
@@ -378,8 +378,6 @@ def epoch_measurer(cfg: Config, data: Dataset, settings: OptimSettings, device: 
     the run's folder: the last epoch's record is the trained run's (`resdeg optim --phase trained`
     finds it cached). It works on a copy in fp32 and never moves the training's random streams;
     minutes per measurement on a CPU (about 50 s for ResNet-20, 270 s for ResNet-56 on one core)."""
-    from .probe import probe_epochs
-
     wanted = probe_epochs(cfg)
     inputs = measurement_inputs(data, cfg, settings, device)
 
@@ -388,12 +386,10 @@ def epoch_measurer(cfg: Config, data: Dataset, settings: OptimSettings, device: 
             return
         started = time.perf_counter()
         path = run_path(folder, settings) if epoch == cfg.epochs else epoch_path(folder, epoch, settings)
-        was_training = model.training
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # building the net draws
             net = _bare_copy(model, cfg, data.num_classes, device)
             _measure_and_write(net, Job(cfg, "trained", path, folder, epoch), cfg.hash, settings, data, device,
                                False, started, inputs)
-        model.train(was_training)
     return after_epoch
 
 
