@@ -123,12 +123,21 @@ def count(n: int, en: str, lang: str) -> str:
     return f"{n} {en}{'' if n == 1 else 's'}" if lang == "en" else str(n)
 
 
+@jinja2.pass_context
+def paragraph(ctx, text: str) -> str:
+    """One paragraph from prose written one sentence per line (templates/en, templates/zh): lines are
+    joined by a space in English and by nothing in Chinese, where a line break would show as a space."""
+    lines = [line.strip() for line in text.splitlines()]
+    return ("" if ctx["lang"] == "zh" else " ").join(line for line in lines if line)
+
+
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("resdeg.report", "templates"),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              trim_blocks=True, lstrip_blocks=True)
     env.filters.update(pct=pct, pm=pm, err=err, human=human, short=short, points=points, signed=signed,
-                       code_spans=code_spans, sci=sci, num=num, ratio=ratio_text, diff=diff)
+                       code_spans=code_spans, sci=sci, num=num, ratio=ratio_text, diff=diff,
+                       para=paragraph)
     return env
 
 
