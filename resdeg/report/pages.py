@@ -217,7 +217,7 @@ def study_commands(sr: StudyResults) -> list[str]:
 
 def base_context(store: Store, lang: str) -> dict:
     return {
-        "lang": lang, "zh": lang == "zh", "store": store, "studies": store.studies, "analysis": analysis,
+        "lang": lang, "store": store, "studies": store.studies, "analysis": analysis,
         "pages": PAGES, "hypotheses": HYPOTHESES, "variants_declared": VARIANTS, "archs": ARCHS,
         "criteria_declared": CRITERIA,
         "rules": verdicts.RULES, "rules_version": verdicts.RULES_VERSION, "outcome_text": verdicts.OUTCOME_TEXT,
