@@ -175,14 +175,17 @@ def test_a_net_that_stopped_learning_under_two_protocols_is_named_once(tmp_path)
         make_results(results, seeds=(1,), epochs=2, models=("resnet50",), protocol=protocol)
     stopped = answer.components(load_store(results))["residual"].stopped_learning
     # made as protocol `seed`, the original protocol's former name: it reads as `original`
-    assert (len(stopped) == 1 and stopped[0].startswith("resnet50-Nboth")
-            and stopped[0].endswith("(`original`, `native`)"))
+    assert len(stopped) == 1 and stopped[0].label.startswith("resnet50-Nboth")
+    assert stopped[0].protocols == ["original", "native"]
     one = answer.components(load_store(results, protocol="native"))["residual"].stopped_learning
-    assert len(one) == 1 and "`" not in one[0]  # one protocol: nothing to tell apart
+    assert len(one) == 1 and one[0].protocols == []  # one protocol: nothing to tell apart
     build_report(results, tmp_path / "docs", log=lambda m: None)
     residual = next(line for line in page(tmp_path / "docs", "en", "index").splitlines()
                     if line.startswith("| residual connections |"))
     assert residual.count("resnet50-Nboth") == 1 and residual.endswith(" (`original`, `native`) |")
+    residual_zh = next(line for line in page(tmp_path / "docs", "zh", "index").splitlines()
+                       if line.startswith("| 残差连接 |"))
+    assert residual_zh.endswith("（`original`、`native`） |")  # Chinese separators, no English words
 
 
 def test_depth_page_says_plain_nets_degrade_and_residual_nets_do_not(rendered):

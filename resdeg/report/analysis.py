@@ -516,7 +516,8 @@ def optim_over_training(sr: StudyResults) -> list[dict]:
 
 def training_contrast(rows: list[dict], shallow: str, deep: str, variant: str) -> dict | None:
     """Deep minus shallow net of one variant along training, at the epochs both were measured:
-    [(epoch, correlation difference, lambda_max ratio)]; None unless both have points after training."""
+    [(epoch, correlation difference, lambda_max ratio)]; None unless both have points after training and
+    both measures at the first and the last common point."""
     a = next((r for r in rows if (r["model"], r["variant"]) == (shallow, variant)), None)
     b = next((r for r in rows if (r["model"], r["variant"]) == (deep, variant)), None)
     if a is None or b is None:
@@ -526,8 +527,9 @@ def training_contrast(rows: list[dict], shallow: str, deep: str, variant: str) -
     steps = [{"epoch": e, "corr": (q["corr"] - p["corr"]) if None not in (p["corr"], q["corr"]) else None,
               "lambda_ratio": (q["lambda_max"] / p["lambda_max"]) if None not in (p["lambda_max"], q["lambda_max"])
               else None, "shallow": p, "deep": q} for e, p, q in pairs]
-    if not any(s["epoch"] > 0 for s in steps):
-        return None
+    if not any(s["epoch"] > 0 for s in steps) \
+            or None in (steps[0]["corr"], steps[-1]["corr"], steps[0]["lambda_ratio"], steps[-1]["lambda_ratio"]):
+        return None  # the pages compare the first and the last point: both must be measured
     corr = [s["corr"] for s in steps if s["corr"] is not None]
     ratio = [s["lambda_ratio"] for s in steps if s["lambda_ratio"] is not None]
     return {"variant": variant, "shallow": shallow, "deep": deep, "steps": steps,

@@ -4,6 +4,7 @@ sentences are in the index template."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -69,6 +70,13 @@ def hypotheses(store: Store) -> dict[str, HypothesisAnswer]:
     return out
 
 
+class StoppedNet(NamedTuple):
+    """A net that stopped learning without a component; `protocols` only when it did under several."""
+    label: str
+    diverged: bool
+    protocols: list[str]
+
+
 @dataclass
 class ComponentAnswer:
     """What removing a component does, over every study's comparisons of that component."""
@@ -83,19 +91,17 @@ class ComponentAnswer:
         return sum(1 for e in self.effects if e["stuck"])
 
     @property
-    def stopped_learning(self) -> list[str]:
+    def stopped_learning(self) -> list[StoppedNet]:
         """Nets that did not learn (or diverged) once the component was removed, where the net with it
         learned: the plainest effect a component can have, which no accuracy difference can state.
-        A net that stopped under several protocols is named once, its protocols after it."""
-        protocols: dict[str, list[str]] = {}
+        A net that stopped under several protocols is named once, with its protocols."""
+        nets: dict[tuple[str, bool], list[str]] = {}
         for e in self.effects:
             if e["other"].did_not_learn and not e["reference"].did_not_learn:
-                name = f'{e["other"].label}{" (diverged)" if e["other"].diverged else ""}'
-                seen = protocols.setdefault(name, [])
+                seen = nets.setdefault((e["other"].label, bool(e["other"].diverged)), [])
                 if e["study"].study.protocol not in seen:
                     seen.append(e["study"].study.protocol)
-        return [name if len(ps) == 1 else f"{name} ({', '.join(f'`{p}`' for p in ps)})"
-                for name, ps in protocols.items()]
+        return [StoppedNet(label, diverged, ps if len(ps) > 1 else []) for (label, diverged), ps in nets.items()]
 
     def largest(self, key: str = "dtest"):
         """The effect with the most negative difference among those beyond noise: the page names it
