@@ -138,7 +138,7 @@ def _warm_engine(cfg, data: Dataset, device: torch.device, steps: int, warmup: i
 
 
 def _eval_rate(trainer: Engine, repeats: int) -> float:
-    """Forward-only images/s in eval mode: the per-epoch test and clean-train scoring."""
+    """Forward-only images/s in eval mode: the per-epoch test and eval-mode train scoring."""
     seconds = []
     for _ in range(1 + repeats):  # the first is a warm-up
         sync(trainer.device)
@@ -196,20 +196,20 @@ def time_reference(cfg, data: Dataset, device: torch.device, steps: int, warmup:
 
 def project_study(protocol: str, rates: dict[str, dict], models, n_variants: int) -> dict:
     """Wall time of a whole study (models x variants, one seed) from per-model engine rates:
-    per epoch, the training images at the training rate plus the test and clean-train images
+    per epoch, the training images at the training rate plus the test and eval-mode train images
     at the forward-only rate."""
     cfg = make_config(protocol)
     n_train = min(cfg.train_images or STUDY_IMAGES["train"], STUDY_IMAGES["train"])
     n_test = min(cfg.test_images or STUDY_IMAGES["test"], STUDY_IMAGES["test"])
-    n_clean = min(cfg.clean_train_images, n_train) if cfg.clean_train_images > 0 else n_train
+    n_eval_train = min(cfg.eval_train_images, n_train) if cfg.eval_train_images > 0 else n_train
     per_model = {}
     for m in models:
         r = rates[m]
-        epoch_s = n_train / r["images_per_s"] + (n_test + n_clean) / r["eval_images_per_s"]
+        epoch_s = n_train / r["images_per_s"] + (n_test + n_eval_train) / r["eval_images_per_s"]
         per_model[m] = {"train_images_per_s": r["images_per_s"], "eval_images_per_s": r["eval_images_per_s"],
                         "batch_size": r["batch_size"], "epoch_s": epoch_s, "run_s": epoch_s * cfg.epochs}
     return {"protocol": protocol, "runs": len(models) * n_variants, "epochs": cfg.epochs,
-            "images_per_epoch": {"train": n_train, "test": n_test, "clean_train": n_clean},
+            "images_per_epoch": {"train": n_train, "test": n_test, "eval_train": n_eval_train},
             "variant_measured": "FULL", "models": per_model,
             "total_s": n_variants * sum(v["run_s"] for v in per_model.values())}
 

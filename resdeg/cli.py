@@ -391,7 +391,7 @@ def _status_table(rows: list[dict]) -> None:
     table = [header] + [(r["protocol"], r["dataset"], r["model"] or "?", r["variant"] or "?", str(r["seed"]),
                          r["status"] + (f" ({r['activity']})" if r.get("activity") else ""),
                          f"{r['epochs_done']}/{r['epochs']}" if r["epochs"] else "",
-                         pct(r["train_acc"]), pct(r["clean_train_acc"]), pct(r["test_acc"]),
+                         pct(r["train_acc"]), pct(r["eval_train_acc"]), pct(r["test_acc"]),
                          "" if r["wall_s"] is None else duration(r["wall_s"]), "yes" if r["probed"] else "no")
                         for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]

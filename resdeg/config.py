@@ -24,6 +24,12 @@ DATASETS = tuple(DATA_SETS)
 PER_DATA_SET = "per data set"
 
 
+# Fields renamed since runs were stored: former name -> name. A stored config reads under either,
+# and the hash keeps the former name, so that a renamed field changes no run's hash.
+RENAMED = {"clean_train_images": "eval_train_images"}
+HASHED_AS = {new: old for old, new in RENAMED.items()}
+
+
 @dataclass(frozen=True)
 class Config:
     # what is trained
@@ -46,7 +52,7 @@ class Config:
     augment: bool = False
     train_images: int = 0  # 0 = the whole training set
     test_images: int = 0
-    clean_train_images: int = 5000  # fixed training subset scored in eval mode (H1)
+    eval_train_images: int = 5000  # fixed training subset scored in eval mode (H1)
     # optimisation
     epochs: int = 20
     batch_size: int = 128
@@ -81,6 +87,7 @@ class Config:
                   if f.metadata.get("hash", True)
                   and not (f.metadata.get("hash_unless_default") and getattr(self, f.name) == f.default)}
         hashed["protocol"] = self.store_protocol  # a renamed protocol keeps its runs' hashes
+        hashed = {HASHED_AS.get(k, k): v for k, v in hashed.items()}  # and so does a renamed field
         blob = json.dumps({"schema": schema, **hashed}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -126,7 +133,7 @@ PROTOCOLS: dict[str, dict] = {
     # A pipeline check for two CPU cores: half-width nets at 32 px, a data subset, two epochs. Not
     # evidence, but it learns (ResNet18 FULL above 25% test accuracy on CIFAR-10).
     "smoke": dict(width_mult=0.5, image_size=32, mean=PER_DATA_SET, std=PER_DATA_SET, train_images=SMOKE_TRAIN,
-                  test_images=1000, clean_train_images=1000, epochs=2, batch_size=64, lr=0.05, momentum=0.9,
+                  test_images=1000, eval_train_images=1000, epochs=2, batch_size=64, lr=0.05, momentum=0.9,
                   weight_decay=5e-4, schedule="cosine", precision="auto"),
 }
 
@@ -162,7 +169,7 @@ SEED_MAX = 2**32 - 1
 # (lower bound, upper bound, lower bound inclusive)
 RANGES = {
     "width_mult": (0.0, 16.0, False), "image_size": (8, 1024, True), "train_images": (0, MAX_IMAGES, True),
-    "test_images": (0, MAX_IMAGES, True), "clean_train_images": (0, MAX_IMAGES, True), "epochs": (1, 10_000, True),
+    "test_images": (0, MAX_IMAGES, True), "eval_train_images": (0, MAX_IMAGES, True), "epochs": (1, 10_000, True),
     "batch_size": (1, 65_536, True), "lr": (0.0, 100.0, False), "momentum": (0.0, 0.9999, True),
     "weight_decay": (0.0, 1.0, True), "warmup_epochs": (0.0, 10_000.0, True),
 }
@@ -180,6 +187,8 @@ def parse_value(key: str, text: str):
     """Turn the text of `--set key=text` into the field's type, or raise a one-line error.
     Floats must be finite (nan, inf and overflowing literals such as 1e999 are refused)."""
     default = _DEFAULTS.get(key, _MISSING)
+    if key in RENAMED:
+        raise ResdegError(f"--set: {key} is now called {RENAMED[key]}")
     if default is _MISSING:
         raise ResdegError(f"--set: unknown key {_shown(key)}")
     try:
@@ -316,7 +325,9 @@ def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, str]:
 
 
 def config_from_dict(d: dict) -> Config:
-    """Rebuild a config stored in run.json (tuples come back from JSON lists)."""
+    """Rebuild a config stored in run.json (tuples come back from JSON lists); a field stored under
+    its former name (RENAMED) reads as the field."""
+    d = {RENAMED.get(k, k): v for k, v in d.items()}
     valid = {f.name: f for f in fields(Config)}
     unknown = set(d) - set(valid)
     if unknown:

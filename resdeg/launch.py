@@ -363,7 +363,7 @@ def annotate_status(results: str | Path, rows: list[dict]) -> list[dict]:
     results = Path(results)
     by_path = {Path(r["path"]): r for r in rows}
     keys = list(rows[0]) if rows else ["protocol", "dataset", "model", "variant", "seed", "status", "problem",
-                                       "epochs_done", "epochs", "train_acc", "clean_train_acc", "test_acc",
+                                       "epochs_done", "epochs", "train_acc", "eval_train_acc", "test_acc",
                                        "config_hash", "path", "probed", "probe_problem"]
     extra = set()
     if results.is_dir():

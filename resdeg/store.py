@@ -101,7 +101,7 @@ class Epoch(Fields):
     epoch: int = bounded(1)
     train_loss: float | None = bounded(0.0)  # cross-entropy
     train_acc: float = bounded(*FRACTION)
-    clean_train_acc: float = bounded(*FRACTION)
+    eval_train_acc: float = bounded(*FRACTION)
     test_loss: float | None = bounded(0.0)
     test_acc: float = bounded(*FRACTION)
     lr: float = bounded(0.0)
@@ -112,7 +112,7 @@ class Epoch(Fields):
 @dataclass(frozen=True)
 class Summary(Fields):
     train_acc: float | None = bounded(*FRACTION)
-    clean_train_acc: float | None = bounded(*FRACTION)
+    eval_train_acc: float | None = bounded(*FRACTION)
     test_acc: float | None = bounded(*FRACTION)
     test_loss: float | None = bounded(0.0)
     best_test_acc: float | None = bounded(*FRACTION)
@@ -144,7 +144,7 @@ class DataInfo(Fields):
     image_shape: tuple[int, ...] = bounded(1)
     train_used: int = bounded(1)
     test_used: int = bounded(1)
-    clean_train_used: int = bounded(0)
+    eval_train_used: int = bounded(0)
     warnings: tuple[str, ...] = ()  # absent in runs from before data warnings were recorded
 
     def check(self) -> None:
@@ -155,8 +155,8 @@ class DataInfo(Fields):
         require(self.train_used <= self.n_train and self.test_used <= self.n_test,
                 f"uses more images ({self.train_used} / {self.test_used}) than the data set holds "
                 f"({self.n_train} / {self.n_test})")
-        require(self.clean_train_used <= self.train_used,
-                f"clean_train_used {self.clean_train_used} exceeds train_used {self.train_used}")
+        require(self.eval_train_used <= self.train_used,
+                f"eval_train_used {self.eval_train_used} exceeds train_used {self.train_used}")
 
 
 @dataclass(frozen=True)
@@ -180,11 +180,20 @@ class RunEnvironment(Fields):
         require(self.precision in ("fp32", "bf16"), f"precision {self.precision!r} is not fp32 or bf16")
 
 
+V1_NAMES = {"clean_train_acc": "eval_train_acc", "clean_train_used": "eval_train_used"}
+
+
+def _renamed_v1(obj):
+    """A run.json object of version 1 with its fields under their version-2 names."""
+    return {V1_NAMES.get(k, k): v for k, v in obj.items()} if isinstance(obj, dict) else obj
+
+
 @dataclass(frozen=True)
 class RunRecord(Record):
     """run.json: what was trained (config, environment, data) and what it measured, per epoch."""
     SCHEMA: ClassVar[str] = "resdeg.run"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2  # 2: clean_train_* fields renamed eval_train_* (what they measure)
+    READS: ClassVar[tuple[int, ...]] = (1,)
     config: Config
     config_hash: str
     environment: dict[str, Any]
@@ -198,6 +207,18 @@ class RunRecord(Record):
     config_schema: int = 1  # absent in runs written before config schema 2
     created: str = ""
     updated: str = ""
+
+    @classmethod
+    def upgrade(cls, d: dict, version: int) -> dict:
+        """Version 1 called the eval-mode train accuracy clean_train_acc (and its subset's size
+        clean_train_used); the config's renamed field is read by config_from_dict."""
+        if version == 1:
+            if isinstance(d.get("epochs"), list):
+                d["epochs"] = [_renamed_v1(e) for e in d["epochs"]]
+            for key in ("summary", "data"):
+                if key in d:
+                    d[key] = _renamed_v1(d[key])
+        return d
 
     def check(self) -> None:
         require(self.status in STATUSES, f"status {self.status!r} is not one of {STATUSES}")
@@ -368,13 +389,13 @@ class RunEntry:
             model, variant, seed = _parse_name(self.path.name)
             return {"model": model, "variant": variant, "seed": seed, "protocol": self.path.parent.parent.name,
                     "dataset": self.path.parent.name, "status": self.status, "problem": self.problem,
-                    "epochs_done": None, "epochs": None, "train_acc": None, "clean_train_acc": None,
+                    "epochs_done": None, "epochs": None, "train_acc": None, "eval_train_acc": None,
                     "test_acc": None, "wall_s": None, "config_hash": None, "path": str(self.path)}
         r, last = self.run, self.run.final
         return {"model": r.model, "variant": r.variant, "seed": r.seed, "protocol": r.protocol,
                 "dataset": r.dataset, "status": self.status, "problem": self.problem or self.misplaced,
                 "epochs_done": r.epochs_done, "epochs": r.config.epochs, "train_acc": last and last.train_acc,
-                "clean_train_acc": last and last.clean_train_acc, "test_acc": last and last.test_acc,
+                "eval_train_acc": last and last.eval_train_acc, "test_acc": last and last.test_acc,
                 "wall_s": round(sum(e.wall_s for e in r.epochs), 1),  # training time of the epochs done so far
                 "config_hash": r.config_hash, "path": str(self.path)}
 

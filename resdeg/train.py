@@ -219,11 +219,11 @@ class Engine:
         # Fixed subsets: the same images for every run and seed of a protocol.
         tr = fixed_subset(data.train_y, cfg.train_images, salt=1)
         te = test_subset(data, cfg)
-        cl = tr[fixed_subset(data.train_y[tr], cfg.clean_train_images, salt=3)]
+        cl = tr[fixed_subset(data.train_y[tr], cfg.eval_train_images, salt=3)]
         to = lambda t: t.to(device, non_blocking=True)  # noqa: E731
         self.train_x, self.train_y = to(data.train_x[tr]), to(data.train_y[tr])
         self.test_x, self.test_y = to(data.test_x[te]), to(data.test_y[te])
-        self.clean_x, self.clean_y = to(data.train_x[cl]), to(data.train_y[cl])
+        self.eval_train_x, self.eval_train_y = to(data.train_x[cl]), to(data.train_y[cl])
         check_batches(cfg, len(self.train_y))
         self.steps_per_epoch = steps_per_epoch(len(self.train_y), cfg.batch_size)
 
@@ -248,7 +248,7 @@ class Engine:
 
     def data_used(self) -> dict:
         return {**self.data.describe(), "train_used": len(self.train_y), "test_used": len(self.test_y),
-                "clean_train_used": len(self.clean_y)}
+                "eval_train_used": len(self.eval_train_y)}
 
     def train_step(self, x_u8: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
                    lr: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -312,15 +312,16 @@ class Engine:
         return arrays
 
     def run_epoch(self, epoch: int, bar: tqdm | None = None, check=None) -> tuple[Epoch, dict[str, np.ndarray]]:
-        """Train one epoch, then score the clean-train subset and the test set in eval mode."""
+        """Train one epoch, then score the eval-mode train subset and the test set in eval mode."""
         t0 = time.perf_counter()
         train_acc, train_loss, lr = self.train_epoch(epoch, bar, check)
         steps = self.take_steps(epoch)
-        clean_acc, _ = evaluate(self.model, self.clean_x, self.clean_y, self.cfg, self.precision, self.channels_last)
+        eval_train_acc, _ = evaluate(self.model, self.eval_train_x, self.eval_train_y, self.cfg, self.precision,
+                                     self.channels_last)
         test_acc, test_loss = evaluate(self.model, self.test_x, self.test_y, self.cfg, self.precision,
                                        self.channels_last)
         record = Epoch(epoch=epoch + 1, train_loss=_finite(train_loss), train_acc=train_acc,
-                       clean_train_acc=clean_acc, test_loss=_finite(test_loss), test_acc=test_acc, lr=lr,
+                       eval_train_acc=eval_train_acc, test_loss=_finite(test_loss), test_acc=test_acc, lr=lr,
                        wall_s=round(time.perf_counter() - t0, 3), steps=self.steps_per_epoch)
         return record, steps
 
@@ -393,7 +394,7 @@ class Trainer:
             config=self.cfg, config_hash=self.cfg.hash, config_schema=CONFIG_SCHEMA, environment=self.env,
             data=self.engine.data_used(), status=status, epochs_done=len(self.history), epochs=tuple(self.history),
             diverged_at_step=self.diverged_at,
-            summary=Summary(train_acc=last and last.train_acc, clean_train_acc=last and last.clean_train_acc,
+            summary=Summary(train_acc=last and last.train_acc, eval_train_acc=last and last.eval_train_acc,
                             test_acc=last and last.test_acc, test_loss=last and last.test_loss,
                             best_test_acc=max(tests) if tests else None,
                             parameters=sum(p.numel() for p in self.engine.model.parameters()),

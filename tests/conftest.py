@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 # Small and fast: the smoke protocol cut further (still every code path).
-TINY = ["--set", "train_images=256", "--set", "test_images=128", "--set", "clean_train_images=64",
+TINY = ["--set", "train_images=256", "--set", "test_images=128", "--set", "eval_train_images=64",
         "--set", "batch_size=64"]
 
 

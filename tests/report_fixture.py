@@ -17,7 +17,7 @@ from resdeg.probes.store import SIGNAL_KEYS, BlockSignal, ProbedRun, ProbeRecord
 from resdeg.store import Epoch, RunRecord, Summary, run_dir, write_run, write_telemetry
 
 STAGES = [f"stage{i}" for i in range(5)]
-# (final test accuracy, final clean train accuracy, log10 g(stage0)/g(stage4)) per model-variant
+# (final test accuracy, final eval-mode train accuracy, log10 g(stage0)/g(stage4)) per model-variant
 TARGETS = {
     ("resnet18", "FULL"): (0.80, 0.99, 0.0), ("resnet18", "Nres"): (0.78, 0.97, 0.3),
     ("resnet18", "Nbn"): (0.70, 0.80, -0.5), ("resnet18", "Nboth"): (0.40, 0.42, -4.0),
@@ -26,18 +26,18 @@ TARGETS = {
 }
 
 
-def _epochs(rng, n_epochs, test, clean, steps, diverge_epoch=None):
+def _epochs(rng, n_epochs, test, eval_train, steps, diverge_epoch=None):
     out = []
     for e in range(1, n_epochs + 1):
         f = e / n_epochs
         row = {"epoch": e, "train_loss": float(2.3 * (1 - f) + 0.05 + rng.uniform(0, .01)),
-               "train_acc": float(min(1, clean * f * 0.98 + rng.uniform(0, .01))),
-               "clean_train_acc": float(np.clip(clean * f + rng.normal(0, .005), 0, 1)),
+               "train_acc": float(min(1, eval_train * f * 0.98 + rng.uniform(0, .01))),
+               "eval_train_acc": float(np.clip(eval_train * f + rng.normal(0, .005), 0, 1)),
                "test_loss": float(2.3 * (1 - f) + 0.4 + rng.uniform(0, .01)),
                "test_acc": float(max(0, min(1, test * f + rng.normal(0, .005)))),
                "lr": 0.05 * (1 - f) + 1e-4, "wall_s": 1.0, "steps": steps}
         if e == diverge_epoch:
-            row.update(train_loss=None, test_loss=None, train_acc=0.1, clean_train_acc=0.1, test_acc=0.1)
+            row.update(train_loss=None, test_loss=None, train_acc=0.1, eval_train_acc=0.1, test_acc=0.1)
         out.append(row)
         if e == diverge_epoch:
             break
@@ -81,19 +81,19 @@ ENVIRONMENT = {"resdeg": "0.1.0", "python": "3.11", "torch": "2.14.1", "torchvis
                "git_commit": "0123456789abcdef"}
 DATA = {"name": "synthetic", "source": "synthetic (test fixture)", "fingerprint": "f" * 64,
         "classes": [f"c{i}" for i in range(10)], "n_train": 2048, "n_test": 512, "image_shape": [3, 32, 32],
-        "train_used": 1024, "test_used": 512, "clean_train_used": 256}
+        "train_used": 1024, "test_used": 512, "eval_train_used": 256}
 
 
-def write_fake_run(root: Path, cfg, test: float, clean: float, log_ratio: float, steps_per_epoch: int = 25,
+def write_fake_run(root: Path, cfg, test: float, eval_train: float, log_ratio: float, steps_per_epoch: int = 25,
                    diverge: bool = False, probe: bool = True, stages=STAGES, exact: bool = False,
                    environment: dict | None = None, data: dict | None = None) -> Path:
     """One made-up run (and its probe) through the stores' writers; `exact`: the last epoch's test
-    and clean train accuracies are exactly `test` and `clean`."""
+    and eval_train train accuracies are exactly `test` and `eval_train`."""
     rng = np.random.default_rng(zlib.crc32(f"{cfg.model}-{cfg.variant}-{cfg.seed}".encode()))
-    rows = _epochs(rng, cfg.epochs, test + rng.normal(0, .01), clean + rng.normal(0, .005), steps_per_epoch,
+    rows = _epochs(rng, cfg.epochs, test + rng.normal(0, .01), eval_train + rng.normal(0, .005), steps_per_epoch,
                    diverge_epoch=2 if diverge else None)
     if exact:
-        rows[-1].update(test_acc=test, clean_train_acc=clean)
+        rows[-1].update(test_acc=test, eval_train_acc=eval_train)
     n, k = len(rows) * steps_per_epoch, len(stages)
     g_last = np.exp(rng.normal(-6, 0.3, n))
     g = np.stack([g_last * 10 ** (log_ratio * (k - 1 - i) / (k - 1) + rng.normal(0, .2, n)) for i in range(k)], 1)
@@ -113,7 +113,7 @@ def write_fake_run(root: Path, cfg, test: float, clean: float, log_ratio: float,
                     data=data or DATA,
                     status="diverged" if diverge else "done", epochs_done=len(epochs), epochs=epochs,
                     diverged_at_step=n - 3 if diverge else None,
-                    summary=Summary(last.train_acc, last.clean_train_acc, last.test_acc, last.test_loss,
+                    summary=Summary(last.train_acc, last.eval_train_acc, last.test_acc, last.test_loss,
                                     max(e.test_acc for e in epochs), 1000, steps_per_epoch, float(len(epochs))),
                     telemetry=tel, created="2026-01-01T00:00:00+00:00", updated="2026-01-01T00:00:00+00:00")
     write_run(folder, run)
@@ -126,7 +126,7 @@ def make_results(root: Path, seeds=(1, 2, 3), epochs: int = 4, steps_per_epoch: 
                  protocol: str = "smoke", probes: bool = True, models=("resnet18", "resnet50"), **fields) -> Path:
     """Fake runs of every variant of `models`; `fields` override the protocol's config (precision="bf16")."""
     root = Path(root)
-    for (model, variant), (test, clean, log_ratio) in TARGETS.items():
+    for (model, variant), (test, eval_train, log_ratio) in TARGETS.items():
         if model not in models:
             continue
         for seed in seeds:
@@ -134,7 +134,7 @@ def make_results(root: Path, seeds=(1, 2, 3), epochs: int = 4, steps_per_epoch: 
                               dataset="synthetic")
             diverge = model == "resnet50" and variant == "Nboth" and seed == seeds[-1]
             unprobed = model == "resnet18" and variant == "Nbn" and seed == seeds[0]
-            write_fake_run(root, cfg, test, clean, log_ratio, steps_per_epoch, diverge, probes and not unprobed)
+            write_fake_run(root, cfg, test, eval_train, log_ratio, steps_per_epoch, diverge, probes and not unprobed)
     return root
 
 
@@ -160,11 +160,11 @@ def make_depth_results(root: Path, seeds=(1, 2), epochs: int | None = 4, protoco
     """Fake runs of He et al.'s nets (`epochs` None: the protocol's own length, as declared) on
     `data` (its name is the runs' --dataset)."""
     root = Path(root)
-    for (model, variant), (test, clean, log_ratio) in (targets or DEPTH_TARGETS).items():
+    for (model, variant), (test, eval_train, log_ratio) in (targets or DEPTH_TARGETS).items():
         for seed in seeds:
             cfg = make_config(protocol, {} if epochs is None else {"epochs": epochs}, model=model, variant=variant,
                               seed=seed, dataset=data["name"])
-            write_fake_run(root, cfg, test, clean, log_ratio, steps_per_epoch, stages=STAGES[:4], data=data)
+            write_fake_run(root, cfg, test, eval_train, log_ratio, steps_per_epoch, stages=STAGES[:4], data=data)
     return root
 
 

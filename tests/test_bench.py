@@ -126,7 +126,7 @@ def test_compile_matches_eager_step_by_step_and_end_to_end(tmp_path, request):
     torch.set_num_threads(1)
     request.addfinalizer(lambda: torch.set_num_threads(threads))
     cfg = make_config("smoke", {"width_mult": 0.125, "image_size": 32, "batch_size": 32, "train_images": 96,
-                                "test_images": 64, "clean_train_images": 64, "precision": "fp32"},
+                                "test_images": 64, "eval_train_images": 64, "precision": "fp32"},
                       model="resnet18", dataset="synthetic")  # fp32: bf16 rounding would swamp the comparison
     data = synthetic_dataset(96, 64)
     eager = _trainer(cfg, data, tmp_path)
@@ -160,7 +160,7 @@ def test_compile_matches_eager_step_by_step_and_end_to_end(tmp_path, request):
     run = ["run", "--protocol", "smoke", "--dataset", "synthetic", "--device", "cpu", "--quiet",
            *[f"--set={k}={v}" for k, v in cfg.to_dict().items() if k in ("width_mult", "image_size", "batch_size",
                                                                           "train_images", "test_images",
-                                                                          "clean_train_images", "precision")],
+                                                                          "eval_train_images", "precision")],
            "--set", "epochs=1", "--set", "compile=true", "--results", tmp_path / "results"]
     cli(*run)
     (row,) = status_json(tmp_path / "results")
@@ -214,7 +214,7 @@ def test_projection_adds_train_and_eval_time_over_the_study():
     rates = {"resnet18": {"images_per_s": 1000.0, "eval_images_per_s": 4000.0, "batch_size": 128},
              "resnet50": {"images_per_s": 250.0, "eval_images_per_s": 1000.0, "batch_size": 128}}
     p = project_study("seed", rates, ("resnet18", "resnet50"), n_variants=4)
-    # seed: 20 epochs of 50,000 training images, then 10,000 test + 5,000 clean-train images scored
+    # seed: 20 epochs of 50,000 training images, then 10,000 test + 5,000 eval-mode train images scored
     assert p["models"]["resnet18"]["epoch_s"] == pytest.approx(50 + 15 / 4)
     assert p["models"]["resnet50"]["run_s"] == pytest.approx(20 * (200 + 15))
     assert p["total_s"] == pytest.approx(4 * 20 * (50 + 3.75 + 200 + 15)) and p["runs"] == 8

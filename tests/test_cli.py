@@ -233,7 +233,7 @@ def test_epoch_lines_state_the_time_left_at_the_recent_pace():
     from resdeg.train import epoch_line
 
     cfg = make_config("native")
-    history = [Epoch(epoch=i + 1, train_loss=1.0, train_acc=0.5, clean_train_acc=0.5, test_loss=1.0, test_acc=0.25,
+    history = [Epoch(epoch=i + 1, train_loss=1.0, train_acc=0.5, eval_train_acc=0.5, test_loss=1.0, test_acc=0.25,
                      lr=0.1, wall_s=s, steps=10) for i, s in enumerate((1000.0, 290.0, 300.0, 310.0))]
     line = epoch_line(cfg, history)
     assert line.endswith("epoch 4/20: loss 1.000, train 50.0%, test 25.0% in 5 min; 16 left, about 1 h 20 min"), line
@@ -248,7 +248,7 @@ def test_a_diverged_run_stops_within_its_check_interval_not_at_the_end_of_the_ep
     # 4 images a batch: 128 steps an epoch, so a check falls inside it
     cli("run", "--protocol", "smoke", "--dataset", "synthetic", "--device", "cpu", "--quiet", "--model", "resnet18",
         "--variant", "Nbn", "--set", "lr=100", "--set", "epochs=2", "--set", "train_images=512",
-        "--set", "test_images=64", "--set", "clean_train_images=64", "--set", "batch_size=4",
+        "--set", "test_images=64", "--set", "eval_train_images=64", "--set", "batch_size=4",
         "--set", "width_mult=0.125", "--results", tmp_path)
     (row,) = status_json(tmp_path)
     assert row["status"] == "diverged" and row["epochs_done"] == 1

@@ -16,8 +16,9 @@ import torch
 from conftest import cli, status_json
 from PIL import Image
 
-from resdeg.config import cpu_has_bf16, make_config
+from resdeg.config import cpu_has_bf16, make_config, parse_value
 from resdeg.data import fixed_subset, random_crop_flip
+from resdeg.errors import ResdegError
 from resdeg.train import lr_at
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,6 +105,27 @@ def test_results_of_config_schema_1_keep_loading(tmp_path):
     assert "resnet18" in (tmp_path / "docs" / "en" / "smoke" / "h1.md").read_text()
 
 
+def test_a_run_of_schema_1_reads_its_clean_train_fields_under_their_eval_train_names():
+    """run.json version 1 called the eval-mode train accuracy clean_train_acc and the config field
+    clean_train_images: both read under the new names, and the config keeps its hash."""
+    from resdeg.store import read_run
+
+    (path,) = LEGACY.rglob("run.json")
+    stored = json.loads(path.read_text())
+    assert stored["schema_version"] == 1 and "clean_train_images" in stored["config"]
+    run = read_run(path.parent)
+    assert [e.eval_train_acc for e in run.epochs] == [e["clean_train_acc"] for e in stored["epochs"]]
+    assert run.summary.eval_train_acc == stored["summary"]["clean_train_acc"]
+    assert run.data["eval_train_used"] == stored["data"]["clean_train_used"]
+    assert run.config.eval_train_images == stored["config"]["clean_train_images"]
+    assert run.config.hash_for(1) == run.config_hash  # the renamed field hashes under its former name
+    # the committed run results/depth/imagefolder/resnet20-Nres-s42-aa40b55f0cfa keeps its name
+    cfg = make_config("depth", {}, model="resnet20", variant="Nres", seed=42, dataset="imagefolder")
+    assert cfg.eval_train_images == 5000 and cfg.hash == "aa40b55f0cfa"
+    with pytest.raises(ResdegError, match="now called eval_train_images"):
+        parse_value("clean_train_images", "10")
+
+
 # -- probes on a class-sorted image folder ----------------------------------------------------------------
 
 def _class_sorted_folder(root: Path, classes=("ant", "bee", "cat"), n_train=24, n_test=30) -> Path:
@@ -123,7 +145,7 @@ def test_probe_images_cover_every_class_of_a_class_sorted_folder(tmp_path):
     cli("run-all", "--protocol", "smoke", "--dataset", "imagefolder", "--data-dir", data, "--device", "cpu",
         "--quiet", "--models", "resnet18", "--variants", "FULL", "--set", "epochs=1", "--set", "width_mult=0.125",
         "--set", "image_size=32", "--set", "lr=0.01", "--set", "test_images=0", "--set", "train_images=0",
-        "--set", "clean_train_images=30", "--set", "batch_size=16", "--probe-images", "30",
+        "--set", "eval_train_images=30", "--set", "batch_size=16", "--probe-images", "30",
         "--results", results, "--docs", tmp_path / "docs")
     from resdeg.probes.store import ProbeSettings, read_probe
     from resdeg.store import scan

@@ -69,11 +69,11 @@ def test_figures_plot_the_analysis_and_the_download_holds_what_they_plot(rendere
     store = build_store(rendered)
     sr = store.study("depth")
     with open(rendered.docs / "downloads" / sr.name / "runs.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r["variant"] == "Nres" and r["clean_train_acc"]]
-    points = analysis.final_by_depth(sr, "Nres", "clean_train_acc")
+        rows = [r for r in csv.DictReader(f) if r["variant"] == "Nres" and r["eval_train_acc"]]
+    points = analysis.final_by_depth(sr, "Nres", "eval_train_acc")
     assert points
     for d, spread in points:
-        errors = [100 * (1 - float(r["clean_train_acc"])) for r in rows if r["model"] == f"resnet{d}"]
+        errors = [100 * (1 - float(r["eval_train_acc"])) for r in rows if r["model"] == f"resnet{d}"]
         close = {"abs": 1e-3}  # runs.csv keeps 6 significant digits
         assert spread.n == len(errors) and spread.mean == pytest.approx(np.mean(errors), **close)
         assert (spread.lo, spread.hi) == (pytest.approx(min(errors), **close), pytest.approx(max(errors), **close))

@@ -213,7 +213,7 @@ def test_skipinit_every_alpha_gets_a_gradient_at_the_first_step():
 
 @pytest.mark.parametrize("variant", NEW)
 def test_variants_train_through_config_and_trainer(variant, tmp_path):
-    cfg = make_config("depth", {"train_images": 32, "test_images": 16, "clean_train_images": 16,
+    cfg = make_config("depth", {"train_images": 32, "test_images": 16, "eval_train_images": 16,
                                 "batch_size": 16, "precision": "fp32"},
                       model="resnet20", variant=variant.lower(), dataset="synthetic")
     assert cfg.variant == variant

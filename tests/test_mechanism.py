@@ -19,7 +19,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def side(label, test, corr=(), lam=(), train=None):
-    return verdicts.Side(label, list(test), list(train or test), test_n=10_000, clean_n=5_000,
+    return verdicts.Side(label, list(test), list(train or test), test_n=10_000, eval_train_n=5_000,
                   grad_corr=list(corr), log_lambda_max=[math.log10(x) for x in lam])
 
 
@@ -153,9 +153,9 @@ def test_h3_measures_the_fall_against_the_untrained_net_of_the_same_seed():
 
 def test_an_h3_verdict_says_whether_it_was_measured_against_initialisation():
     changes = {"linear_probe_acc": [0.2, 0.25, 0.22], "knn_acc": [0.3, 0.28, 0.31]}
-    worse = verdicts.Side("plain-56", [0.50, 0.46, 0.52], [0.52, 0.46, 0.53], test_n=10_000, clean_n=5_000,
+    worse = verdicts.Side("plain-56", [0.50, 0.46, 0.52], [0.52, 0.46, 0.53], test_n=10_000, eval_train_n=5_000,
                    sep_change=changes, sep_controlled=True)
-    better = verdicts.Side("plain-20", [0.80, 0.81, 0.79], [0.83, 0.84, 0.82], test_n=10_000, clean_n=5_000,
+    better = verdicts.Side("plain-20", [0.80, 0.81, 0.79], [0.83, 0.84, 0.82], test_n=10_000, eval_train_n=5_000,
                     sep_change=changes, sep_controlled=True)
     v = verdicts.h3("Nres: 20 vs 56", better, worse, depth=True)
     assert v.reason == "no_loss" and "fall more than at initialisation" in v.explain("en")

@@ -322,7 +322,7 @@ def test_a_run_measures_h4_and_h5_while_training_without_moving_the_training(tmp
 
     assert measures_optimisation("depth") and measures_optimisation("depth-he") and not measures_optimisation("native")
     settings = OptimSettings(gradient_images=4, curvature_images=8, lanczos_steps=3, slice_points=3)
-    over = {"epochs": 4, "train_images": 256, "test_images": 128, "clean_train_images": 64, "batch_size": 64}
+    over = {"epochs": 4, "train_images": 256, "test_images": 128, "eval_train_images": 64, "batch_size": 64}
     cfg = make_config("depth", over, model="resnet20", variant="Nres", dataset="synthetic")
     folders = {}
     for name, optim_settings in (("with", settings), ("without", None)):

@@ -77,7 +77,7 @@ def test_h1_failing_to_reject_a_train_difference_is_not_equal_fit():
     # the interval of the train difference includes zero but reaches far beyond +-1 point: undecided
     v = verdicts.h1("c", side("ok", **HEALTHY), side("deg", [0.70, 0.71, 0.69], [0.96, 0.95, 0.96]))
     assert (v.outcome, v.reason) == ("inconclusive", "fit_undecided")
-    d = v.numbers["clean_train_diff"]
+    d = v.numbers["eval_train_diff"]
     assert d["low"] < 0 < d["high"] and d["high"] > verdicts.EQUIVALENCE_MARGIN
     assert (v.explain("en").startswith("Whether deg fits the training set as well is not shown")
             and "无法证明" in v.explain("zh"))
@@ -101,8 +101,8 @@ def test_h1_inconclusive_when_the_train_accuracy_is_too_noisy_to_show_equal_fit(
 
 
 def test_h1_single_seed_decides_on_point_values_beyond_noise_and_says_so():
-    v = verdicts.h1("c", side("ok", [0.8], [0.95], test_n=10_000, clean_n=5_000),
-             side("deg", [0.7], [0.97], test_n=10_000, clean_n=5_000))
+    v = verdicts.h1("c", side("ok", [0.8], [0.95], test_n=10_000, eval_train_n=5_000),
+             side("deg", [0.7], [0.97], test_n=10_000, eval_train_n=5_000))
     assert v.outcome == "supported" and v.single_seed and v.numbers["equal_fit"] == "better"
 
 
@@ -120,8 +120,8 @@ def test_one_seed_against_several_gets_the_seed_spread_of_the_several():
 
 def test_h1_one_seed_against_seeds_that_scatter_is_not_decided_by_binomial_noise():
     # ResNet50 FULL at 32 px: three seeds, one fitting the training set 10 points better than the others
-    full = side("FULL", [0.637, 0.638, 0.654], [0.818, 0.820, 0.925], test_n=10_000, clean_n=5_000)
-    nbn = side("Nbn", [0.702], [0.854], test_n=10_000, clean_n=5_000)
+    full = side("FULL", [0.637, 0.638, 0.654], [0.818, 0.820, 0.925], test_n=10_000, eval_train_n=5_000)
+    nbn = side("Nbn", [0.702], [0.854], test_n=10_000, eval_train_n=5_000)
     v = verdicts.h1("c", full, nbn)
     assert v.single_seed and v.worse == "FULL" and v.numbers["test_diff"]["high"] < 0  # 5-6 points: decided
     assert (v.outcome, v.reason) == ("inconclusive", "fit_undecided")
@@ -130,7 +130,8 @@ def test_h1_one_seed_against_seeds_that_scatter_is_not_decided_by_binomial_noise
 
 def test_single_seed_difference_within_the_noise_of_one_run_is_inconclusive():
     # 0.2 points on 512 test images: far below twice the binomial standard error (about 5 points)
-    a, b = side("a", [0.800], [0.95], test_n=512, clean_n=256), side("b", [0.798], [0.99], test_n=512, clean_n=256)
+    a = side("a", [0.800], [0.95], test_n=512, eval_train_n=256)
+    b = side("b", [0.798], [0.99], test_n=512, eval_train_n=256)
     for rule in (verdicts.h1, verdicts.h2, verdicts.h3):
         v = rule("c", a, b)
         assert (v.outcome, v.reason) == ("inconclusive", "no_degradation"), rule
@@ -144,8 +145,8 @@ def test_single_seed_difference_within_the_noise_of_one_run_is_inconclusive():
 
 
 def test_a_model_at_chance_did_not_learn_and_nothing_explains_it():
-    stuck = side("stuck", [0.104], [0.101], test_n=10_000, clean_n=5_000, log_ratio=[-5.0])
-    ok = side("ok", [0.80], [0.95], test_n=10_000, clean_n=5_000, log_ratio=[0.0])
+    stuck = side("stuck", [0.104], [0.101], test_n=10_000, eval_train_n=5_000, log_ratio=[-5.0])
+    ok = side("ok", [0.80], [0.95], test_n=10_000, eval_train_n=5_000, log_ratio=[0.0])
     assert stuck.did_not_learn and not ok.did_not_learn
     for rule in (verdicts.h1, verdicts.h2, verdicts.h3):
         v = rule("c", ok, stuck)

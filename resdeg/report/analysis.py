@@ -101,12 +101,12 @@ def init_correlation(record, where: str = "input") -> float | None:
 def side(sr: StudyResults, model: str, variant: str, last_epoch: bool = False) -> verdicts.Side:
     """One model of a comparison, read at its final figure (Run.final), or at its last epoch."""
     runs = sr.cell(model, variant)
-    test, clean = [], []
+    test, eval_train = [], []
     for r in runs:
         f = r.record.final if last_epoch else r.final
         if f is not None:
             test.append(f.test_acc)
-            clean.append(f.clean_train_acc)
+            eval_train.append(f.eval_train_acc)
     ratios = [median_ratio(r) for r in runs if r.status != "diverged"]
     changes = {}
     probed = [r for r in runs if r.probe]
@@ -116,13 +116,14 @@ def side(sr: StudyResults, model: str, variant: str, last_epoch: bool = False) -
         changes[crit] = [v for v in vals if v is not None]
     classes = sr.num_classes
     at_init = sr.optim_cell(model, variant)
-    return verdicts.Side(label(model, variant), test, clean, diverged=sum(r.status == "diverged" for r in runs),
+    return verdicts.Side(label(model, variant), test, eval_train, diverged=sum(r.status == "diverged" for r in runs),
                   grad_corr=[c for c in (init_correlation(o) for o in at_init) if c is not None],
                   log_lambda_max=[math.log10(o.curvature.lambda_max) for o in at_init
                                   if o.curvature.lambda_max_resolved and o.curvature.lambda_max > 0],
                   log_ratio=[math.log10(x) for x in ratios if x is not None],
                   sep_change={c: v for c, v in changes.items() if v}, sep_controlled=controlled,
-                  test_n=min((r.test_n for r in runs), default=0), clean_n=min((r.clean_n for r in runs), default=0),
+                  test_n=min((r.test_n for r in runs), default=0),
+                  eval_train_n=min((r.eval_train_n for r in runs), default=0),
                   chance=1 / classes)
 
 
@@ -157,7 +158,7 @@ def effect(sr: StudyResults, comp: Comparison) -> dict:
     a, b = side(sr, *comp.reference), side(sr, *comp.other)
     if not (a.test_acc and b.test_acc):
         return {"comparison": comp, "complete": False}
-    dtest, dtrain = verdicts.compare(b, a, "test_acc"), verdicts.compare(b, a, "clean_train_acc")
+    dtest, dtrain = verdicts.compare(b, a, "test_acc"), verdicts.compare(b, a, "eval_train_acc")
     return {"comparison": comp, "complete": True, "reference": a, "other": b, "dtest": dtest, "dtrain": dtrain,
             "stuck": [s.label for s in (a, b) if s.did_not_learn],
             "seeds": min(len(a.test_acc), len(b.test_acc))}
@@ -261,9 +262,9 @@ def accuracy_rows(sr: StudyResults) -> list[dict]:
                "did_not_learn": s.did_not_learn,
                "wall_s": mean_std([r.record.summary.wall_s for r in runs]),
                "parameters": runs[0].record.summary.parameters}
-        for key in ("train_acc", "clean_train_acc", "test_acc"):
+        for key in ("train_acc", "eval_train_acc", "test_acc"):
             row[key] = mean_std([getattr(f, key) for f in finals])
-        row["gap"] = mean_std([f.clean_train_acc - f.test_acc for f in finals])
+        row["gap"] = mean_std([f.eval_train_acc - f.test_acc for f in finals])
         rows.append(row)
     return rows
 

@@ -24,7 +24,7 @@ USABLE = ("done", "diverged")  # partial runs are listed, not used
 PER_RUN_KEYS = ("model", "variant", "seed")
 # Under a constant learning rate the report reads the mean of the last epochs (Run.final).
 FINAL_EPOCHS = 3
-FINAL_KEYS = ("train_acc", "clean_train_acc", "test_acc")
+FINAL_KEYS = ("train_acc", "eval_train_acc", "test_acc")
 
 
 @dataclass
@@ -64,8 +64,8 @@ class Run:
         return int(self.record.data.get("test_used") or 0)
 
     @property
-    def clean_n(self) -> int:
-        return int(self.record.data.get("clean_train_used") or 0)
+    def eval_train_n(self) -> int:
+        return int(self.record.data.get("eval_train_used") or 0)
 
     @cached_property
     def telemetry(self) -> dict | None:

@@ -16,7 +16,8 @@ from ..study import HYPOTHESES, HYPOTHESIS_IDS
 from . import analysis, verdicts
 from .collect import Store, StudyResults, depth
 
-VERDICTS_SCHEMA, VERDICTS_SCHEMA_VERSION = "resdeg.verdicts", 4  # 3: hypotheses declared; 4: worse/better keys
+VERDICTS_SCHEMA, VERDICTS_SCHEMA_VERSION = "resdeg.verdicts", 5  # 3: hypotheses declared; 4: worse/better keys;
+# 5: eval_train_* names (clean_train_* before)
 ARCHIVE = "resdeg-data.zip"
 
 # file -> (what it holds, {column: meaning}), in English and Chinese. The pages print it; a column
@@ -45,7 +46,7 @@ DICTIONARY = {
         "epochs_done": ("epochs trained", "已训练的轮次"),
         "train_acc": ("final running train accuracy (train mode, over the epoch's batches), fraction",
                       "最后一轮训练中的准确率（训练模式，对本轮各批次累计），小数"),
-        "clean_train_acc": ("final train accuracy in eval mode on the fixed training subset, fraction",
+        "eval_train_acc": ("final train accuracy in eval mode on the fixed training subset, fraction",
                             "最后一轮在固定训练子集上、评估模式下的训练集准确率，小数"),
         "test_acc": ("final test accuracy, fraction", "最后一轮测试准确率，小数"),
         "diverged_at_step": ("first step with a non-finite loss (empty: none)",
@@ -57,7 +58,7 @@ DICTIONARY = {
         "epoch": ("epoch, from 1", "轮次，从 1 开始"),
         "train_loss": ("mean training loss over the epoch's batches", "本轮各批次训练损失的平均"),
         "train_acc": ("running train accuracy", "训练中的准确率"),
-        "clean_train_acc": ("train accuracy in eval mode", "评估模式下的训练集准确率"),
+        "eval_train_acc": ("train accuracy in eval mode", "评估模式下的训练集准确率"),
         "test_loss": ("mean test loss", "平均测试损失"), "test_acc": ("test accuracy", "测试准确率"),
         "lr": ("learning rate at the epoch's last step", "本轮最后一步的学习率"),
         "wall_s": ("wall time of the epoch, seconds", "本轮用时，秒")}),
@@ -157,10 +158,10 @@ KEYS = ("model", "variant", "seed")
 
 
 def _runs_csv(path: Path, runs) -> None:
-    _csv(path, ["folder", "protocol", *KEYS, "config_hash", "status", "epochs_done", "train_acc", "clean_train_acc",
+    _csv(path, ["folder", "protocol", *KEYS, "config_hash", "status", "epochs_done", "train_acc", "eval_train_acc",
                 "test_acc", "diverged_at_step", "wall_s", "probe_file"],
          ([r.rel, r.record.protocol, r.model, r.variant, r.seed, r.config_hash, r.status, len(r.epochs),
-           _g(r.final and r.final.train_acc), _g(r.final and r.final.clean_train_acc), _g(r.final and r.final.test_acc),
+           _g(r.final and r.final.train_acc), _g(r.final and r.final.eval_train_acc), _g(r.final and r.final.test_acc),
            r.record.diverged_at_step if r.record.diverged_at_step is not None else "", _g(r.record.summary.wall_s),
            r.probe_file or ""] for r in runs))
 
@@ -179,7 +180,7 @@ def _verdict_rows(sr: StudyResults) -> list[dict]:
 def write_study_downloads(sr: StudyResults, out: Path) -> dict[str, list[str]]:
     """The data behind every figure and table of a study's pages, as CSV; page -> file names."""
     _runs_csv(out / "runs.csv", sr.runs)
-    fields = ("train_loss", "train_acc", "clean_train_acc", "test_loss", "test_acc", "lr", "wall_s")
+    fields = ("train_loss", "train_acc", "eval_train_acc", "test_loss", "test_acc", "lr", "wall_s")
     _csv(out / "h1_epochs.csv", [*KEYS, "config_hash", "epoch", *fields],
          ([r.model, r.variant, r.seed, r.config_hash, e.epoch, *(_g(getattr(e, f)) for f in fields)]
           for r in sr.runs for e in r.epochs))

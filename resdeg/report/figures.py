@@ -48,9 +48,9 @@ _CJK_FILE = re.compile(r"cjk|wqy|wenquanyi|sourcehan|droidsansfallback|uming|uka
 LABELS = {
     "en": {"lang": "en", "epoch": "epoch", "step": "training step", "stage": "stage", "acc": "accuracy (%)",
            "err": "error (%)", "train_acc": "train accuracy (running, train mode)",
-           "clean_train_acc": "train accuracy (eval mode)", "test_acc": "test accuracy",
+           "eval_train_acc": "train accuracy (eval mode)", "test_acc": "test accuracy",
            "train_err": "training error (running)", "test_err": "test error",
-           "clean_train_err": "training error (eval mode)",
+           "eval_train_err": "training error (eval mode)",
            "grad": "mean |dL/d stage output|", "first": "first stage ({s})", "last": "last stage ({s})",
            "median_grad": "median over steps of mean |dL/d output|", "ratio": "g(first stage) / g(last stage)",
            "vanish": "vanishing (< 1e-3)", "explode": "exploding (> 1e3)",
@@ -71,9 +71,9 @@ LABELS = {
            "direction": "step along filter-normalised direction {k}"},
     "zh": {"lang": "zh", "epoch": "训练轮次", "step": "训练步数", "stage": "阶段", "acc": "准确率（%）",
            "err": "错误率（%）",
-           "train_acc": "训练准确率（训练模式，逐批统计）", "clean_train_acc": "训练集准确率（评估模式）",
+           "train_acc": "训练准确率（训练模式，逐批统计）", "eval_train_acc": "训练集准确率（评估模式）",
            "test_acc": "测试准确率", "train_err": "训练错误率（逐批统计）", "test_err": "测试错误率",
-           "clean_train_err": "训练集错误率（评估模式）",
+           "eval_train_err": "训练集错误率（评估模式）",
            "grad": "损失对阶段输出梯度的平均绝对值", "first": "第一个阶段（{s}）", "last": "最后一个阶段（{s}）",
            "median_grad": "梯度平均绝对值在各步的中位数", "ratio": "第一个与最后一个阶段的 g 之比",
            "vanish": "梯度消失（< 1e-3）", "explode": "梯度爆炸（> 1e3）",
@@ -280,7 +280,7 @@ def headline(store: Store, lang: str, path: Path) -> None:
                     colour, _, marker = STYLE.get(v, ("#000000", "-", "o"))
                     runs = sr.cell(model, v)
                     test = [100 * r.final.test_acc for r in runs if r.final]
-                    train = [100 * r.final.clean_train_acc for r in runs if r.final]
+                    train = [100 * r.final.eval_train_acc for r in runs if r.final]
                     if test:
                         ax.plot([x] * len(test), test, marker, color=colour, ms=5, alpha=0.9,
                                 label=v if i == 0 else None)
@@ -304,7 +304,7 @@ def headline(store: Store, lang: str, path: Path) -> None:
 
 # -- H1 ----------------------------------------------------------------------------------------------
 
-H1_KEYS = ("train_acc", "clean_train_acc", "test_acc")
+H1_KEYS = ("train_acc", "eval_train_acc", "test_acc")
 
 
 def _accuracy_per_epoch(path: Path, lang: str, sr: StudyResults, model: str, keys, title) -> None:
@@ -550,7 +550,7 @@ def depth_final(sr: StudyResults, lang: str, path: Path) -> None:
     """Final training error (eval mode) and test error against depth: one line plain, one residual;
     bars span the seeds (min to max), points are the mean."""
     def body(fig, axes, t):
-        for ax, key, title in ((axes[0, 0], "clean_train_acc", "clean_train_err"),
+        for ax, key, title in ((axes[0, 0], "eval_train_acc", "eval_train_err"),
                                (axes[0, 1], "test_acc", "test_err")):
             for v, label in (("Nres", t["plain"]), ("FULL", t["residual"])):
                 points = analysis.final_by_depth(sr, v, key)
@@ -574,7 +574,7 @@ def depth_final(sr: StudyResults, lang: str, path: Path) -> None:
 @figure("bn-accuracy", "batchnorm", per_model=True, needs=_has_epochs)
 def bn_accuracy(sr: StudyResults, lang: str, path: Path, model: str) -> None:
     """Train accuracy in eval mode and test accuracy per epoch of every variant of one depth."""
-    _accuracy_per_epoch(path, lang, sr, model, ("clean_train_acc", "test_acc"),
+    _accuracy_per_epoch(path, lang, sr, model, ("eval_train_acc", "test_acc"),
                         lambda t, key: f"{model}{t['colon']}{t[key]}")
 
 

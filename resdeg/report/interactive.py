@@ -99,7 +99,7 @@ def h1_accuracy(sr: StudyResults, lang: str, model: str) -> dict:
 
 @interactive("bn-accuracy")
 def bn_accuracy(sr: StudyResults, lang: str, model: str) -> dict:
-    return _accuracy(sr, lang, model, ("clean_train_acc", "test_acc"), lambda t, key: f"{model}{t['colon']}{t[key]}")
+    return _accuracy(sr, lang, model, ("eval_train_acc", "test_acc"), lambda t, key: f"{model}{t['colon']}{t[key]}")
 
 
 # -- the depth study ---------------------------------------------------------------------------------------
@@ -127,7 +127,7 @@ def depth_curves(sr: StudyResults, lang: str) -> dict:
 def depth_final(sr: StudyResults, lang: str) -> dict:
     t = figures.LABELS[lang]
     panels = [panel(t[title], "model", key, t["depth"], t["err"], scale=-100, offset=100)
-              for key, title in (("clean_train_acc", "clean_train_err"), ("test_acc", "test_err"))]
+              for key, title in (("eval_train_acc", "eval_train_err"), ("test_acc", "test_err"))]
     name = {"en": "{variant}", "zh": "{variant}"}[lang]
     return chart(f"{sr.name}/runs.csv", lang, panels, where={"variant": ["Nres", "FULL"]}, series=("variant",),
                   styles=variant_styles(("Nres", "FULL")), name=name, hover=(*RUN_HOVER, "epochs_done"),

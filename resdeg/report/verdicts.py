@@ -267,10 +267,10 @@ class Side:
     """One model of a comparison: per-seed final numbers, gradient ratios and probe changes."""
     label: str
     test_acc: list[float]
-    clean_train_acc: list[float]
+    eval_train_acc: list[float]
     diverged: int = 0  # runs whose loss went non-finite
     test_n: int = 0  # images the test accuracy is measured on (0: unknown)
-    clean_n: int = 0  # images of the clean-train subset
+    eval_train_n: int = 0  # images of the eval-mode train subset
     chance: float = 0.1  # 1 / number of classes
     log_ratio: list[float] = field(default_factory=list)  # log10 median g(first)/g(last), finite runs
     # criterion -> per-seed change from the shallowest to the deepest stage, oriented so that
@@ -284,14 +284,14 @@ class Side:
 
     @property
     def gap(self) -> list[float]:
-        return [c - t for c, t in zip(self.clean_train_acc, self.test_acc, strict=True)]
+        return [c - t for c, t in zip(self.eval_train_acc, self.test_acc, strict=True)]
 
     def variance(self, key: str) -> float:
-        """Binomial variance of the mean of `key` (test_acc, clean_train_acc or gap) over the seeds."""
+        """Binomial variance of the mean of `key` (test_acc, eval_train_acc or gap) over the seeds."""
         k = max(1, len(self.test_acc))
         t = binomial_variance(float(np.mean(self.test_acc)), self.test_n) if self.test_acc else 0.0
-        c = binomial_variance(float(np.mean(self.clean_train_acc)), self.clean_n) if self.clean_train_acc else 0.0
-        return {"test_acc": t, "clean_train_acc": c, "gap": t + c}[key] / k
+        c = binomial_variance(float(np.mean(self.eval_train_acc)), self.eval_train_n) if self.eval_train_acc else 0.0
+        return {"test_acc": t, "eval_train_acc": c, "gap": t + c}[key] / k
 
     @property
     def did_not_learn(self) -> bool:
@@ -470,7 +470,7 @@ def _degradation(h: str, subject: str, a: Side, b: Side, needs_train: bool = Fal
     (`b` the deeper net) only the deeper net can have degraded: a worse shallower net is not explained.
     Returns (early verdict, None, None, single) or (None, (worse, better), numbers, single)."""
     single = _single(a, b)
-    have = a.test_acc and b.test_acc and (not needs_train or (a.clean_train_acc and b.clean_train_acc))
+    have = a.test_acc and b.test_acc and (not needs_train or (a.eval_train_acc and b.eval_train_acc))
     if not have:
         return _verdict(h, subject, None, "inconclusive", "no_data", {}, single), None, None, single
     stuck = [s.label for s in (a, b) if s.did_not_learn]
@@ -495,9 +495,9 @@ def h1(subject: str, a: Side, b: Side, depth: bool = False, control=None) -> Ver
     if early:
         return early
     worse, better = pair
-    dtrain = compare(worse, better, "clean_train_acc")
+    dtrain = compare(worse, better, "eval_train_acc")
     dgap = compare(worse, better, "gap")
-    nums.update(clean_train_diff=dtrain.as_dict(), gap_diff=dgap.as_dict())
+    nums.update(eval_train_diff=dtrain.as_dict(), gap_diff=dgap.as_dict())
     nums["_fmt"].update(dtrain=fmt_both(dtrain), dgap=fmt_both(dgap))
     if dtrain.sign < 0:
         return _verdict("H1", subject, pair, "not_supported", "worse_on_train", nums, single)
@@ -521,7 +521,7 @@ def equal_fit(worse: Side, better: Side, dtrain: Estimate) -> str | None:
     (a key of FIT_TEXT), or None when it is not shown."""
     if dtrain.sign > 0:
         return "better"
-    if min(worse.clean_train_acc + better.clean_train_acc) >= TRAIN_CEILING:
+    if min(worse.eval_train_acc + better.eval_train_acc) >= TRAIN_CEILING:
         return "ceiling"
     if dtrain.has_interval and -EQUIVALENCE_MARGIN <= dtrain.low and dtrain.high <= EQUIVALENCE_MARGIN:
         return "equivalent"
