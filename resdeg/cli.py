@@ -10,8 +10,7 @@ import click
 
 from .config import PROTOCOL_ALIASES, PROTOCOLS, canonical_protocol, make_config, parse_overrides
 from .errors import ResdegError
-from .models import ARCHS
-from .study import ORIGINAL_MODELS, VARIANTS
+from .study import ARCHS, ORIGINAL_MODELS, VARIANTS
 
 # OSErrors that are the machine's state, not a bug: one line naming the path and what to do
 _DISK_ERRORS = {
