@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
-from .atomic import atomic_write_bytes, npz_bytes
-from .config import CONFIG_SCHEMA, Config
+from .atomic import atomic_torch_save, atomic_write_bytes, npz_bytes
+from .config import CONFIG_SCHEMA, PROTOCOLS, STORED_AS, Config
 from .errors import ResdegError
 from .records import CorruptRecord, Fields, Record, bounded, read_record, require, write_record
 
@@ -78,8 +79,6 @@ def _foreign_entries(results: Path) -> list[str]:
     none when it is missing, empty (hidden files aside), holds a run (<protocol>/<dataset>/<run>/
     run.json or checkpoint.pt: extra files beside a store are its owner's business), or holds only
     protocol folders (a store whose first run was stopped before it wrote anything)."""
-    from .config import PROTOCOLS, STORED_AS
-
     try:
         entries = [p for p in results.iterdir() if not p.name.startswith(".")] if results.is_dir() else []
     except OSError:
@@ -275,16 +274,12 @@ def write_run(folder: str | Path, run: RunRecord) -> None:
 def write_weights(folder: str | Path, config_hash: str, state_dict: dict) -> None:
     """A finished run's weights, tagged with its config hash: a model.pt copied into another
     run's folder is refused on load, as a checkpoint of another config is."""
-    from .atomic import atomic_torch_save
-
     atomic_torch_save({"config_hash": config_hash, "state_dict": state_dict}, Path(folder) / WEIGHTS_FILE)
 
 
 def read_weights(folder: str | Path, config_hash: str) -> dict:
     """The state_dict of a run's model.pt, checked to be this run's (a one-line ResdegError
     otherwise). A bare state_dict, as written before weights carried their hash, is taken as is."""
-    import torch
-
     path = Path(folder) / WEIGHTS_FILE
     if not path.exists():
         raise ResdegError(f"{folder}: no {WEIGHTS_FILE} (weights are not kept in git); "

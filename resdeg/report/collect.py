@@ -16,6 +16,14 @@ from ..config import PROTOCOLS, as_json_value, declared, make_config
 from ..datasets import DataSet, identify
 from ..errors import ResdegError
 from ..models import ARCHS
+from ..probes.optim_store import (
+    INIT_FOLDER,
+    CorruptOptim,
+    OptimSettings,
+    read_optim,
+    read_training_optims,
+    surface_settings,
+)
 from ..probes.store import CorruptProbe, ProbeRecord, find_probe, read_epoch_probes, read_init_probe
 from ..store import CorruptRun, Epoch, RunRecord, read_telemetry, scan
 from ..study import PROTOCOL_RANK, STUDIES, VARIANTS, Study
@@ -261,8 +269,6 @@ def _config_setting(config) -> str:
 def _optim_at_init(results: Path, protocol: str, dataset: str, setting: str, unused: list) -> list:
     """The valid measurements at initialisation in <protocol>/<dataset>/init/ made with the default
     settings, in the study's setting; a damaged record is listed as unused, never read."""
-    from ..probes.optim_store import INIT_FOLDER, CorruptOptim, OptimSettings, read_optim
-
     settings = OptimSettings()
     out = []
     for path in sorted((results / protocol / dataset / INIT_FOLDER).glob(f"*-optim-{settings.hash}.json")):
@@ -360,8 +366,6 @@ def _with_probe(run: Run) -> Run:
 
 def _with_optim(run: Run, unused: list) -> Run:
     """The run's H4/H5 measurements (default settings); a damaged one is listed as unused."""
-    from ..probes.optim_store import OptimSettings, read_training_optims, surface_settings
-
     records, problems = read_training_optims(run.folder, run.config_hash, OptimSettings())
     run.optim = [r for r in records if r.done]
     surfaces, more = read_training_optims(run.folder, run.config_hash, surface_settings())
