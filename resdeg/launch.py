@@ -31,7 +31,7 @@ from .atomic import atomic_write_json
 from .errors import ResdegError
 from .locks import LOCK_FILE, lock_state
 from .records import now_iso
-from .runner import Executor, Outcome, RunTask, StoreProgress, check_corrupt, plan, train_one
+from .runner import Executor, Outcome, StoreProgress, TrainingJob, check_corrupt, plan, train_one
 from .store import SUBMISSION_FILE, ensure_writable
 
 SUBMISSION_SCHEMA = "resdeg.submission"
@@ -114,7 +114,7 @@ def _update_submission(folder: Path, job_id: str, **fields) -> None:
 
 # -- what a job runs --------------------------------------------------------------------------
 
-def run_job(task: RunTask, time_min: int) -> Outcome:
+def run_job(task: TrainingJob, time_min: int) -> Outcome:
     """The body of one cluster job: train one run into its folder, under its lock, stopping
     cleanly (resumable) before the job's time limit; record the outcome beside the run."""
     start = time.time()
@@ -225,7 +225,7 @@ class SubmititLauncher(Executor):
         ex.update_parameters(timeout_min=self.time_min, gpus_per_node=self.gpus_per_run)
         return ex
 
-    def submit(self, tasks: list[RunTask], log=print) -> tuple[list, list]:
+    def submit(self, tasks: list[TrainingJob], log=print) -> tuple[list, list]:
         """Submit every task whose job from an earlier submission is not still queued or running;
         record each submission in its run's folder. Returns ([(task, job)] submitted now, the same
         for the jobs found in the queue)."""
@@ -278,7 +278,7 @@ class SubmititLauncher(Executor):
             log(f"submitted {task.name}: job {job.job_id}")
         return self.wait(jobs + queued, log, progress)
 
-    def wait(self, jobs: list[tuple[RunTask, object]], log=print, progress=True) -> list[Outcome]:
+    def wait(self, jobs: list[tuple[TrainingJob, object]], log=print, progress=True) -> list[Outcome]:
         """Follow the jobs until each has ended, showing progress from the store (each run's lock
         and run.json); the outcome of each as the job returned it."""
         outcomes, pending, missing = [], list(jobs), {}
@@ -308,7 +308,7 @@ class SubmititLauncher(Executor):
                 raise
         return outcomes
 
-    def _ended(self, task: RunTask, job, live: set[str] | None, missing: dict) -> Outcome | None:
+    def _ended(self, task: TrainingJob, job, live: set[str] | None, missing: dict) -> Outcome | None:
         """The job's outcome once it has ended, else None."""
         jid = str(job.job_id)
         # Slurm: the result file, else the queue (squeue); submitit would ask sacct, which clusters
@@ -412,7 +412,8 @@ def submit_grid(configs, results, launcher: SubmititLauncher, data_dir=None, for
     for p in planned:
         if p.state in ("done", "diverged"):
             log(f"{p.state:<9} {p.cfg.run_name} (cached)")
-    tasks = [RunTask(p.cfg, p.folder, "auto", str(data_dir) if data_dir else None, force) for p in planned if p.todo]
+    tasks = [TrainingJob(p.cfg, p.folder, "auto", str(data_dir) if data_dir else None, force)
+             for p in planned if p.todo]
     jobs, _ = launcher.submit(tasks, log)
     for task, job in jobs:
         out(f"{job.job_id} {task.name}")

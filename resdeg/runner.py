@@ -1,10 +1,11 @@
 """Plan and execute a grid of runs against the result store: finished runs are skipped,
 partial ones resumed, corrupt ones reported (and redone only with force).
 
-plan() -> tasks -> an executor -> outcomes. Every executor calls the same `train_one`, which
-trains one run into its folder under the run lock (resdeg/locks.py): `Sequential` in this
-process (the default), `ProcessPool` in N worker processes (`run-all --jobs N`), and the
-cluster launchers of resdeg/launch.py as submitit jobs (`run-all --launcher slurm`)."""
+plan() -> PlannedRuns -> a TrainingJob per run to train -> an executor -> outcomes. Every
+executor calls the same `train_one`, which trains one run into its folder under the run lock
+(resdeg/locks.py): `Sequential` in this process (the default), `ProcessPool` in N worker
+processes (`run-all --jobs N`), and the cluster launchers of resdeg/launch.py as submitit jobs
+(`run-all --launcher slurm`)."""
 from __future__ import annotations
 
 import json
@@ -35,6 +36,7 @@ from .train import Trainer, UnusableCheckpoint, check_batches, resolve_device
 
 @dataclass
 class PlannedRun:
+    """A run of the grid and its state in the store, before anything trains (a TrainingJob if it needs training)."""
     cfg: Config
     folder: Path
     state: str  # new / partial / done / diverged / corrupt
@@ -63,10 +65,10 @@ def plan(configs: list[Config], results: str | Path, force: bool = False) -> lis
 # -- one run, in whichever process trains it --------------------------------------------------
 
 @dataclass(frozen=True)
-class RunTask:
-    """One run to train and everything a process needs for it: picklable, so that a pool worker
-    or a cluster job gets it as it is. `device` is a name (auto / cpu / cuda), resolved where the
-    run trains; `deadline` is a time.time() value."""
+class TrainingJob:
+    """One run to train and everything a process needs for it (a PlannedRun with work to do, for an executor).
+    Picklable, so that a pool worker or a cluster job gets it as it is. `device` is a name (auto /
+    cpu / cuda), resolved where the run trains; `deadline` is a time.time() value."""
     cfg: Config
     folder: Path
     device: str = "auto"
@@ -129,7 +131,7 @@ def _swap_in(new: Path, folder: Path) -> None:
     shutil.rmtree(new)  # now the old run
 
 
-def _redo(task: RunTask, data, lock, say, notes: list[str]) -> Outcome:
+def _redo(task: TrainingJob, data, lock, say, notes: list[str]) -> Outcome:
     """--force on a folder holding a run: train the replacement in `replacement_dir` (resuming a
     replacement that was stopped; starting over when its checkpoint is unusable) and swap it in
     once finished, so that a stop, a time limit or a crash before the end leaves the old run as it was."""
@@ -151,7 +153,7 @@ def _redo(task: RunTask, data, lock, say, notes: list[str]) -> Outcome:
     return Outcome(task.name, "trained", _result_line(task.cfg, run), run.status, notes)
 
 
-def _trainer(task: RunTask, data, folder: Path, lock):
+def _trainer(task: TrainingJob, data, folder: Path, lock):
     device = _device(task.device)
     hooks = []
     if task.epoch_probe is not None:
@@ -177,7 +179,7 @@ def _result_line(cfg: Config, run) -> str:
             f"test {_pct(s.test_acc)}  {s.wall_s:.1f}s")
 
 
-def train_one(task: RunTask, log=None, datasets: dict | None = None) -> Outcome:
+def train_one(task: TrainingJob, log=None, datasets: dict | None = None) -> Outcome:
     """Train one run into its folder under the run lock (resuming its checkpoint): the one
     function every executor calls, in this process, a pool worker or a cluster job. A run locked
     by a live process is skipped; one finished by another process meanwhile is not redone; a
@@ -202,7 +204,7 @@ def train_one(task: RunTask, log=None, datasets: dict | None = None) -> Outcome:
                                      f"nothing more (the process that took it over goes on)", notes=notes)
 
 
-def _train_locked(task: RunTask, data, lock, say, notes: list[str]) -> Outcome:
+def _train_locked(task: TrainingJob, data, lock, say, notes: list[str]) -> Outcome:
     name = task.name
     if task.force and _holds_a_run(task.folder):
         return _redo(task, data, lock, say, notes)
@@ -235,7 +237,7 @@ class Executor:
     def task_device(self, device_name: str) -> str:
         return device_name
 
-    def run(self, tasks: list[RunTask], log=print, progress: bool = True) -> list[Outcome]:
+    def run(self, tasks: list[TrainingJob], log=print, progress: bool = True) -> list[Outcome]:
         raise NotImplementedError
 
 
@@ -328,7 +330,7 @@ def _failed(name: str, e: BaseException) -> Outcome:
     return Outcome(name, "failed", f"{'failed':<9} {name}: {why}", error=f"{name}: {why}")
 
 
-def _pool_task(task: RunTask) -> Outcome:
+def _pool_task(task: TrainingJob) -> Outcome:
     if _worker_state["interrupted"]:
         return Outcome(task.name, "not started", f"interrupted: {task.name} not started")
     _worker_state["in_task"] = True
@@ -419,7 +421,7 @@ class StoreProgress:
     lock says it is running, its run.json how far it got. The same for worker processes and for
     cluster jobs. Quiet unless asked for and stderr is a terminal."""
 
-    def __init__(self, tasks: list[RunTask], progress: bool, log):
+    def __init__(self, tasks: list[TrainingJob], progress: bool, log):
         self.enabled = bool(progress and tasks and sys.stderr.isatty())
         self._log = log
         self.tasks = {t.folder: t for t in tasks}
@@ -461,7 +463,7 @@ class StoreProgress:
             self.grid.set_postfix_str(postfix, refresh=False)
         self.grid.refresh()
 
-    def finish(self, task: RunTask) -> None:
+    def finish(self, task: TrainingJob) -> None:
         self.done.add(task.folder)
         bar = self.bars.pop(task.folder, None)
         self.slots.pop(task.folder, None)
@@ -477,8 +479,8 @@ def execute(planned: list[PlannedRun], device, data_dir=None, force: bool = Fals
     divergence never stops the rest."""
     executor = executor or Sequential()
     device_name = device if isinstance(device, str) else str(device)
-    tasks = [RunTask(p.cfg, p.folder, executor.task_device(device_name), str(data_dir) if data_dir else None,
-                     force, deadline, progress, epoch_probe, epoch_optim) for p in planned if p.todo]
+    tasks = [TrainingJob(p.cfg, p.folder, executor.task_device(device_name), str(data_dir) if data_dir else None,
+                         force, deadline, progress, epoch_probe, epoch_optim) for p in planned if p.todo]
     outcomes = executor.run(tasks, log=log, progress=progress)
     locked = [o for o in outcomes if o.result == "locked"]
     if locked:

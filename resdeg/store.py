@@ -335,8 +335,8 @@ def read_telemetry(folder: str | Path) -> dict[str, np.ndarray]:
 # -- listing ----------------------------------------------------------------------------------
 
 @dataclass
-class RunEntry:
-    """One run folder of the store: its record, or the problem that makes it unusable.
+class RunFolder:
+    """One run folder of the store: its RunRecord (run.json), or the problem that makes it unusable.
     `resumable`: no run.json but a checkpoint, which holds everything run.json is made from
     (a copy that kept only git-ignored files, or run.json deleted by hand): unusable until
     `run-all` resumes the run, which rewrites run.json. `duplicate_of`: another folder holds the
@@ -390,18 +390,18 @@ def _parse_name(name: str):
     return None, None, None
 
 
-def entry(folder: str | Path) -> RunEntry:
+def entry(folder: str | Path) -> RunFolder:
     folder = Path(folder)
     if not (folder / RUN_FILE).exists() and (folder / CHECKPOINT_FILE).exists():
-        return RunEntry(folder, None, f"{RUN_FILE} is missing but its checkpoint is there: `resdeg run-all` with "
-                                      f"the same settings resumes the run and rewrites {RUN_FILE}", resumable=True)
+        return RunFolder(folder, None, f"{RUN_FILE} is missing but its checkpoint is there: `resdeg run-all` with "
+                                       f"the same settings resumes the run and rewrites {RUN_FILE}", resumable=True)
     try:
-        return RunEntry(folder, read_run(folder))
+        return RunFolder(folder, read_run(folder))
     except CorruptRun as e:
-        return RunEntry(folder, None, str(e))
+        return RunFolder(folder, None, str(e))
 
 
-def scan(results: str | Path) -> list[RunEntry]:
+def scan(results: str | Path) -> list[RunFolder]:
     """Every run folder under results/ (a folder holding run.json or a checkpoint; hidden folders,
     such as a --force replacement being trained, are not runs), each run once (`identify`)."""
     results = Path(results)
@@ -411,11 +411,11 @@ def scan(results: str | Path) -> list[RunEntry]:
     return identify([entry(f) for f in sorted(folders) if not any(part.startswith(".") for part in _place(f))])
 
 
-def identify(entries: list[RunEntry]) -> list[RunEntry]:
+def identify(entries: list[RunFolder]) -> list[RunFolder]:
     """Mark folders whose name disagrees with their record, and duplicates: of the folders that
     hold one run (same config hash and seed), the one at its record's place (else the first) is
     the run; every other is a duplicate, reported and never counted."""
-    same_run: dict[tuple[str, int], list[RunEntry]] = {}
+    same_run: dict[tuple[str, int], list[RunFolder]] = {}
     for e in entries:
         if e.run is None:
             continue

@@ -317,7 +317,7 @@ def test_a_pool_workers_failure_of_any_kind_is_its_runs_alone(tmp_path, monkeypa
         raise error
     monkeypatch.setattr(runner, "train_one", boom)
     cfg = make_config("smoke", device_type="cpu", dataset="synthetic")
-    out = runner._pool_task(runner.RunTask(cfg, tmp_path / cfg.run_name))
+    out = runner._pool_task(runner.TrainingJob(cfg, tmp_path / cfg.run_name))
     assert out.result == "failed" and out.error == f"{cfg.run_name}: {type(error).__name__}: {error}"
     assert re.fullmatch(rf"failed +{cfg.run_name}: {type(error).__name__}: .+", out.line)
 
