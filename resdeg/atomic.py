@@ -9,11 +9,16 @@ keep a store shared by a group unreadable to everyone but its writer.
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import io
 import json
 import os
 import tempfile
 from pathlib import Path
+
+import numpy as np
+import torch
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -86,8 +91,6 @@ def atomic_write_json(path: str | Path, obj) -> None:
 
 
 def atomic_torch_save(obj, path: str | Path) -> None:
-    import torch
-
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -95,8 +98,6 @@ def atomic_torch_save(obj, path: str | Path) -> None:
 
 def npz_bytes(**arrays) -> bytes:
     """A compressed .npz of the arrays, in memory (deterministic: zip entries carry a fixed 1980 timestamp)."""
-    import numpy as np
-
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     return buf.getvalue()
@@ -111,9 +112,6 @@ def exchange_paths(a: str | Path, b: str | Path) -> bool:
 
     Returns False where the system or file system cannot (another OS, an old kernel, some
     network file systems); the caller then falls back to two renames."""
-    import ctypes
-    import errno
-
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         renameat2 = libc.renameat2

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from .config import make_config
 from .data import Dataset, fixed_subset, load_dataset, synthetic_dataset
@@ -90,8 +91,6 @@ def peak_bf16_flops(device: torch.device) -> float | None:
 
 def train_flops_per_image(cfg, num_classes: int) -> float:
     """FLOPs of one training step (forward + backward) per image, counted on the meta device."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     with torch.device("meta"):
         model = model_from_config(cfg, num_classes)
         x = torch.empty(2, 3, cfg.image_size, cfg.image_size)

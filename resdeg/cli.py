@@ -1,17 +1,21 @@
-"""The `resdeg` command line: a thin layer over config, runner and store."""
+"""The `resdeg` command line: a thin layer over config, runner and store.
+
+This module imports no torch: each command imports the modules that do (torch takes seconds to
+load) when it runs, so that `resdeg --help` and a mistyped option answer at once."""
 from __future__ import annotations
 
 import errno
 import json
 import math
 import sys
+from pathlib import Path
 
 import click
 
-from .config import PROTOCOL_ALIASES, PROTOCOLS, canonical_protocol, make_config, parse_overrides
+from .config import PROTOCOL_ALIASES, PROTOCOLS, SEED_MAX, canonical_protocol, make_config, parse_overrides
 from .errors import ResdegError
-from .models import ARCHS
-from .study import ORIGINAL_MODELS, VARIANTS
+from .signals import Stopped, stop_signals
+from .study import ARCHS, ORIGINAL_MODELS, VARIANTS, default_cells, default_grid, measures_optimisation
 
 # OSErrors that are the machine's state, not a bug: one line naming the path and what to do
 _DISK_ERRORS = {
@@ -35,8 +39,6 @@ class Group(click.Group):
     code (1; 2 for usage errors, as click has it). Any other exception is a bug: its traceback shows."""
 
     def invoke(self, ctx):
-        from .signals import Stopped, stop_signals
-
         try:
             with stop_signals():  # SIGTERM, SIGHUP: stop as Ctrl-C does (runs resumable, workers ended)
                 return super().invoke(ctx)
@@ -81,8 +83,6 @@ def _csv(ctx, param, value):
         raise ResdegError(f"{opt} {value[:80]!r}: {'no items' if not value.strip() else 'an empty item'}; give "
                           f"comma-separated values without empty ones, or leave {opt} out for the defaults")
     if param.name == "seeds":
-        from .config import SEED_MAX
-
         try:
             items = [int(v) for v in items]
         except ValueError:
@@ -177,7 +177,7 @@ def main():
 
 def _configs(protocol, dataset, overrides, precision, cells, seeds, device="auto"):
     """One config per (model, variant) cell and seed."""
-    from .train import resolve_device
+    from .train import resolve_device  # torch: loaded when a command runs, not for --help
 
     over = parse_overrides(overrides)
     if precision:
@@ -189,7 +189,7 @@ def _configs(protocol, dataset, overrides, precision, cells, seeds, device="auto
 
 def _train(configs, results, data_dir, device, dry_run, force, time_limit, quiet, probe_settings=None,
            executor=None, optim_settings=None):
-    from . import runner
+    from . import runner  # torch: loaded when a command runs, not for --help
 
     planned = runner.plan(configs, results, force=force)
     if dry_run:
@@ -263,8 +263,11 @@ def run_all(protocol, dataset, data_dir, results, overrides, device, precision, 
     """Train the grid models x variants x seeds (cached and resumable), then probe every finished
     run (cached too: a run with a probe for these settings is not probed again). A run being trained
     by another process (this machine or another sharing the store) is skipped; see `resdeg status`."""
-    from .launch import check_launcher
-    from .study import default_cells, default_grid
+    # torch: loaded when the command runs, not for --help
+    from .launch import DEFAULT_TIME, SubmititLauncher, check_launcher, parse_extra, submit_grid
+    from .probes.optim_store import OptimSettings
+    from .probes.store import ProbeSettings
+    from .runner import ProcessPool, plan
 
     cluster = check_launcher(launcher) != "local"
     if cluster and jobs != 1:
@@ -284,8 +287,6 @@ def run_all(protocol, dataset, data_dir, results, overrides, device, precision, 
     else:
         cells = default_cells(protocol)
     if cluster:
-        from .launch import DEFAULT_TIME, SubmititLauncher, parse_extra, submit_grid
-
         executor = SubmititLauncher(results, cluster="local" if launcher == "submitit-local" else "slurm",
                                     partition=partition, gpus_per_run=gpus_per_run or 0,
                                     time=slurm_time or DEFAULT_TIME, extra=parse_extra(slurm_extra))
@@ -296,21 +297,13 @@ def run_all(protocol, dataset, data_dir, results, overrides, device, precision, 
         cfgs = [make_config(protocol, over, device_type="cuda" if gpus_per_run else "cpu", model=m, variant=v, seed=s,
                             dataset=dataset) for m, v in cells for s in seed_list]
     else:
-        from .runner import ProcessPool
-
         executor = ProcessPool(jobs) if jobs != 1 else None
         cfgs = _configs(protocol, dataset, overrides, precision, cells, seed_list, device)
-    from .probes.store import ProbeSettings
-
     settings = None if no_probe else ProbeSettings(probe_images=probe_images)
     if optim_while_training is None:
-        from .study import measures_optimisation
-
         optim_while_training = measures_optimisation(protocol) and not no_probe  # --no-probe: train only
     optim_settings = None
     if optim_while_training:
-        from .probes.optim_store import OptimSettings
-
         optim_settings = OptimSettings()
     if cluster and not (wait or dry_run):  # submit, print the job ids, return: `resdeg status` follows them
         submit_grid(cfgs, results, executor, data_dir, force, out=click.echo, log=lambda m: click.echo(m, err=True))
@@ -318,8 +311,6 @@ def run_all(protocol, dataset, data_dir, results, overrides, device, precision, 
     _train(cfgs, results, data_dir, device, dry_run, force, time_limit, quiet, probe_settings=settings,
            executor=executor, optim_settings=optim_settings)
     if dry_run and cluster:
-        from .runner import plan
-
         click.echo(f"sbatch parameters (one job per run{', as one array' if len(cfgs) > 1 else ''}):")
         click.echo(executor.preview(max(1, sum(p.todo for p in plan(cfgs, results, force=force)))))
     if not (dry_run or no_report):
@@ -329,7 +320,7 @@ def run_all(protocol, dataset, data_dir, results, overrides, device, precision, 
 
 
 def _report(results, docs, protocol, dataset):
-    from .report import build_report
+    from .report import build_report  # torch, matplotlib, jinja2: loaded when a command runs, not for --help
 
     build_report(results, docs, protocol, dataset, log=lambda m: click.echo(m, err=True))
 
@@ -357,20 +348,19 @@ def report(results, docs, protocol, dataset):
 @click.option("--json", "as_json", is_flag=True, help="A JSON array, one object per run.")
 def status(results, as_json):
     """Every run in the result store: done / diverged / partial / corrupt."""
+    # torch: loaded when the command runs, not for --help
+    from .launch import annotate_status
+    from .probes.optim_store import measurement_summary
     from .probes.store import status_rows
 
-    rows = status_rows(results)
-    from .launch import annotate_status  # runs submitted to a cluster, and runs training right now
-
-    rows = annotate_status(results, rows)
+    # each run in the store, and what the launchers know: runs submitted to a cluster, runs training right now
+    rows = annotate_status(results, status_rows(results))
     if as_json:
         click.echo(json.dumps(rows, indent=1))
         return
     if not rows:
         click.echo(f"no runs in {results}/")
     _status_table(rows)
-    from .probes.optim_store import measurement_summary
-
     for m in measurement_summary(results):  # `resdeg optim`: nets measured at initialisation or trained
         skipped = f", {m['skipped']} skipped" if m["skipped"] else ""
         corrupt = f", {len(m['corrupt'])} corrupt" if m["corrupt"] else ""
@@ -382,7 +372,7 @@ def status(results, as_json):
 def _status_table(rows: list[dict]) -> None:
     if not rows:
         return
-    from .train import duration
+    from .train import duration  # torch: loaded when a command runs, not for --help
 
     pct = lambda v: "" if v is None else f"{100 * v:.1f}"  # noqa: E731
     # running = train mode over the epoch's batches (the original's measure); eval-train = eval mode, after the epoch
@@ -435,8 +425,7 @@ def probe(results, run_folder, protocol, dataset, models, variants, seeds, probe
     and gradients at initialisation and after training. Results go into the run's folder as
     probe-<settings hash>.json; a diverged run is recorded as skipped, with its reason.
     """
-    from pathlib import Path
-
+    # torch: loaded when the command runs, not for --help
     from .probes.probe import describe, finished_runs, probe_folders, probe_init_folders, probe_run, raise_failures
     from .probes.store import ProbeSettings
     from .train import resolve_device
@@ -495,6 +484,7 @@ def bench(model, variant, protocol, device, batch_size, steps, warmup, repeats, 
     model FLOP utilisation on a GPU and the projected wall time of the original and cifar studies;
     writes the figures as JSON.
     """
+    # torch: loaded when the command runs, not for --help
     from .bench import Settings, default_output, format_report, run_benchmark, write_bench
     from .train import resolve_device
 
@@ -549,6 +539,7 @@ def optim(results, protocol, dataset, data_dir, models, variants, seeds, phase, 
     settings, cached: a second call measures nothing new. Nets at initialisation go to
     <results>/<protocol>/<dataset>/init/, trained runs' into their folders.
     """
+    # torch: loaded when the command runs, not for --help
     from .probes.optim_measure import run_optim
     from .probes.optim_store import OptimSettings
     from .train import resolve_device

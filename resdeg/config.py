@@ -13,8 +13,7 @@ from dataclasses import dataclass, field, fields
 
 from .datasets import DATA_SETS, IMAGE_FOLDER
 from .errors import ResdegError
-from .models import ARCHS, WEIGHT_INITS
-from .study import canonical_variant
+from .study import ARCHS, WEIGHT_INITS, canonical_variant
 
 # 2: subsets class-balanced (data.fixed_subset), precision stored resolved (never "auto").
 # Runs written under schema 1 keep their hash: the store checks each against its own schema.
@@ -42,7 +41,7 @@ class Config:
     stem: str = "imagenet"
     width_mult: float = 1.0
     conv_bias: bool = True
-    # base initialisation (models.WEIGHT_INITS). Added after schema 2: hashed only when not the
+    # base initialisation (study.WEIGHT_INITS). Added after schema 2: hashed only when not the
     # default, so the runs that predate it keep their hash.
     weight_init: str = field(default="pytorch", metadata={"hash_unless_default": True})
     # input pipeline (all on the training device)

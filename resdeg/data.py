@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from .atomic import atomic_torch_save
 from .errors import ResdegError
@@ -147,7 +148,7 @@ def _cached(cache_dir: Path, key: str, build) -> Dataset:
 
 
 def _torchvision_cifar(name: str, data_dir, cache_dir: Path) -> Dataset:
-    import torchvision
+    import torchvision  # slow to import, and only a CIFAR not yet cached needs it: off run-all's import path
 
     cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
     root = Path(data_dir).expanduser() if data_dir else cache_dir / "download"
@@ -335,7 +336,7 @@ _MODE_NOTES = {"L": "grayscale", "1": "black-and-white", "LA": "grayscale with a
 def _decode(path: Path) -> tuple[torch.Tensor, str | None]:
     """One image file -> uint8 (3, H, W) at its own size, and a note on what was converted to get
     8-bit RGB (None for an 8-bit RGB image). 16-bit images keep their high byte."""
-    from PIL import Image
+    from PIL import Image  # only image folders need PIL: off run-all's import path
 
     try:
         with Image.open(path) as im:
@@ -360,7 +361,7 @@ def _decode(path: Path) -> tuple[torch.Tensor, str | None]:
 
 def _resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """uint8 (3, H, W) -> (3, *size), bilinear (PIL, antialiased when shrinking)."""
-    from PIL import Image
+    from PIL import Image  # only image folders need PIL: off run-all's import path
 
     im = Image.fromarray(img.permute(1, 2, 0).numpy()).resize((size[1], size[0]), Image.BILINEAR)
     return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
@@ -369,8 +370,6 @@ def _resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def _imagefolder(root: Path) -> Dataset:
     classes, train_files, test_files, ignored = _imagefolder_splits(root)
     files = train_files + test_files
-    from tqdm import tqdm
-
     with pywarnings.catch_warnings():  # set here, around the pool: catch_warnings is not thread-safe
         # PIL's "palette images with transparency ..." note: the conversion is reported below
         pywarnings.filterwarnings("ignore", category=UserWarning, module="PIL")

@@ -13,6 +13,7 @@ of this machine: the launcher path without a cluster (tests use it).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -24,10 +25,14 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
+
+from .atomic import atomic_write_json
 from .errors import ResdegError
+from .locks import LOCK_FILE, lock_state
 from .records import now_iso
-from .runner import Executor, Outcome, RunTask, StoreProgress, train_one
-from .store import SUBMISSION_FILE
+from .runner import Executor, Outcome, StoreProgress, TrainingJob, check_corrupt, plan, train_one
+from .store import SUBMISSION_FILE, ensure_writable
 
 SUBMISSION_SCHEMA = "resdeg.submission"
 LAUNCHERS = ("local", "slurm", "submitit-local")
@@ -76,7 +81,7 @@ def parse_extra(items) -> dict[str, str]:
 
 def require_submitit():
     try:
-        import submitit
+        import submitit  # optional dependency: only the cluster launchers need it
     except ImportError:
         raise ResdegError("the cluster launcher needs the Python package submitit: pip install submitit") from None
     return submitit
@@ -93,8 +98,6 @@ def require_slurm() -> None:
 
 def read_submission(folder: str | Path) -> dict | None:
     """A run folder's submission record, None when there is none or it is unreadable."""
-    import json
-
     try:
         d = json.loads((Path(folder) / SUBMISSION_FILE).read_text())
     except (OSError, ValueError):
@@ -104,8 +107,6 @@ def read_submission(folder: str | Path) -> dict | None:
 
 def _update_submission(folder: Path, job_id: str, **fields) -> None:
     """Merge fields into the record of `job_id` (a record of another job is replaced)."""
-    from .atomic import atomic_write_json
-
     old = read_submission(folder)
     base = old if old and old.get("job_id") == job_id else {"schema": SUBMISSION_SCHEMA, "job_id": job_id}
     atomic_write_json(folder / SUBMISSION_FILE, {**base, **fields})
@@ -113,7 +114,7 @@ def _update_submission(folder: Path, job_id: str, **fields) -> None:
 
 # -- what a job runs --------------------------------------------------------------------------
 
-def run_job(task: RunTask, time_min: int) -> Outcome:
+def run_job(task: TrainingJob, time_min: int) -> Outcome:
     """The body of one cluster job: train one run into its folder, under its lock, stopping
     cleanly (resumable) before the job's time limit; record the outcome beside the run."""
     start = time.time()
@@ -122,8 +123,6 @@ def run_job(task: RunTask, time_min: int) -> Outcome:
     task = replace(task, deadline=min(d for d in (task.deadline, deadline) if d is not None))
     cpus = os.environ.get("SLURM_CPUS_PER_TASK")
     if cpus and cpus.isdigit():
-        import torch
-
         torch.set_num_threads(int(cpus))
     job_id = _my_job_id()
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731  (the job's log file)
@@ -145,7 +144,7 @@ def run_job(task: RunTask, time_min: int) -> Outcome:
 
 def _my_job_id() -> str | None:
     try:
-        import submitit
+        import submitit  # optional dependency: there in a submitit job, perhaps absent elsewhere
 
         return str(submitit.JobEnvironment().job_id)
     except Exception:  # not in a submitit job (called directly)
@@ -195,7 +194,7 @@ class SubmititLauncher(Executor):
     def preview(self, n_tasks: int) -> str:
         """The sbatch script submitit would submit for `n_tasks` runs (--dry-run)."""
         require_submitit()
-        from submitit.slurm import slurm
+        from submitit.slurm import slurm  # optional dependency: only the cluster launchers need it
 
         command = f"{sys.executable} -u -m submitit.core._submit {self.log_dir / '%j'}"
         try:
@@ -226,7 +225,7 @@ class SubmititLauncher(Executor):
         ex.update_parameters(timeout_min=self.time_min, gpus_per_node=self.gpus_per_run)
         return ex
 
-    def submit(self, tasks: list[RunTask], log=print) -> tuple[list, list]:
+    def submit(self, tasks: list[TrainingJob], log=print) -> tuple[list, list]:
         """Submit every task whose job from an earlier submission is not still queued or running;
         record each submission in its run's folder. Returns ([(task, job)] submitted now, the same
         for the jobs found in the queue)."""
@@ -266,7 +265,7 @@ class SubmititLauncher(Executor):
             r = records[t.folder]
             if r and live and r["job_id"] in live:
                 log(f"queued    {t.name}: job {r['job_id']} is still in the queue; not submitted again")
-                from submitit.slurm.slurm import SlurmJob
+                from submitit.slurm.slurm import SlurmJob  # optional dependency: only the cluster launchers need it
 
                 queued.append((t, SlurmJob(folder=self.log_dir / "%j", job_id=r["job_id"])))
             else:
@@ -279,11 +278,9 @@ class SubmititLauncher(Executor):
             log(f"submitted {task.name}: job {job.job_id}")
         return self.wait(jobs + queued, log, progress)
 
-    def wait(self, jobs: list[tuple[RunTask, object]], log=print, progress=True) -> list[Outcome]:
+    def wait(self, jobs: list[tuple[TrainingJob, object]], log=print, progress=True) -> list[Outcome]:
         """Follow the jobs until each has ended, showing progress from the store (each run's lock
         and run.json); the outcome of each as the job returned it."""
-        from .locks import LOCK_FILE
-
         outcomes, pending, missing = [], list(jobs), {}
         pause = min(0.5, self.poll_s)  # short at first (quick jobs, tests), then up to poll_s
         with StoreProgress([t for t, _ in jobs], progress, log) as bars:
@@ -311,7 +308,7 @@ class SubmititLauncher(Executor):
                 raise
         return outcomes
 
-    def _ended(self, task: RunTask, job, live: set[str] | None, missing: dict) -> Outcome | None:
+    def _ended(self, task: TrainingJob, job, live: set[str] | None, missing: dict) -> Outcome | None:
         """The job's outcome once it has ended, else None."""
         jid = str(job.job_id)
         # Slurm: the result file, else the queue (squeue); submitit would ask sacct, which clusters
@@ -358,8 +355,6 @@ def annotate_status(results: str | Path, rows: list[dict]) -> list[dict]:
     """Join the launcher's view to `resdeg status` rows: each gets "activity" (running /
     submitted / failed / stale lock, or None) and "job_id"; runs submitted but not yet started
     (no run.json) get rows of their own."""
-    from .locks import LOCK_FILE, lock_state
-
     results = Path(results)
     by_path = {Path(r["path"]): r for r in rows}
     keys = list(rows[0]) if rows else ["protocol", "dataset", "model", "variant", "seed", "status", "problem",
@@ -412,15 +407,13 @@ def submit_grid(configs, results, launcher: SubmititLauncher, data_dir=None, for
                 log=print) -> list:
     """`run-all --launcher slurm` without --wait: submit what needs training, print the job ids
     (one line each: job id, run), and return; `resdeg status` follows the jobs from the store."""
-    from .runner import check_corrupt, plan
-    from .store import ensure_writable
-
     ensure_writable(results)
     planned = plan(configs, results, force=force)
     for p in planned:
         if p.state in ("done", "diverged"):
             log(f"{p.state:<9} {p.cfg.run_name} (cached)")
-    tasks = [RunTask(p.cfg, p.folder, "auto", str(data_dir) if data_dir else None, force) for p in planned if p.todo]
+    tasks = [TrainingJob(p.cfg, p.folder, "auto", str(data_dir) if data_dir else None, force)
+             for p in planned if p.todo]
     jobs, _ = launcher.submit(tasks, log)
     for task, job in jobs:
         out(f"{job.job_id} {task.name}")

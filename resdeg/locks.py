@@ -34,6 +34,7 @@ systems with coarse timestamps or clocks that disagree by minutes: raise the sta
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -46,6 +47,7 @@ from pathlib import Path
 
 from .errors import ResdegError
 from .records import now_iso
+from .store import CHECKPOINT_FILE
 
 LOCK_FILE = "run.lock"
 LOCK_SCHEMA = "resdeg.lock"
@@ -168,8 +170,6 @@ def read_lock(path: str | Path) -> LockInfo | None:
         return None
     except OSError as e:
         return LockInfo(path, time.time(), problem=f"cannot read it: {e.strerror or e}", ident="unreadable")
-    import hashlib
-
     digest = "x" + hashlib.sha256(raw).hexdigest()[:24]
     try:
         d = json.loads(raw.decode())
@@ -342,8 +342,6 @@ class RunLock:
 def _what_follows(folder: Path) -> str:
     """The end of the takeover message: a run with a checkpoint resumes from it; say nothing of a
     checkpoint where there is none (a run that never finished an epoch, the report's lock)."""
-    from .store import CHECKPOINT_FILE
-
     return "; the run resumes from its checkpoint" if (folder / CHECKPOINT_FILE).exists() else ""
 
 

@@ -42,10 +42,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ResdegError
-from .study import ARCHS, VARIANTS  # architectures and variants are declared in study.py
+from .study import ARCHS, VARIANTS, WEIGHT_INITS  # architectures, variants, weight inits: declared in study.py
 
 INITS = ("default", "fixup", "skipinit")
-WEIGHT_INITS = ("pytorch", "he")
 
 
 NormLayer = Callable[[int], nn.Module]

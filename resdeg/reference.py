@@ -12,6 +12,8 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torchvision import transforms
 
 from .models import model_from_config
 
@@ -33,16 +35,12 @@ class PILImages(torch.utils.data.Dataset):
         return self.length
 
     def __getitem__(self, i: int):
-        from PIL import Image
-
         j = i % len(self.y)
         return self.transform(Image.fromarray(self.x[j])), self.y[j]
 
 
 def reference_transform(cfg, stored_size: int):
     """The original's CPU pipeline (plus the usual crop/flip when the protocol augments)."""
-    from torchvision import transforms
-
     steps = []
     if cfg.augment:
         steps += [transforms.RandomCrop(stored_size, padding=4), transforms.RandomHorizontalFlip()]

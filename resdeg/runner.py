@@ -1,30 +1,42 @@
 """Plan and execute a grid of runs against the result store: finished runs are skipped,
 partial ones resumed, corrupt ones reported (and redone only with force).
 
-plan() -> tasks -> an executor -> outcomes. Every executor calls the same `train_one`, which
-trains one run into its folder under the run lock (resdeg/locks.py): `Sequential` in this
-process (the default), `ProcessPool` in N worker processes (`run-all --jobs N`), and the
-cluster launchers of resdeg/launch.py as submitit jobs (`run-all --launcher slurm`)."""
+plan() -> PlannedRuns -> a TrainingJob per run to train -> an executor -> outcomes. Every
+executor calls the same `train_one`, which trains one run into its folder under the run lock
+(resdeg/locks.py): `Sequential` in this process (the default), `ProcessPool` in N worker
+processes (`run-all --jobs N`), and the cluster launchers of resdeg/launch.py as submitit jobs
+(`run-all --launcher slurm`)."""
 from __future__ import annotations
 
+import json
+import multiprocessing as mp
 import os
 import shutil
 import signal
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
+from .atomic import exchange_paths
 from .config import Config
-from .data import load_dataset
+from .data import check_recorded_data, load_dataset
 from .errors import ResdegError
-from .store import CHECKPOINT_FILE, RUN_FILE, SUBMISSION_FILE, WEIGHTS_FILE, entry, run_dir
+from .locks import LOCK_FILE, Locked, LockLost, acquire
+from .probes.optim_measure import epoch_measurer
+from .probes.probe import check_probe_images, epoch_prober, probe_folders, probe_init_folders, raise_failures
+from .signals import STOP_SIGNALS, die_with_parent
+from .store import CHECKPOINT_FILE, RUN_FILE, SUBMISSION_FILE, WEIGHTS_FILE, ensure_writable, entry, run_dir
+from .train import Trainer, UnusableCheckpoint, check_batches, resolve_device
 
 
 @dataclass
 class PlannedRun:
+    """A run of the grid and its state in the store, before anything trains (a TrainingJob if it needs training)."""
     cfg: Config
     folder: Path
     state: str  # new / partial / done / diverged / corrupt
@@ -53,10 +65,10 @@ def plan(configs: list[Config], results: str | Path, force: bool = False) -> lis
 # -- one run, in whichever process trains it --------------------------------------------------
 
 @dataclass(frozen=True)
-class RunTask:
-    """One run to train and everything a process needs for it: picklable, so that a pool worker
-    or a cluster job gets it as it is. `device` is a name (auto / cpu / cuda), resolved where the
-    run trains; `deadline` is a time.time() value."""
+class TrainingJob:
+    """One run to train and everything a process needs for it (a PlannedRun with work to do, for an executor).
+    Picklable, so that a pool worker or a cluster job gets it as it is. `device` is a name (auto /
+    cpu / cuda), resolved where the run trains; `deadline` is a time.time() value."""
     cfg: Config
     folder: Path
     device: str = "auto"
@@ -108,9 +120,6 @@ def _swap_in(new: Path, folder: Path) -> None:
     """Make the finished replacement `new` the run folder, under the run lock, and delete the old
     run. The lock (and a cluster submission record) go with the run: hard links to the same files,
     so the heartbeat and the release act on them unchanged and the folder is never unlocked."""
-    from .atomic import exchange_paths
-    from .locks import LOCK_FILE
-
     for name in (LOCK_FILE, SUBMISSION_FILE):
         if (folder / name).exists() and not (new / name).exists():
             os.link(folder / name, new / name)
@@ -122,12 +131,10 @@ def _swap_in(new: Path, folder: Path) -> None:
     shutil.rmtree(new)  # now the old run
 
 
-def _redo(task: RunTask, data, lock, say, notes: list[str]) -> Outcome:
+def _redo(task: TrainingJob, data, lock, say, notes: list[str]) -> Outcome:
     """--force on a folder holding a run: train the replacement in `replacement_dir` (resuming a
     replacement that was stopped; starting over when its checkpoint is unusable) and swap it in
     once finished, so that a stop, a time limit or a crash before the end leaves the old run as it was."""
-    from .train import UnusableCheckpoint
-
     staging = replacement_dir(task.folder)
     staging.mkdir(exist_ok=True)
     try:
@@ -146,18 +153,12 @@ def _redo(task: RunTask, data, lock, say, notes: list[str]) -> Outcome:
     return Outcome(task.name, "trained", _result_line(task.cfg, run), run.status, notes)
 
 
-def _trainer(task: RunTask, data, folder: Path, lock):
-    from .train import Trainer
-
+def _trainer(task: TrainingJob, data, folder: Path, lock):
     device = _device(task.device)
     hooks = []
     if task.epoch_probe is not None:
-        from .probes.probe import epoch_prober
-
         hooks.append(epoch_prober(task.cfg, data, task.epoch_probe, device, folder))
     if task.epoch_optim is not None:
-        from .probes.optim_measure import epoch_measurer
-
         hooks.append(epoch_measurer(task.cfg, data, task.epoch_optim, device, folder))
 
     def after_epoch(epoch: int, model) -> None:
@@ -168,10 +169,6 @@ def _trainer(task: RunTask, data, folder: Path, lock):
 
 
 def _device(name: str):
-    import torch
-
-    from .train import resolve_device
-
     return resolve_device(name) if name in ("auto", "cpu", "cuda") else torch.device(name)
 
 
@@ -182,14 +179,11 @@ def _result_line(cfg: Config, run) -> str:
             f"test {_pct(s.test_acc)}  {s.wall_s:.1f}s")
 
 
-def train_one(task: RunTask, log=None, datasets: dict | None = None) -> Outcome:
+def train_one(task: TrainingJob, log=None, datasets: dict | None = None) -> Outcome:
     """Train one run into its folder under the run lock (resuming its checkpoint): the one
     function every executor calls, in this process, a pool worker or a cluster job. A run locked
     by a live process is skipped; one finished by another process meanwhile is not redone; a
     process that loses its lock while training stops (the process that took it over goes on)."""
-    from .locks import Locked, LockLost, acquire
-    from .train import check_batches
-
     notes: list[str] = []
     say = log or notes.append
     name = task.name
@@ -210,7 +204,7 @@ def train_one(task: RunTask, log=None, datasets: dict | None = None) -> Outcome:
                                      f"nothing more (the process that took it over goes on)", notes=notes)
 
 
-def _train_locked(task: RunTask, data, lock, say, notes: list[str]) -> Outcome:
+def _train_locked(task: TrainingJob, data, lock, say, notes: list[str]) -> Outcome:
     name = task.name
     if task.force and _holds_a_run(task.folder):
         return _redo(task, data, lock, say, notes)
@@ -243,7 +237,7 @@ class Executor:
     def task_device(self, device_name: str) -> str:
         return device_name
 
-    def run(self, tasks: list[RunTask], log=print, progress: bool = True) -> list[Outcome]:
+    def run(self, tasks: list[TrainingJob], log=print, progress: bool = True) -> list[Outcome]:
         raise NotImplementedError
 
 
@@ -309,10 +303,6 @@ def _init_worker(threads: int, parent_pid: int, gpu_share: float | None = None) 
     GPU); Ctrl-C, SIGTERM or SIGHUP (a closed terminal signals the whole process group) end the run
     it trains (releasing its lock) and start no other; and the death of the parent, even by SIGKILL,
     sends it SIGTERM: never an orphan that trains on."""
-    import torch
-
-    from .signals import STOP_SIGNALS, die_with_parent
-
     torch.set_num_threads(threads)
     if gpu_share is not None:
         torch.cuda.set_per_process_memory_fraction(gpu_share)
@@ -323,8 +313,6 @@ def _init_worker(threads: int, parent_pid: int, gpu_share: float | None = None) 
 
 def _cuda_devices() -> tuple[bool, int]:
     """(CUDA available, number of devices), without creating a CUDA context in this process."""
-    import torch
-
     return torch.cuda.is_available(), torch.cuda.device_count()
 
 
@@ -342,7 +330,7 @@ def _failed(name: str, e: BaseException) -> Outcome:
     return Outcome(name, "failed", f"{'failed':<9} {name}: {why}", error=f"{name}: {why}")
 
 
-def _pool_task(task: RunTask) -> Outcome:
+def _pool_task(task: TrainingJob) -> Outcome:
     if _worker_state["interrupted"]:
         return Outcome(task.name, "not started", f"interrupted: {task.name} not started")
     _worker_state["in_task"] = True
@@ -373,9 +361,6 @@ class ProcessPool(Executor):
         self.threads = threads or (min(share, int(cap)) if cap.isdigit() and int(cap) > 0 else share)
 
     def run(self, tasks, log=print, progress=True):
-        import multiprocessing as mp
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
         if not tasks:
             return []
         if self.jobs > cpu_cores():
@@ -425,8 +410,6 @@ def _short(cfg: Config) -> str:
 
 
 def _epochs_done(folder: Path) -> int:
-    import json
-
     try:
         return int(json.loads((folder / RUN_FILE).read_text())["epochs_done"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -438,7 +421,7 @@ class StoreProgress:
     lock says it is running, its run.json how far it got. The same for worker processes and for
     cluster jobs. Quiet unless asked for and stderr is a terminal."""
 
-    def __init__(self, tasks: list[RunTask], progress: bool, log):
+    def __init__(self, tasks: list[TrainingJob], progress: bool, log):
         self.enabled = bool(progress and tasks and sys.stderr.isatty())
         self._log = log
         self.tasks = {t.folder: t for t in tasks}
@@ -465,8 +448,6 @@ class StoreProgress:
     def poll(self, postfix: str | None = None) -> None:
         if not self.enabled:
             return
-        from .locks import LOCK_FILE
-
         for folder, task in self.tasks.items():
             if folder in self.done:
                 continue
@@ -482,7 +463,7 @@ class StoreProgress:
             self.grid.set_postfix_str(postfix, refresh=False)
         self.grid.refresh()
 
-    def finish(self, task: RunTask) -> None:
+    def finish(self, task: TrainingJob) -> None:
         self.done.add(task.folder)
         bar = self.bars.pop(task.folder, None)
         self.slots.pop(task.folder, None)
@@ -498,8 +479,8 @@ def execute(planned: list[PlannedRun], device, data_dir=None, force: bool = Fals
     divergence never stops the rest."""
     executor = executor or Sequential()
     device_name = device if isinstance(device, str) else str(device)
-    tasks = [RunTask(p.cfg, p.folder, executor.task_device(device_name), str(data_dir) if data_dir else None,
-                     force, deadline, progress, epoch_probe, epoch_optim) for p in planned if p.todo]
+    tasks = [TrainingJob(p.cfg, p.folder, executor.task_device(device_name), str(data_dir) if data_dir else None,
+                         force, deadline, progress, epoch_probe, epoch_optim) for p in planned if p.todo]
     outcomes = executor.run(tasks, log=log, progress=progress)
     locked = [o for o in outcomes if o.result == "locked"]
     if locked:
@@ -514,9 +495,6 @@ def train_and_probe(planned: list[PlannedRun], device_name: str, results: str | 
     """The grid's pipeline: check the inputs, train what is missing (through `executor`), probe
     what finished; then report corrupt entries, failed runs and probe failures as one error
     (after the rest has been done)."""
-    from .store import ensure_writable
-    from .train import check_batches, resolve_device
-
     executor = executor or Sequential()
     ensure_writable(results)
     for p in planned:
@@ -525,10 +503,7 @@ def train_and_probe(planned: list[PlannedRun], device_name: str, results: str | 
     # a local executor trains here: check the device now; a cluster's runs use their node's
     device = resolve_device(device_name) if executor.local or probe_settings is not None else None
     if probe_settings is not None:
-        from .probes.probe import check_probe_images
-
         check_probe_images([p.cfg for p in planned], probe_settings)  # before hours of training, not after
-    from .data import check_recorded_data
     # a cached or partial run trained on other data: refused (issue 16)
     checked = check_recorded_data(planned, data_dir)
     if isinstance(executor, Sequential):
@@ -541,8 +516,6 @@ def train_and_probe(planned: list[PlannedRun], device_name: str, results: str | 
                        log=log, executor=executor, epoch_probe=probe_settings, epoch_optim=optim_settings)
     failures = []
     if probe_settings is not None:
-        from .probes.probe import probe_folders, probe_init_folders
-
         finished = [p.folder for p in planned if entry(p.folder).status in ("done", "diverged")]
         failures = probe_folders(finished, probe_settings, device, data_dir, progress=progress, deadline=deadline,
                                  log=log)
@@ -554,8 +527,6 @@ def train_and_probe(planned: list[PlannedRun], device_name: str, results: str | 
     if failed:
         raise ResdegError(f"{len(failed)} run{'s' if len(failed) > 1 else ''} failed; first: {failed[0].error}")
     if failures:
-        from .probes.probe import raise_failures
-
         raise_failures(failures)
 
 

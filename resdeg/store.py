@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
-from .atomic import atomic_write_bytes, npz_bytes
-from .config import CONFIG_SCHEMA, Config
+from .atomic import atomic_torch_save, atomic_write_bytes, npz_bytes
+from .config import CONFIG_SCHEMA, PROTOCOLS, STORED_AS, Config
 from .errors import ResdegError
 from .records import CorruptRecord, Fields, Record, bounded, read_record, require, write_record
 
@@ -78,8 +79,6 @@ def _foreign_entries(results: Path) -> list[str]:
     none when it is missing, empty (hidden files aside), holds a run (<protocol>/<dataset>/<run>/
     run.json or checkpoint.pt: extra files beside a store are its owner's business), or holds only
     protocol folders (a store whose first run was stopped before it wrote anything)."""
-    from .config import PROTOCOLS, STORED_AS
-
     try:
         entries = [p for p in results.iterdir() if not p.name.startswith(".")] if results.is_dir() else []
     except OSError:
@@ -296,16 +295,12 @@ def write_run(folder: str | Path, run: RunRecord) -> None:
 def write_weights(folder: str | Path, config_hash: str, state_dict: dict) -> None:
     """A finished run's weights, tagged with its config hash: a model.pt copied into another
     run's folder is refused on load, as a checkpoint of another config is."""
-    from .atomic import atomic_torch_save
-
     atomic_torch_save({"config_hash": config_hash, "state_dict": state_dict}, Path(folder) / WEIGHTS_FILE)
 
 
 def read_weights(folder: str | Path, config_hash: str) -> dict:
     """The state_dict of a run's model.pt, checked to be this run's (a one-line ResdegError
     otherwise). A bare state_dict, as written before weights carried their hash, is taken as is."""
-    import torch
-
     path = Path(folder) / WEIGHTS_FILE
     if not path.exists():
         raise ResdegError(f"{folder}: no {WEIGHTS_FILE} (weights are not kept in git); "
@@ -361,8 +356,8 @@ def read_telemetry(folder: str | Path) -> dict[str, np.ndarray]:
 # -- listing ----------------------------------------------------------------------------------
 
 @dataclass
-class RunEntry:
-    """One run folder of the store: its record, or the problem that makes it unusable.
+class RunFolder:
+    """One run folder of the store: its RunRecord (run.json), or the problem that makes it unusable.
     `resumable`: no run.json but a checkpoint, which holds everything run.json is made from
     (a copy that kept only git-ignored files, or run.json deleted by hand): unusable until
     `run-all` resumes the run, which rewrites run.json. `duplicate_of`: another folder holds the
@@ -416,18 +411,18 @@ def _parse_name(name: str):
     return None, None, None
 
 
-def entry(folder: str | Path) -> RunEntry:
+def entry(folder: str | Path) -> RunFolder:
     folder = Path(folder)
     if not (folder / RUN_FILE).exists() and (folder / CHECKPOINT_FILE).exists():
-        return RunEntry(folder, None, f"{RUN_FILE} is missing but its checkpoint is there: `resdeg run-all` with "
-                                      f"the same settings resumes the run and rewrites {RUN_FILE}", resumable=True)
+        return RunFolder(folder, None, f"{RUN_FILE} is missing but its checkpoint is there: `resdeg run-all` with "
+                                       f"the same settings resumes the run and rewrites {RUN_FILE}", resumable=True)
     try:
-        return RunEntry(folder, read_run(folder))
+        return RunFolder(folder, read_run(folder))
     except CorruptRun as e:
-        return RunEntry(folder, None, str(e))
+        return RunFolder(folder, None, str(e))
 
 
-def scan(results: str | Path) -> list[RunEntry]:
+def scan(results: str | Path) -> list[RunFolder]:
     """Every run folder under results/ (a folder holding run.json or a checkpoint; hidden folders,
     such as a --force replacement being trained, are not runs), each run once (`identify`)."""
     results = Path(results)
@@ -437,11 +432,11 @@ def scan(results: str | Path) -> list[RunEntry]:
     return identify([entry(f) for f in sorted(folders) if not any(part.startswith(".") for part in _place(f))])
 
 
-def identify(entries: list[RunEntry]) -> list[RunEntry]:
+def identify(entries: list[RunFolder]) -> list[RunFolder]:
     """Mark folders whose name disagrees with their record, and duplicates: of the folders that
     hold one run (same config hash and seed), the one at its record's place (else the first) is
     the run; every other is a duplicate, reported and never counted."""
-    same_run: dict[tuple[str, int], list[RunEntry]] = {}
+    same_run: dict[tuple[str, int], list[RunFolder]] = {}
     for e in entries:
         if e.run is None:
             continue

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import ResdegError
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -45,6 +47,8 @@ ARCHS: dict[str, tuple[str, tuple[int, ...]]] = {
     "resnet56": ("cifar_basic", (9, 9, 9)),
     "resnet110": ("cifar_basic", (18, 18, 18)),
 }
+# The base initialisation of the weights, a protocol's choice (models.py says what each is).
+WEIGHT_INITS = ("pytorch", "he")
 
 
 def canonical_variant(name: str) -> str:
@@ -52,7 +56,6 @@ def canonical_variant(name: str) -> str:
     for v in VARIANTS:
         if v.lower() == name.strip().lower():
             return v
-    from .errors import ResdegError
     raise ResdegError(f"unknown variant {name!r}; choose one of {', '.join(VARIANTS)}")
 
 

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from . import __version__
 from .atomic import atomic_torch_save
 from .config import CONFIG_SCHEMA
+from .config import resolve_precision as resolve_config_precision
 from .data import Dataset, fixed_subset, preprocess, test_subset
 from .errors import ResdegError
 from .models import model_from_config
@@ -44,6 +45,7 @@ from .store import (
     write_telemetry,
     write_weights,
 )
+from .study import VARIANTS
 from .telemetry import StageTelemetry
 
 EVAL_BATCH = 500
@@ -66,9 +68,7 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve_precision(cfg, device: torch.device) -> str:
     """The config's precision (configs of schema 1 may still say "auto")."""
-    from .config import resolve_precision as resolve
-
-    return resolve(cfg.precision, device.type)
+    return resolve_config_precision(cfg.precision, device.type)
 
 
 def lr_at(cfg, step: int, steps_per_epoch: int) -> float:
@@ -99,8 +99,6 @@ def check_batches(cfg, n_train: int | None = None) -> None:
     """A one-line error before any training where every batch would hold one image and BatchNorm
     must normalise it: batch_size 1, or a training set of one image (`n_train`, the images the
     run uses; None: judged from the config alone)."""
-    from .study import VARIANTS
-
     if not VARIANTS[cfg.variant].norm:
         return
     fix = "or choose a variant without BatchNorm (Nbn, Nboth, Fixup, SkipInit)"
@@ -129,7 +127,7 @@ def _cpu_name() -> str:
 
 
 def environment(device: torch.device, precision: str) -> dict:
-    import torchvision
+    import torchvision  # for its version alone: slow to import, kept off run-all's import path
 
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, text=True,

@@ -317,7 +317,7 @@ def test_a_pool_workers_failure_of_any_kind_is_its_runs_alone(tmp_path, monkeypa
         raise error
     monkeypatch.setattr(runner, "train_one", boom)
     cfg = make_config("smoke", device_type="cpu", dataset="synthetic")
-    out = runner._pool_task(runner.RunTask(cfg, tmp_path / cfg.run_name))
+    out = runner._pool_task(runner.TrainingJob(cfg, tmp_path / cfg.run_name))
     assert out.result == "failed" and out.error == f"{cfg.run_name}: {type(error).__name__}: {error}"
     assert re.fullmatch(rf"failed +{cfg.run_name}: {type(error).__name__}: .+", out.line)
 
@@ -339,11 +339,11 @@ def test_a_pool_worker_on_a_shared_gpu_caps_its_memory(monkeypatch):
     """The worker initialiser's GPU path, exercised on the CPU: it asks torch for its share."""
     import torch
 
-    from resdeg import runner, signals
+    from resdeg import runner
 
     calls = []
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device=None: calls.append(f))
-    monkeypatch.setattr(signals, "die_with_parent", lambda pid: None)  # this is the test process, not a worker
+    monkeypatch.setattr(runner, "die_with_parent", lambda pid: None)  # this is the test process, not a worker
     threads, handlers = (
         torch.get_num_threads(),
         {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)},

@@ -21,7 +21,8 @@ from ..data import Dataset, load_dataset
 from ..errors import ResdegError
 from ..models import model_from_config
 from ..records import CorruptRecord, now_iso, write_record
-from ..store import RUN_FILE, RunRecord, read_run, read_weights
+from ..store import RUN_FILE, RunRecord, read_run, read_weights, scan
+from ..study import canonical_variant
 from . import criteria
 from .features import block_signals, initial_model, prepare_cpu, probe_images, signal_propagation, stage_features
 from .signal import effective_rank, effective_rank_from_gram
@@ -396,9 +397,6 @@ def finished_runs(results: str | Path, protocol=None, dataset=None, models=None,
                   log: Callable[[str], None] = print) -> tuple[list[Path], list[str]]:
     """The done or diverged run folders under results/ that pass the filters, and the corrupt
     ones (as problems); unfinished runs are mentioned, not probed."""
-    from ..store import scan
-    from ..study import canonical_variant
-
     if not Path(results).is_dir():
         raise ResdegError(f"no result store at {results}/ (train first, or pass --results)")
     seeds = None if seeds is None else set(seeds)  # integers (cli._csv checks them)

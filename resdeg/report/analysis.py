@@ -9,7 +9,7 @@ import numpy as np
 from ..probes.criteria import CRITERIA
 from ..study import Comparison
 from . import verdicts
-from .collect import Run, StudyResults, depth, finite
+from .collect import RunResults, StudyResults, depth, finite
 
 
 def label(model: str, variant: str) -> str:
@@ -18,13 +18,13 @@ def label(model: str, variant: str) -> str:
 
 # -- per run ---------------------------------------------------------------------------------------
 
-def grad_series(run: Run) -> np.ndarray | None:
+def grad_series(run: RunResults) -> np.ndarray | None:
     """Per-step mean |dL/d stage output|, (steps, stages), or None without telemetry."""
     tel = run.telemetry
     return None if tel is None else np.asarray(tel["act_grad_mean_abs"], dtype=float)
 
 
-def ratio_series(run: Run) -> np.ndarray | None:
+def ratio_series(run: RunResults) -> np.ndarray | None:
     """Per-step g(first stage) / g(last stage) (NaN where either is not finite and positive)."""
     g = grad_series(run)
     if g is None or g.shape[1] < 2:
@@ -36,7 +36,7 @@ def ratio_series(run: Run) -> np.ndarray | None:
     return out
 
 
-def median_ratio(run: Run) -> float | None:
+def median_ratio(run: RunResults) -> float | None:
     """Median over steps of g(first stage) / g(last stage), over the steps where both are finite and > 0."""
     r = ratio_series(run)
     if r is None or not np.isfinite(r).any():
@@ -44,7 +44,7 @@ def median_ratio(run: Run) -> float | None:
     return float(np.nanmedian(r))
 
 
-def stage_medians(run: Run) -> dict[str, float | None]:
+def stage_medians(run: RunResults) -> dict[str, float | None]:
     g = grad_series(run)
     if g is None:
         return {}
@@ -55,11 +55,11 @@ def stage_medians(run: Run) -> dict[str, float | None]:
     return out
 
 
-def probe_values(run: Run, criterion: str) -> dict[str, float | None]:
+def probe_values(run: RunResults, criterion: str) -> dict[str, float | None]:
     return run.probe.criteria.get(criterion, {}) if run.probe else {}
 
 
-def sep_change(run: Run, criterion: str, control: bool = False) -> float | None:
+def sep_change(run: RunResults, criterion: str, control: bool = False) -> float | None:
     """Deepest minus shallowest stage with a value, signed so that negative = less separable. With
     `control`, minus the same change in the untrained net of the run (its init probe): what training
     did beyond the random features' own fall with depth (None without an init probe)."""
@@ -86,7 +86,7 @@ def voting_criteria(runs) -> list[str]:
     return [c for c in criteria_present(runs) if CRITERIA[c].width_dependent is None]
 
 
-def signal_values(run: Run, phase: str, key: str = "act_std") -> dict[str, float | None]:
+def signal_values(run: RunResults, phase: str, key: str = "act_std") -> dict[str, float | None]:
     return run.probe.signal.get(phase, {}).get(key, {}) if run.probe else {}
 
 
@@ -99,7 +99,7 @@ def init_correlation(record, where: str = "input") -> float | None:
 # -- per model -------------------------------------------------------------------------------------
 
 def side(sr: StudyResults, model: str, variant: str, last_epoch: bool = False) -> verdicts.Side:
-    """One model of a comparison, read at its final figure (Run.final), or at its last epoch."""
+    """One model of a comparison, read at its final figure (RunResults.final), or at its last epoch."""
     runs = sr.cell(model, variant)
     test, eval_train = [], []
     for r in runs:
@@ -212,7 +212,7 @@ def mean_std(values) -> tuple[float | None, float | None, int]:
     return (None, None, 0) if s is None else (s.mean, s.sd, s.n)
 
 
-def stage_spreads(runs: list[Run], stages: list[str], values_of) -> list[Spread | None]:
+def stage_spreads(runs: list[RunResults], stages: list[str], values_of) -> list[Spread | None]:
     """Per stage, the Spread over `runs` of `values_of(run)` (a stage -> value map)."""
     per_run = [values_of(r) for r in runs]
     return [spread([m.get(stage) for m in per_run]) for stage in stages]
@@ -220,7 +220,7 @@ def stage_spreads(runs: list[Run], stages: list[str], values_of) -> list[Spread 
 
 def final_by_depth(sr: StudyResults, variant: str, key: str) -> list[tuple[int, Spread]]:
     """(depth, Spread of the final error in % over seeds) of one variant, for the depth figures;
-    `key` is an accuracy field of Run.final."""
+    `key` is an accuracy field of RunResults.final."""
     out = []
     for model in sr.models:
         s = spread([100 * (1 - getattr(r.final, key)) for r in sr.cell(model, variant) if r.final])
@@ -300,7 +300,7 @@ def h3_rows(sr: StudyResults) -> list[dict]:
 
 # -- the BatchNorm study -----------------------------------------------------------------------------
 
-def block_series(runs: list[Run], phase: str, key: str) -> tuple[list[str], np.ndarray]:
+def block_series(runs: list[RunResults], phase: str, key: str) -> tuple[list[str], np.ndarray]:
     """Per residual block (in order) the mean over the probed runs of one signal statistic
     (sq_mean, variance, branch_variance): (block names, values)."""
     probed = [r for r in runs if r.probe and r.probe.blocks.get(phase)]
@@ -313,7 +313,7 @@ def block_series(runs: list[Run], phase: str, key: str) -> tuple[list[str], np.n
         return names, np.nanmean(vals, axis=0)
 
 
-def rank_values(runs: list[Run], phase: str) -> dict[str, float | None]:
+def rank_values(runs: list[RunResults], phase: str) -> dict[str, float | None]:
     """Per stage the mean over probed runs of the effective rank of the stage's features."""
     probed = [r for r in runs if r.probe and r.probe.effective_rank.get(phase)]
     if not probed:
@@ -427,7 +427,7 @@ def seed_spread(sr: StudyResults | None) -> tuple[float, float] | None:
 
 
 def final_sensitivity(sr: StudyResults) -> dict:
-    """What reading each run's last epoch instead of its final figure (Run.final) would change:
+    """What reading each run's last epoch instead of its final figure (RunResults.final) would change:
     the verdicts that differ, as (comparison, hypothesis, outcome now, outcome at the last epoch)."""
     now, last = all_verdicts(sr), all_verdicts(sr, last_epoch=True)
     changed = [(a["comparison"], h, a["verdicts"][h].outcome, b["verdicts"][h].outcome)

@@ -21,6 +21,7 @@ from pathlib import Path
 from .. import __version__
 from ..atomic import atomic_write_bytes, atomic_write_json, exchange_paths
 from ..errors import ResdegError
+from ..locks import Locked, acquire
 from ..study import PAGES, SITE_PAGES
 from . import anchors, downloads, figures, interactive, pages
 from .collect import Store, load_store
@@ -108,8 +109,6 @@ def _publish(new: Path, docs: Path) -> None:
 
 def _lock(docs: Path, log):
     """The run lock of resdeg.locks on a hidden folder of docs/ (MkDocs skips dot-folders)."""
-    from ..locks import Locked, acquire
-
     try:
         return acquire(docs / LOCK_FOLDER, log=log)
     except Locked as e:

@@ -16,19 +16,28 @@ from ..config import PROTOCOLS, as_json_value, declared, make_config
 from ..datasets import DataSet, identify
 from ..errors import ResdegError
 from ..models import ARCHS
+from ..probes.optim_store import (
+    INIT_FOLDER,
+    CorruptOptim,
+    OptimSettings,
+    read_optim,
+    read_training_optims,
+    surface_settings,
+)
 from ..probes.store import CorruptProbe, ProbeRecord, find_probe, read_epoch_probes, read_init_probe
 from ..store import CorruptRun, Epoch, RunRecord, read_telemetry, scan
 from ..study import PROTOCOL_RANK, STUDIES, VARIANTS, Study
 
 USABLE = ("done", "diverged")  # partial runs are listed, not used
 PER_RUN_KEYS = ("model", "variant", "seed")
-# Under a constant learning rate the report reads the mean of the last epochs (Run.final).
+# Under a constant learning rate the report reads the mean of the last epochs (RunResults.final).
 FINAL_EPOCHS = 3
 FINAL_KEYS = ("train_acc", "eval_train_acc", "test_acc")
 
 
 @dataclass
-class Run:
+class RunResults:
+    """A run as the report sees it: its RunRecord plus the probes and measurements made on it (see StudyResults)."""
     folder: Path
     rel: str  # the folder relative to the results root: where the page says a number comes from
     record: RunRecord
@@ -87,7 +96,7 @@ class StudyResults:
     results: Path
     dataset: str
     setting: str  # short hash of the config without model, variant and seed
-    runs: list[Run]
+    runs: list[RunResults]
     # nets measured at initialisation (H4, H5; `resdeg optim`) in this study's setting, any depth
     optim: list = field(default_factory=list)
     primary: bool = True  # the study's main data set; another data set's runs are their own study
@@ -115,7 +124,7 @@ class StudyResults:
         return sorted((o for o in self.optim if o.done and (o.net.model, o.net.variant) == (model, variant)),
                       key=lambda o: o.net.seed)
 
-    def cell(self, model: str, variant: str) -> list[Run]:
+    def cell(self, model: str, variant: str) -> list[RunResults]:
         return sorted((r for r in self.runs if r.model == model and r.variant == variant), key=lambda r: r.seed)
 
     def cells(self):
@@ -209,7 +218,7 @@ class StudyResults:
         return self.protocol == "smoke"
 
     @property
-    def probed(self) -> list[Run]:
+    def probed(self) -> list[RunResults]:
         return [r for r in self.runs if r.probe]
 
 
@@ -221,7 +230,7 @@ class Store:
     unused: list[tuple[str, str]] = field(default_factory=list)  # (folder, why)
 
     @property
-    def runs(self) -> list[Run]:
+    def runs(self) -> list[RunResults]:
         seen, out = set(), []
         for s in self.studies:
             for r in s.runs:
@@ -261,8 +270,6 @@ def _config_setting(config) -> str:
 def _optim_at_init(results: Path, protocol: str, dataset: str, setting: str, unused: list) -> list:
     """The valid measurements at initialisation in <protocol>/<dataset>/init/ made with the default
     settings, in the study's setting; a damaged record is listed as unused, never read."""
-    from ..probes.optim_store import INIT_FOLDER, CorruptOptim, OptimSettings, read_optim
-
     settings = OptimSettings()
     out = []
     for path in sorted((results / protocol / dataset / INIT_FOLDER).glob(f"*-optim-{settings.hash}.json")):
@@ -324,7 +331,7 @@ def load_store(results: str | Path, protocol: str | None = None, dataset: str | 
                 for k, group in by_key.items()}
         keys = [max((k for k in by_key if k[0] == ds), key=rank.get) for ds in {k[0] for k in by_key}]
         for i, key in enumerate(sorted(keys, key=rank.get, reverse=True)):
-            runs = [_with_optim(_with_probe(Run(e.path, rel, e.run)), unused)
+            runs = [_with_optim(_with_probe(RunResults(e.path, rel, e.run)), unused)
                     for rel, e in sorted(by_key[key], key=lambda re_: _order(re_[1].run))]
             optim = _optim_at_init(results, study.protocol, key[0], key[1], unused)
             studies.append(StudyResults(study, results, key[0], key[1], runs, optim, primary=i == 0))
@@ -346,7 +353,7 @@ def _order(r: RunRecord):
     return (arch.index(r.model) if r.model in arch else len(arch), list(VARIANTS).index(r.variant), r.seed)
 
 
-def _with_probe(run: Run) -> Run:
+def _with_probe(run: RunResults) -> RunResults:
     found = find_probe(run.folder, run.record)
     run.probe, run.probe_file, run.probe_note = found.probe, found.file, found.note
     if run.probe is not None:  # the control of the same probe settings; a damaged one is not used
@@ -358,10 +365,8 @@ def _with_probe(run: Run) -> Run:
     return run
 
 
-def _with_optim(run: Run, unused: list) -> Run:
+def _with_optim(run: RunResults, unused: list) -> RunResults:
     """The run's H4/H5 measurements (default settings); a damaged one is listed as unused."""
-    from ..probes.optim_store import OptimSettings, read_training_optims, surface_settings
-
     records, problems = read_training_optims(run.folder, run.config_hash, OptimSettings())
     run.optim = [r for r in records if r.done]
     surfaces, more = read_training_optims(run.folder, run.config_hash, surface_settings())

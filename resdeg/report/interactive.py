@@ -13,7 +13,8 @@ from __future__ import annotations
 import itertools
 import json
 
-from . import figures
+from ..probes.criteria import CRITERIA
+from . import analysis, figures
 from .collect import StudyResults, depth
 from .verdicts import EXPLODE, VANISH
 
@@ -169,9 +170,6 @@ def h2_profile(sr: StudyResults, lang: str) -> dict:
 
 @interactive("h3-separability")
 def h3_separability(sr: StudyResults, lang: str, model: str) -> dict:
-    from ..probes.criteria import CRITERIA
-    from . import analysis
-
     t = figures.LABELS[lang]
     panels = [panel(CRITERIA[c].title[t["lang"]] + ("" if CRITERIA[c].higher_is_better else t["lower_better"]),
                      "stage", "value", t["stage"], "", category=True, where={"criterion": c})

@@ -22,6 +22,7 @@ import html
 import json
 import os
 import re
+from importlib.metadata import version
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
@@ -43,7 +44,7 @@ FOOTER = {
 
 
 def mathjax_source() -> Path:
-    try:
+    try:  # here, not at the top: a missing package is one PluginError line, not a hook that fails to load
         import mathjax  # the django-static-mathjax package; needs no Django
     except ImportError:
         raise PluginError("MathJax is missing: pip install django-static-mathjax (a resdeg dependency)") from None
@@ -51,7 +52,7 @@ def mathjax_source() -> Path:
 
 
 def plotly_source() -> Path:
-    try:
+    try:  # here, not at the top: a missing package is one PluginError line, not a hook that fails to load
         import plotly  # the Python package ships the whole plotly.js, minified
     except ImportError:
         raise PluginError("plotly.js is missing: pip install plotly (a resdeg dependency)") from None
@@ -176,8 +177,6 @@ def offline_worker(config) -> None:
 
 def _version() -> str:
     try:
-        from importlib.metadata import version
-
         return version("resdeg")
     except Exception:  # not installed: a docs build from a bare checkout
         return "unknown"

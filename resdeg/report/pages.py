@@ -10,6 +10,7 @@ import math
 import re
 
 import jinja2
+import torch
 
 from .. import __version__
 from ..config import PROTOCOLS, Config
@@ -168,8 +169,6 @@ def data_kind(data: dict) -> str:
 
 def model_table(sr: StudyResults) -> list[dict]:
     """Per model of the study: parameters of each variant, and the output shape of every stage."""
-    import torch
-
     cfg = sr.runs[0].record.config
     classes = sr.num_classes
     rows = []
