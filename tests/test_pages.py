@@ -80,7 +80,9 @@ def test_numbers_on_the_pages_equal_the_result_files(rendered):
 def test_verdicts_are_on_the_pages_with_their_rule_and_numbers(rendered):
     doc = json.loads((rendered.docs / "downloads" / "native" / "verdicts.json").read_text())
     assert (doc["schema"], doc["schema_version"], doc["rules_version"]) == (
-        "resdeg.verdicts", 4, verdicts.RULES_VERSION)
+        "resdeg.verdicts", 5, verdicts.RULES_VERSION)
+    keys = {k for c in doc["comparisons"] for v in c["verdicts"].values() for k in v["numbers"]}
+    assert "eval_train_diff" in keys and not any("clean" in k for k in keys)  # version 5: the measure's one name
     # the hypotheses travel with their verdicts, read from the one declaration
     assert [h["id"] for h in doc["hypotheses"]] == [h.id for h in HYPOTHESES]
     assert all(h["rule"] == verdicts.RULES[h["id"]] and h["claim"] == d.claim
