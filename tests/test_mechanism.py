@@ -238,6 +238,18 @@ def test_the_mechanism_page_follows_h4_and_h5_through_training(depth_study):
             text = pages.render(env, "mechanism", ctx)
             assert f"So far the {depth_of(shallow)}-layer nets (seed 42) were measured as they trained" in text
             assert "consistent with a cause" not in text
+            # and of the shallow pair only the plain net: the page still renders, without the pair's sentence
+            full = [r for r in sr.cell(shallow, "FULL") if r.optim]
+            kept_full = [r.optim for r in full]
+            for r in full:
+                r.optim = []
+            try:
+                text = pages.render(env, "mechanism", pages.study_context(
+                    store, sr, "en", {"mechanism": []}, {"mechanism": ["optim_init.csv"]}))
+                assert "So far the" in text and "against the residual net's" not in text
+            finally:
+                for r, optim in zip(full, kept_full, strict=True):
+                    r.optim = optim
         finally:
             for r, optim in zip(deep_runs, kept, strict=True):
                 r.optim = optim

@@ -659,3 +659,16 @@ def test_a_cifar100_store_gets_its_own_study_and_no_cifar10_fact(tmp_path):
         assert published and not any(p in text for p in published)
         for other in (docs / lang / "depth-cifar100").glob("*.md"):
             assert not re.search(r"CIFAR-10(?!0)", other.read_text().replace(absent, "")), other.name
+
+
+def test_a_depth_study_of_plain_nets_alone_renders_without_its_residual_control(tmp_path):
+    """Plain nets at two depths and no residual pair of the same depths: the degradation page
+    states the plain pair and names no residual comparison (it crashed on the missing pair)."""
+    from report_fixture import DEPTH_TARGETS
+
+    targets = {cell: DEPTH_TARGETS[cell] for cell in (("resnet20", "Nres"), ("resnet56", "Nres"), ("resnet20", "FULL"))}
+    results = make_depth_results(tmp_path / "results", seeds=(1, 2), targets=targets)
+    build_report(results, tmp_path / "docs", log=lambda m: None)
+    for lang in ("en", "zh"):
+        text = page(tmp_path / "docs", lang, "depth/degradation")
+        assert "resnet56" in text and "FULL: resnet20 vs resnet56" not in text
