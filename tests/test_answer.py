@@ -97,3 +97,25 @@ def test_the_original_study_stands_beside_its_protocols_runs():
         if not sr.cell(model, variant):
             assert "not yet run (needs a GPU)" in line
     assert "-0.00" not in text and "The test accuracies differ by at most" in text
+
+
+def test_the_answer_says_which_gap_lasts_through_training():
+    """Where the depth pair was measured as it trained, the answer says which difference lasts, with
+    the numbers at the end: the ones the mechanism page's table shows."""
+    from resdeg.report import answer
+
+    store = load_store(RESULTS)
+    tt = answer.synthesis(store)["training"]
+    if tt is None:
+        pytest.skip("no depth pair measured while training")
+    env, end = pages.environment(), tt["steps"][-1]
+    text = {lang: first_screen(pages.render(env, "index", {
+        **pages.site_context(store, lang, {"index": ["headline.png"]}, {"index": ["runs.csv"]}), "anchors": None}))
+        for lang in pages.LANGS}
+    if tt["sharper_throughout"] and not tt["shattered_throughout"]:
+        numbers = f"{pages.short(end['deep']['corr'])} vs {pages.short(end['shallow']['corr'])}"
+        assert f"the correlation gap does not last ({numbers} at the end)" in text["en"]
+        assert f"stays sharper (λmax {pages.short(end['lambda_ratio'])}×)" in text["en"]
+        assert "相关系数的差距并非始终存在" in text["zh"] and "曲面始终更尖锐" in text["zh"]
+    elif tt["shattered_throughout"] and tt["sharper_throughout"]:
+        assert "consistent with a cause" in text["en"] and "相容" in text["zh"]
